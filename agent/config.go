@@ -1,0 +1,289 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/containerd/platforms"
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/molecule-ai/pull-agent/auth"
+)
+
+// The keys pull-agent reads from its env file and the process environment.
+const (
+	KeyRegistry   = "MOLECULE_IMAGE_REGISTRY"
+	KeyRuntimes   = "MOLECULE_RUNTIMES"
+	KeyPins       = "MOLECULE_RUNTIME_PINS"
+	KeyPlatform   = "MOLECULE_IMAGE_PLATFORM"
+	KeyGHCRUser   = "GHCR_USER"
+	KeyGHCRToken  = "GHCR_TOKEN"
+	KeyDockerHost = "DOCKER_HOST"
+)
+
+// DefaultPrefix is the registry prefix used when MOLECULE_IMAGE_REGISTRY is
+// unset or empty.
+const DefaultPrefix = "ghcr.io/molecule-ai"
+
+// DefaultEnvFile is where the systemd unit keeps the env file.
+const DefaultEnvFile = "/etc/pull-agent/pull-agent.env"
+
+// DefaultDockerHost is the Docker daemon's socket when DOCKER_HOST is unset.
+const DefaultDockerHost = "unix:///var/run/docker.sock"
+
+// KnownRuntimes returns the workspace-template runtimes the platform ships,
+// in the order images are resolved (alphabetical).
+func KnownRuntimes() []string {
+	return []string{"autogen", "claude-code", "codex", "crewai", "deepagents", "gemini-cli", "hermes", "langgraph", "openclaw"}
+}
+
+// Config is the effective configuration: the env file layered over the
+// process environment, validated. The zero value is not valid; build one
+// with LoadConfig.
+type Config struct {
+	// Prefix is the registry and path every image name starts with, without
+	// a trailing slash, e.g. "ghcr.io/molecule-ai".
+	Prefix string
+	// Runtimes is the sorted, de-duplicated list of runtimes to keep warm.
+	Runtimes []string
+	// Pins maps a runtime to the manifest digest it is pinned to.
+	Pins map[string]digest.Digest
+	// Platform is the normalized platform passed to every pull ("linux/amd64"),
+	// or empty for the daemon's own.
+	Platform string
+	// GHCRUser and GHCRToken are basic credentials for ghcr.io.
+	GHCRUser  string
+	GHCRToken auth.Secret
+	// DockerHost is the Docker Engine API address.
+	DockerHost string
+}
+
+// ConfigError is one configuration value that was refused.
+type ConfigError struct {
+	Key    string
+	Value  string // may be abbreviated; never a secret
+	Source string // "path:line" or "environment"
+	Reason string
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("%s: %s=%q: %s", e.Source, e.Key, e.Value, e.Reason)
+}
+
+// ReadEnvFile opens and parses the env file at path. A missing file is
+// reported with an error matching fs.ErrNotExist.
+func ReadEnvFile(path string) ([]EnvVar, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening env file: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("opening env file: %w", err)
+	}
+	if st.IsDir() {
+		return nil, &EnvFileError{File: path, Msg: "is a directory, not a file"}
+	}
+	return ParseEnvFile(path, f)
+}
+
+// IsNotExist reports whether err says the env file does not exist.
+func IsNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
+
+// LoadConfig builds the effective configuration. A key assigned in fileVars
+// (read from file) wins; a key absent there falls back to getenv, then to the
+// default. Every refused value is reported, joined into one error; nothing
+// partial is returned.
+func LoadConfig(file string, fileVars []EnvVar, getenv func(string) string) (Config, error) {
+	l := layered{file: file, vars: map[string]EnvVar{}, getenv: getenv}
+	for _, v := range fileVars {
+		l.vars[v.Key] = v
+	}
+	var errs []error
+	var cfg Config
+
+	prefix, src := l.get(KeyRegistry)
+	p, err := ParsePrefix(prefix)
+	if err != nil {
+		errs = append(errs, &ConfigError{Key: KeyRegistry, Value: prefix, Source: src, Reason: err.Error()})
+	}
+	cfg.Prefix = p
+
+	rts, src := l.get(KeyRuntimes)
+	cfg.Runtimes, err = ParseRuntimes(rts)
+	if err != nil {
+		errs = append(errs, &ConfigError{Key: KeyRuntimes, Value: rts, Source: src, Reason: err.Error()})
+	}
+
+	pins, src := l.get(KeyPins)
+	cfg.Pins, err = ParsePins(pins, cfg.Runtimes)
+	if err != nil {
+		errs = append(errs, &ConfigError{Key: KeyPins, Value: pins, Source: src, Reason: err.Error()})
+	}
+
+	plat, src := l.get(KeyPlatform)
+	cfg.Platform, err = ParsePlatform(plat)
+	if err != nil {
+		errs = append(errs, &ConfigError{Key: KeyPlatform, Value: plat, Source: src, Reason: err.Error()})
+	}
+
+	cfg.GHCRUser, _ = l.get(KeyGHCRUser)
+	tok, _ := l.get(KeyGHCRToken)
+	cfg.GHCRToken = auth.Secret(tok)
+	if (cfg.GHCRUser == "") != (tok == "") {
+		errs = append(errs, fmt.Errorf("%s and %s must be set together; only one of them is set", KeyGHCRUser, KeyGHCRToken))
+	}
+
+	cfg.DockerHost, _ = l.get(KeyDockerHost)
+	if cfg.DockerHost == "" {
+		cfg.DockerHost = DefaultDockerHost
+	}
+
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+type layered struct {
+	file   string
+	vars   map[string]EnvVar
+	getenv func(string) string
+}
+
+// get returns the value of key and where it came from.
+func (l layered) get(key string) (string, string) {
+	if v, ok := l.vars[key]; ok {
+		return v.Value, fmt.Sprintf("%s:%d", l.file, v.Line)
+	}
+	if l.getenv != nil {
+		return l.getenv(key), "environment"
+	}
+	return "", "environment"
+}
+
+// ParsePrefix validates a registry prefix and returns it with trailing
+// slashes removed. An empty value selects DefaultPrefix.
+func ParsePrefix(s string) (string, error) {
+	if s == "" {
+		return DefaultPrefix, nil
+	}
+	switch {
+	case strings.Contains(s, "://"):
+		return "", fmt.Errorf("a prefix has no URL scheme; write the registry host and path only, e.g. %q", DefaultPrefix)
+	case strings.ContainsFunc(s, func(r rune) bool { return r == ' ' || r == '\t' || r == '\n' || r == '\r' || r == '\v' || r == '\f' }):
+		return "", errors.New("contains white space (an inline comment? the env file has none); remove it")
+	case strings.ContainsAny(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"):
+		return "", errors.New("contains upper-case letters; image names are lower-case")
+	case strings.Contains(s, "@"):
+		return "", errors.New("contains a digest ('@'); the prefix names a registry path, pin digests with " + KeyPins)
+	}
+	p := strings.TrimRight(s, "/")
+	if p == "" {
+		return "", errors.New("is only slashes; set a registry host and path or leave it empty for the default")
+	}
+	segs := strings.Split(p, "/")
+	for i, seg := range segs {
+		if seg == "" {
+			return "", errors.New("has an empty path segment ('//' or a leading '/')")
+		}
+		if i > 0 && strings.Contains(seg, ":") {
+			return "", fmt.Errorf("path segment %q contains ':' (a tag?); the prefix cannot carry a tag, images always use :latest or a pin", seg)
+		}
+	}
+	if len(segs) == 1 && strings.Contains(p, ":") {
+		if _, port, _ := strings.Cut(p, ":"); strings.Trim(port, "0123456789") != "" {
+			return "", fmt.Errorf("%q is neither a host:port nor a path: a prefix cannot carry a tag", p)
+		}
+	}
+	// The prefix is valid when every image name built from it is.
+	probe := p + "/workspace-template-x"
+	if _, err := reference.ParseNormalizedNamed(probe); err != nil {
+		return "", fmt.Errorf("does not form a valid image name (%v)", err)
+	}
+	return p, nil
+}
+
+var runtimeName = regexp.MustCompile(`^[a-z0-9]+(-+[a-z0-9]+)*$`)
+
+// ParseRuntimes parses a comma-separated runtime list. An empty value selects
+// KnownRuntimes. Names are trimmed, de-duplicated and sorted.
+func ParseRuntimes(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return KnownRuntimes(), nil
+	}
+	var out []string
+	for _, name := range strings.Split(s, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue // a trailing or doubled comma
+		}
+		if len(name) > 64 || !runtimeName.MatchString(name) {
+			return nil, fmt.Errorf("runtime %q is not a valid name: use lower-case letters, digits and '-', not at either end, at most 64 characters", name)
+		}
+		out = append(out, name)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("names no runtime; leave it empty for the default nine")
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// ParsePins parses comma-separated runtime=sha256:<hex> pairs. Every pinned
+// runtime must be in runtimes.
+func ParsePins(s string, runtimes []string) (map[string]digest.Digest, error) {
+	pins := map[string]digest.Digest{}
+	for _, pair := range strings.Split(s, ",") {
+		pair = strings.TrimSpace(pair)
+		if pair == "" {
+			continue
+		}
+		rt, d, ok := strings.Cut(pair, "=")
+		rt, d = strings.TrimSpace(rt), strings.TrimSpace(d)
+		if !ok || rt == "" || d == "" {
+			return nil, fmt.Errorf("%q is not runtime=sha256:<64 hex digits>", pair)
+		}
+		if !slices.Contains(runtimes, rt) {
+			return nil, fmt.Errorf("pin for runtime %q, which is not in the runtime list %v", rt, runtimes)
+		}
+		dg, err := digest.Parse(d)
+		if err != nil || dg.Algorithm() != digest.SHA256 {
+			return nil, fmt.Errorf("pin for %s: %q is not a digest of the form sha256:<64 lower-case hex digits>", rt, d)
+		}
+		if _, dup := pins[rt]; dup {
+			return nil, fmt.Errorf("runtime %q is pinned twice", rt)
+		}
+		pins[rt] = dg
+	}
+	return pins, nil
+}
+
+// ParsePlatform validates an os/arch[/variant] platform and returns its
+// normalized form. Empty means the daemon's own platform.
+func ParsePlatform(s string) (string, error) {
+	if s == "" {
+		return "", nil
+	}
+	if n := strings.Count(s, "/"); n < 1 || n > 2 {
+		return "", errors.New("write the platform as os/arch or os/arch/variant, e.g. linux/amd64")
+	}
+	p, err := platforms.Parse(s)
+	if err != nil {
+		return "", fmt.Errorf("not a platform: %v", err)
+	}
+	if q, err := platforms.Parse(p.OS); err != nil || q.OS != p.OS {
+		return "", fmt.Errorf("unknown operating system %q", p.OS)
+	}
+	if q, err := platforms.Parse(p.Architecture); err != nil || q.Architecture != p.Architecture {
+		return "", fmt.Errorf("unknown architecture %q", p.Architecture)
+	}
+	return platforms.Format(p), nil
+}

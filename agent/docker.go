@@ -1,0 +1,77 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/registry"
+	"github.com/docker/docker/client"
+)
+
+// DockerEngine is the Engine backed by the Docker Engine API. It is the only
+// code that imports the Docker SDK.
+type DockerEngine struct {
+	cli  *client.Client
+	host string
+}
+
+var _ Engine = (*DockerEngine)(nil)
+
+// NewDockerEngine returns an Engine for the daemon at host (for example
+// unix:///var/run/docker.sock), negotiating the API version with it.
+func NewDockerEngine(host string) (*DockerEngine, error) {
+	cli, err := client.NewClientWithOpts(client.WithHost(host), client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("docker host %q: %w (set DOCKER_HOST to unix:///path/to/docker.sock or tcp://host:port)", host, err)
+	}
+	return &DockerEngine{cli: cli, host: host}, nil
+}
+
+// Close releases the client's connections.
+func (d *DockerEngine) Close() error { return d.cli.Close() }
+
+func (d *DockerEngine) wrap(err error) error {
+	if client.IsErrConnectionFailed(err) {
+		return fmt.Errorf("%w at %s: %v (is dockerd running? is DOCKER_HOST right?)", ErrDaemonUnreachable, d.host, err)
+	}
+	return err
+}
+
+// Ping implements Engine.
+func (d *DockerEngine) Ping(ctx context.Context) error {
+	_, err := d.cli.Ping(ctx)
+	return d.wrap(err)
+}
+
+// ImagePull implements Engine.
+func (d *DockerEngine) ImagePull(ctx context.Context, ref string, opts PullOptions) (io.ReadCloser, error) {
+	po := image.PullOptions{Platform: opts.Platform}
+	if c := opts.Credentials; !c.Anonymous() {
+		enc, err := registry.EncodeAuthConfig(registry.AuthConfig{
+			Username:      c.Username,
+			Password:      c.Password.Reveal(),
+			IdentityToken: c.IdentityToken.Reveal(),
+			RegistryToken: c.RegistryToken.Reveal(),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("encoding registry credentials: %w", err)
+		}
+		po.RegistryAuth = enc
+	}
+	rc, err := d.cli.ImagePull(ctx, ref, po)
+	return rc, d.wrap(err)
+}
+
+// ImageInspect implements Engine.
+func (d *DockerEngine) ImageInspect(ctx context.Context, ref string) (ImageInfo, error) {
+	res, err := d.cli.ImageInspect(ctx, ref)
+	if client.IsErrNotFound(err) {
+		return ImageInfo{}, fmt.Errorf("%s: %w", ref, ErrImageNotFound)
+	}
+	if err != nil {
+		return ImageInfo{}, d.wrap(err)
+	}
+	return ImageInfo{ID: res.ID, RepoTags: res.RepoTags, RepoDigests: res.RepoDigests, Size: res.Size}, nil
+}

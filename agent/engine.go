@@ -1,0 +1,45 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"github.com/molecule-ai/pull-agent/auth"
+)
+
+// Engine is the part of the Docker Engine API the agent uses. The real
+// implementation is DockerEngine; unit tests use a fake.
+type Engine interface {
+	// Ping checks that the daemon answers.
+	Ping(ctx context.Context) error
+	// ImagePull starts a pull and returns the daemon's JSON message stream.
+	// A failure inside the stream is not an error here: decode the stream.
+	ImagePull(ctx context.Context, ref string, opts PullOptions) (io.ReadCloser, error)
+	// ImageInspect describes a local image; ErrImageNotFound if absent.
+	ImageInspect(ctx context.Context, ref string) (ImageInfo, error)
+}
+
+// PullOptions are the options of one pull.
+type PullOptions struct {
+	// Platform is os/arch[/variant], or empty for the daemon's own.
+	Platform string
+	// Credentials are sent as X-Registry-Auth unless anonymous.
+	Credentials auth.Credentials
+}
+
+// ImageInfo is what the agent needs to know about a local image.
+type ImageInfo struct {
+	ID          string
+	RepoTags    []string
+	RepoDigests []string
+	Size        int64
+}
+
+// ErrImageNotFound is returned by Engine.ImageInspect for an image the
+// daemon does not have.
+var ErrImageNotFound = errors.New("image not present in the Docker daemon")
+
+// ErrDaemonUnreachable wraps errors from an Engine that could not reach the
+// Docker daemon at all.
+var ErrDaemonUnreachable = errors.New("cannot reach the Docker daemon")

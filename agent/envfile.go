@@ -1,0 +1,287 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"unicode/utf8"
+)
+
+// MaxEnvFileSize is the largest env file ParseEnvFile reads. The file holds
+// a handful of keys; anything bigger is a mistake (a log or a binary written
+// over it) and is refused rather than parsed.
+const MaxEnvFileSize = 1 << 20
+
+// EnvVar is one assignment read from an env file, with the line it starts on.
+type EnvVar struct {
+	Key   string
+	Value string
+	Line  int
+}
+
+// EnvFileError is a line of an env file that could not be parsed.
+type EnvFileError struct {
+	File string // as given to ParseEnvFile; may be empty
+	Line int    // 1-based; 0 when the problem is the file as a whole
+	Msg  string
+}
+
+func (e *EnvFileError) Error() string {
+	file := e.File
+	if file == "" {
+		file = "env file"
+	}
+	if e.Line == 0 {
+		return fmt.Sprintf("%s: %s", file, e.Msg)
+	}
+	return fmt.Sprintf("%s:%d: %s", file, e.Line, e.Msg)
+}
+
+// ParseEnvFile reads assignments with the syntax systemd's EnvironmentFile=
+// accepts: blank lines; comments starting with '#' or ';'; KEY=VALUE with
+// white space trimmed around the key and around an unquoted value; single
+// quotes (literal); double quotes (backslash escapes ", \, ` and $, and a
+// backslash-newline continues the line); outside quotes a backslash escapes
+// the next character and a backslash-newline continues the line. Quoted and
+// unquoted pieces next to each other are joined, as in systemd.
+//
+// Where systemd silently skips a line (no '=', a key that is not a valid
+// variable name, invalid UTF-8) or accepts an unterminated quote at the end
+// of the file, ParseEnvFile returns an *EnvFileError naming the line instead:
+// a daemon that ignores half its configuration is worse than one that says
+// so. A later assignment of a key replaces an earlier one. name is used only
+// in error messages.
+func ParseEnvFile(name string, r io.Reader) ([]EnvVar, error) {
+	data, err := io.ReadAll(io.LimitReader(r, MaxEnvFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", name, err)
+	}
+	if len(data) > MaxEnvFileSize {
+		return nil, &EnvFileError{File: name, Msg: fmt.Sprintf("file is larger than %d bytes; it should hold a few KEY=VALUE lines", MaxEnvFileSize)}
+	}
+	if i := bytes.IndexByte(data, 0); i >= 0 {
+		return nil, &EnvFileError{File: name, Line: 1 + bytes.Count(data[:i], []byte{'\n'}), Msg: "contains a NUL byte; the file is not text"}
+	}
+	p := envParser{name: name, line: 1}
+	return p.parse(data)
+}
+
+type envState int
+
+const (
+	stPreKey envState = iota
+	stKey
+	stPreValue
+	stValue
+	stValueEscape
+	stSingle
+	stDouble
+	stDoubleEscape
+	stComment
+)
+
+type envParser struct {
+	name      string
+	line      int // current line
+	startLine int // line the current assignment started on
+	quoteLine int // line the open quote started on
+	key       strings.Builder
+	value     strings.Builder
+	// keyEnd and valueEnd mark where trailing white space starts (-1: none).
+	keyEnd, valueEnd int
+	out              []EnvVar
+}
+
+func isEnvNewline(c byte) bool    { return c == '\n' || c == '\r' }
+func isEnvWhitespace(c byte) bool { return c == ' ' || c == '\t' || isEnvNewline(c) }
+
+func (p *envParser) fail(line int, format string, args ...any) error {
+	return &EnvFileError{File: p.name, Line: line, Msg: fmt.Sprintf(format, args...)}
+}
+
+func (p *envParser) parse(data []byte) ([]EnvVar, error) {
+	st := stPreKey
+	for _, c := range data {
+		switch st {
+		case stPreKey:
+			switch {
+			case c == '#' || c == ';':
+				st = stComment
+			case isEnvNewline(c):
+				p.line++
+			case !isEnvWhitespace(c):
+				st = stKey
+				p.startLine = p.line
+				p.key.Reset()
+				p.value.Reset()
+				p.keyEnd = -1
+				p.key.WriteByte(c)
+			}
+		case stKey:
+			switch {
+			case isEnvNewline(c):
+				return nil, p.fail(p.startLine, "%q has no '='; write KEY=VALUE", strings.TrimSpace(p.key.String()))
+			case c == '=':
+				st = stPreValue
+				p.valueEnd = -1
+			default:
+				if !isEnvWhitespace(c) {
+					p.keyEnd = -1
+				} else if p.keyEnd < 0 {
+					p.keyEnd = p.key.Len()
+				}
+				p.key.WriteByte(c)
+			}
+		case stPreValue:
+			switch {
+			case isEnvNewline(c):
+				if err := p.push(false); err != nil {
+					return nil, err
+				}
+				p.line++
+				st = stPreKey
+			case c == '\'':
+				st = stSingle
+				p.quoteLine = p.line
+			case c == '"':
+				st = stDouble
+				p.quoteLine = p.line
+			case c == '\\':
+				st = stValueEscape
+			case !isEnvWhitespace(c):
+				st = stValue
+				p.value.WriteByte(c)
+			}
+		case stValue:
+			switch {
+			case isEnvNewline(c):
+				if err := p.push(true); err != nil {
+					return nil, err
+				}
+				p.line++
+				st = stPreKey
+			case c == '\\':
+				st = stValueEscape
+				p.valueEnd = -1
+			default:
+				if !isEnvWhitespace(c) {
+					p.valueEnd = -1
+				} else if p.valueEnd < 0 {
+					p.valueEnd = p.value.Len()
+				}
+				p.value.WriteByte(c)
+			}
+		case stValueEscape:
+			st = stValue
+			if isEnvNewline(c) {
+				p.line++ // continuation: the newline is dropped
+			} else {
+				p.value.WriteByte(c)
+			}
+		case stSingle:
+			if c == '\'' {
+				st = stPreValue
+			} else {
+				if c == '\n' {
+					p.line++
+				}
+				p.value.WriteByte(c)
+			}
+		case stDouble:
+			switch c {
+			case '"':
+				st = stPreValue
+			case '\\':
+				st = stDoubleEscape
+			default:
+				if c == '\n' {
+					p.line++
+				}
+				p.value.WriteByte(c)
+			}
+		case stDoubleEscape:
+			st = stDouble
+			switch c {
+			case '"', '\\', '`', '$':
+				p.value.WriteByte(c)
+			case '\n':
+				p.line++ // continuation
+			default:
+				p.value.WriteByte('\\')
+				p.value.WriteByte(c)
+			}
+		case stComment:
+			// systemd ≥ 254 ends a comment at the newline even after a
+			// backslash; so does this parser.
+			if isEnvNewline(c) {
+				p.line++
+				st = stPreKey
+			}
+		}
+	}
+	switch st {
+	case stKey:
+		return nil, p.fail(p.startLine, "%q has no '='; write KEY=VALUE", strings.TrimSpace(p.key.String()))
+	case stSingle:
+		return nil, p.fail(p.quoteLine, "single quote opened here is never closed")
+	case stDouble, stDoubleEscape:
+		return nil, p.fail(p.quoteLine, "double quote opened here is never closed")
+	case stPreValue, stValueEscape:
+		if err := p.push(false); err != nil {
+			return nil, err
+		}
+	case stValue:
+		if err := p.push(true); err != nil {
+			return nil, err
+		}
+	}
+	return p.out, nil
+}
+
+// push records the assignment being read. trimValue drops trailing white
+// space from an unquoted value.
+func (p *envParser) push(trimValue bool) error {
+	key := p.key.String()
+	if p.keyEnd >= 0 {
+		key = key[:p.keyEnd]
+	}
+	value := p.value.String()
+	if trimValue && p.valueEnd >= 0 {
+		value = value[:p.valueEnd]
+	}
+	if err := validEnvName(key); err != nil {
+		return p.fail(p.startLine, "%v", err)
+	}
+	if !utf8.ValidString(value) {
+		return p.fail(p.startLine, "value of %s is not valid UTF-8", key)
+	}
+	for i := range p.out {
+		if p.out[i].Key == key {
+			p.out = append(p.out[:i], p.out[i+1:]...)
+			break
+		}
+	}
+	p.out = append(p.out, EnvVar{Key: key, Value: value, Line: p.startLine})
+	return nil
+}
+
+var errEmptyEnvName = errors.New("empty variable name before '='")
+
+func validEnvName(key string) error {
+	if key == "" {
+		return errEmptyEnvName
+	}
+	if !utf8.ValidString(key) {
+		return fmt.Errorf("variable name %q is not valid UTF-8", key)
+	}
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		ok := c == '_' || ('A' <= c && c <= 'Z') || ('a' <= c && c <= 'z') || (i > 0 && '0' <= c && c <= '9')
+		if !ok {
+			return fmt.Errorf("%q is not a valid variable name; use letters, digits and '_', not starting with a digit", key)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,62 @@
+package agent
+
+import (
+	"fmt"
+
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+)
+
+// Image is one workspace-template image the agent keeps warm.
+type Image struct {
+	Runtime string
+	// Ref is the reference as pulled: <prefix>/workspace-template-<runtime>
+	// followed by ":latest" or, for a pinned runtime, "@sha256:…".
+	Ref string
+	// Name is Ref parsed and normalized (docker.io/… for Docker Hub).
+	Name reference.Named
+	// Pin is the pinned manifest digest, or empty for ":latest".
+	Pin digest.Digest
+}
+
+// Host is the registry host the image is pulled from.
+func (i Image) Host() string { return reference.Domain(i.Name) }
+
+// Repository is the image's normalized name without tag or digest.
+func (i Image) Repository() string { return i.Name.Name() }
+
+// ImageRef returns the image reference for runtime under prefix:
+// <prefix>/workspace-template-<runtime>:latest. prefix is used as given.
+func ImageRef(prefix, runtime string) string {
+	return prefix + "/workspace-template-" + runtime + ":latest"
+}
+
+// Images resolves the configured image set, one image per runtime in
+// runtime order.
+func (c Config) Images() ([]Image, error) {
+	out := make([]Image, 0, len(c.Runtimes))
+	for _, rt := range c.Runtimes {
+		ref := ImageRef(c.Prefix, rt)
+		pin := c.Pins[rt]
+		if pin != "" {
+			ref = c.Prefix + "/workspace-template-" + rt + "@" + pin.String()
+		}
+		named, err := reference.ParseNormalizedNamed(ref)
+		if err != nil {
+			return nil, fmt.Errorf("resolving image for runtime %s: %q: %w", rt, ref, err)
+		}
+		out = append(out, Image{Runtime: rt, Ref: ref, Name: named, Pin: pin})
+	}
+	return out, nil
+}
+
+// LookupImage returns the image for runtime, or false when the runtime is
+// not in the set.
+func LookupImage(images []Image, runtime string) (Image, bool) {
+	for _, img := range images {
+		if img.Runtime == runtime {
+			return img, true
+		}
+	}
+	return Image{}, false
+}

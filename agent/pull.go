@@ -1,0 +1,296 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/molecule-ai/pull-agent/auth"
+)
+
+// DefaultConcurrency is how many pulls run at once unless configured.
+const DefaultConcurrency = 3
+
+// Authorizer chooses the credentials for a registry host.
+type Authorizer interface {
+	Select(ctx context.Context, host string) (auth.Selection, error)
+}
+
+// Observer is told about every pull. Its methods are called from the
+// pulling goroutines, concurrently for different images.
+type Observer interface {
+	PullStarted(img Image, source auth.Source)
+	PullProgress(img Image, p Progress)
+	PullFinished(r PullResult)
+}
+
+// NopObserver ignores every event.
+type NopObserver struct{}
+
+// PullStarted implements Observer.
+func (NopObserver) PullStarted(Image, auth.Source) {}
+
+// PullProgress implements Observer.
+func (NopObserver) PullProgress(Image, Progress) {}
+
+// PullFinished implements Observer.
+func (NopObserver) PullFinished(PullResult) {}
+
+// PullResult is the outcome of one pull.
+type PullResult struct {
+	Image  Image
+	Source auth.Source
+	// Digest is the manifest digest the registry served and the daemon now
+	// holds for the image.
+	Digest digest.Digest
+	// ImageID is the local image ID; Size its size in the daemon.
+	ImageID string
+	Size    int64
+	// Bytes is how much was downloaded (layers already present excluded).
+	Bytes    int64
+	Started  time.Time
+	Duration time.Duration
+	// UpToDate is true when the daemon already had the image.
+	UpToDate bool
+	// Err is nil on success, otherwise a *PullError.
+	Err error
+}
+
+// ErrorClass sorts pull failures into what an operator would do about them.
+type ErrorClass string
+
+// The error classes.
+const (
+	ClassAuth        ErrorClass = "auth"         // credentials missing, wrong or refused
+	ClassNotFound    ErrorClass = "not_found"    // no such repository, tag or digest
+	ClassRateLimited ErrorClass = "rate_limited" // the registry said 429 / toomanyrequests
+	ClassNetwork     ErrorClass = "network"      // the registry could not be reached or the connection broke
+	ClassDaemon      ErrorClass = "daemon"       // the Docker daemon could not be reached
+	ClassDisk        ErrorClass = "disk"         // the daemon ran out of space
+	ClassRegistry    ErrorClass = "registry"     // the registry failed the pull part-way (blob missing, 5xx)
+	ClassVerify      ErrorClass = "verify"       // the pull finished but the digest check failed
+	ClassCanceled    ErrorClass = "canceled"     // the agent stopped the pull
+	ClassUnknown     ErrorClass = "unknown"
+)
+
+// PullError is a failed pull.
+type PullError struct {
+	Class ErrorClass
+	Err   error
+}
+
+func (e *PullError) Error() string { return e.Err.Error() }
+func (e *PullError) Unwrap() error { return e.Err }
+
+// ClassOf returns the class of a pull error, ClassUnknown for other errors.
+func ClassOf(err error) ErrorClass {
+	var pe *PullError
+	if errors.As(err, &pe) {
+		return pe.Class
+	}
+	return ClassUnknown
+}
+
+// classify sorts an error the daemon returned. The daemon reports registry
+// failures as text (often behind HTTP 500), so the text decides.
+func classify(err error) ErrorClass {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return ClassCanceled
+	}
+	if errors.Is(err, ErrDaemonUnreachable) {
+		return ClassDaemon
+	}
+	s := strings.ToLower(err.Error())
+	has := func(subs ...string) bool {
+		for _, sub := range subs {
+			if strings.Contains(s, sub) {
+				return true
+			}
+		}
+		return false
+	}
+	switch {
+	case has("toomanyrequests", "too many requests", "rate limit"):
+		return ClassRateLimited
+	case has("unauthorized", "authentication required", "no basic auth credentials", "access denied", "denied:", "access to the resource is denied", "incorrect username or password"):
+		return ClassAuth
+	case has("manifest unknown", "not found", "name unknown", "repository does not exist", "no such image"):
+		return ClassNotFound
+	case has("no space left on device"):
+		return ClassDisk
+	case has("connection refused", "no such host", "i/o timeout", "connection reset", "tls handshake", "network is unreachable", "dial tcp", "unexpected eof", "server misbehaving"):
+		return ClassNetwork
+	case has("blob unknown", "500 internal server error", "502 bad gateway", "503 service unavailable", "504 gateway timeout", "unknown blob", "filesystem layer verification failed"):
+		return ClassRegistry
+	}
+	var se *StreamError
+	if errors.As(err, &se) {
+		return ClassRegistry
+	}
+	return ClassUnknown
+}
+
+// PullerOptions configures a Puller.
+type PullerOptions struct {
+	// Concurrency is how many pulls run at once; 0 means DefaultConcurrency.
+	Concurrency int
+	// Platform is passed to every pull.
+	Platform string
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Puller pulls images into the Docker daemon, verifies them and reports.
+type Puller struct {
+	engine Engine
+	auth   Authorizer
+	log    *slog.Logger
+	opts   PullerOptions
+}
+
+// NewPuller returns a Puller.
+func NewPuller(engine Engine, authz Authorizer, logger *slog.Logger, opts PullerOptions) (*Puller, error) {
+	if engine == nil || authz == nil || logger == nil {
+		return nil, errors.New("NewPuller: engine, authorizer and logger are required")
+	}
+	if opts.Concurrency < 0 {
+		return nil, fmt.Errorf("concurrency %d: must be 1 or more", opts.Concurrency)
+	}
+	if opts.Concurrency == 0 {
+		opts.Concurrency = DefaultConcurrency
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Puller{engine: engine, auth: authz, log: logger.With("component", "puller"), opts: opts}, nil
+}
+
+// PullAll pulls every image, at most Concurrency at once, and returns the
+// results in the order of images. One failure never stops the others.
+func (p *Puller) PullAll(ctx context.Context, images []Image, obs Observer) []PullResult {
+	if obs == nil {
+		obs = NopObserver{}
+	}
+	results := make([]PullResult, len(images))
+	sem := make(chan struct{}, p.opts.Concurrency)
+	var wg sync.WaitGroup
+	for i, img := range images {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+				defer func() { <-sem }()
+				results[i] = p.Pull(ctx, img, obs)
+			case <-ctx.Done():
+				results[i] = PullResult{Image: img, Started: p.opts.Now(), Err: &PullError{Class: ClassCanceled, Err: fmt.Errorf("pull of %s not started: %w", img.Ref, ctx.Err())}}
+				obs.PullFinished(results[i])
+			}
+		}()
+	}
+	wg.Wait()
+	return results
+}
+
+// Pull pulls one image, decodes the daemon's stream and verifies that the
+// daemon holds the digest the registry served.
+func (p *Puller) Pull(ctx context.Context, img Image, obs Observer) PullResult {
+	if obs == nil {
+		obs = NopObserver{}
+	}
+	res := PullResult{Image: img, Started: p.opts.Now()}
+	finish := func(err error) PullResult {
+		res.Duration = p.opts.Now().Sub(res.Started)
+		if err != nil {
+			var pe *PullError
+			if !errors.As(err, &pe) {
+				err = &PullError{Class: classify(err), Err: err}
+			}
+			res.Err = err
+		}
+		obs.PullFinished(res)
+		return res
+	}
+
+	sel, err := p.auth.Select(ctx, img.Host())
+	res.Source = sel.Source
+	if err != nil {
+		return finish(&PullError{Class: ClassAuth, Err: fmt.Errorf("choosing credentials for %s: %w", img.Host(), err)})
+	}
+	obs.PullStarted(img, sel.Source)
+
+	rc, err := p.engine.ImagePull(ctx, img.Ref, PullOptions{Platform: p.opts.Platform, Credentials: sel.Credentials})
+	if err != nil {
+		return finish(fmt.Errorf("pulling %s: %w", img.Ref, err))
+	}
+	sr, err := decodeStream(rc, func(pr Progress) { obs.PullProgress(img, pr) })
+	rc.Close()
+	res.Bytes = sr.Progress.Current
+	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+		}
+		return finish(fmt.Errorf("pulling %s: %w", img.Ref, err))
+	}
+	res.UpToDate = strings.HasPrefix(sr.Status, "Image is up to date")
+
+	pr := sr.Progress
+	pr.Phase = PhaseVerifying
+	obs.PullProgress(img, pr)
+	info, dg, err := p.verify(ctx, img, sr.Digest)
+	if err != nil {
+		return finish(err)
+	}
+	res.Digest, res.ImageID, res.Size = dg, info.ID, info.Size
+	return finish(nil)
+}
+
+// verify checks that the daemon holds img with the digest the registry
+// served (for a pin, the pinned digest).
+func (p *Puller) verify(ctx context.Context, img Image, served digest.Digest) (ImageInfo, digest.Digest, error) {
+	verr := func(format string, args ...any) error {
+		return &PullError{Class: ClassVerify, Err: fmt.Errorf("verifying %s: "+format, append([]any{img.Ref}, args...)...)}
+	}
+	want := served
+	if img.Pin != "" {
+		if served != "" && served != img.Pin {
+			return ImageInfo{}, "", verr("the daemon reported digest %s, not the pinned %s", served, img.Pin)
+		}
+		want = img.Pin
+	}
+	if want == "" {
+		return ImageInfo{}, "", verr("the daemon did not report the manifest digest it pulled")
+	}
+	info, err := p.engine.ImageInspect(ctx, img.Ref)
+	if err != nil {
+		if errors.Is(err, ErrImageNotFound) {
+			return ImageInfo{}, "", verr("the pull reported success but the image is not in the daemon")
+		}
+		return ImageInfo{}, "", fmt.Errorf("verifying %s: %w", img.Ref, err)
+	}
+	if !hasRepoDigest(info.RepoDigests, img.Repository(), want) {
+		return ImageInfo{}, "", verr("the daemon's image %s has repo digests %v, none is %s@%s", info.ID, info.RepoDigests, img.Repository(), want)
+	}
+	return info, want, nil
+}
+
+func hasRepoDigest(repoDigests []string, repo string, want digest.Digest) bool {
+	for _, rd := range repoDigests {
+		n, err := reference.ParseNormalizedNamed(rd)
+		if err != nil {
+			continue
+		}
+		c, ok := n.(reference.Canonical)
+		if ok && n.Name() == repo && c.Digest() == want {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,299 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"strings"
+	"text/tabwriter"
+
+	"golang.org/x/term"
+
+	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/auth"
+)
+
+// Exit codes.
+const (
+	exitFailed = 1 // the command ran and something it checked failed
+	exitUsage  = 2 // bad flags or configuration
+)
+
+// exitError carries an exit code; a nil err means the command already said
+// what went wrong.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func (e *exitError) Unwrap() error { return e.err }
+
+func usageErr(err error) error { return &exitError{code: exitUsage, err: err} }
+
+const usage = `pull-agent keeps the workspace-template images warm in the local Docker daemon.
+
+Usage:
+  pull-agent images  [--env-file F] [--json]              list the images and where they come from
+  pull-agent pull    [--env-file F] [--concurrency N] [--quiet]
+                                                          pull and verify every image once
+  pull-agent version                                      print the version
+
+Run 'pull-agent COMMAND -h' for a command's flags.
+`
+
+// run is the whole program; main only wires it to the process.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return usageErr(errors.New("no command given"))
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "version", "--version":
+		fmt.Fprintf(stdout, "pull-agent %s (%s %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return nil
+	case "images":
+		return runImages(rest, getenv, stdout, stderr)
+	case "pull":
+		return runPull(ctx, rest, getenv, stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return usageErr(fmt.Errorf("unknown command %q", cmd))
+	}
+}
+
+// common holds the flags every command that reads the configuration has.
+type common struct {
+	envFile  string
+	logLevel string
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.envFile, "env-file", agent.DefaultEnvFile, "env file with MOLECULE_IMAGE_REGISTRY and the other settings")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return &exitError{code: 0}
+		}
+		return usageErr(err)
+	}
+	if fs.NArg() > 0 {
+		return usageErr(fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0)))
+	}
+	return nil
+}
+
+func (c *common) logger(stderr io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return nil, usageErr(fmt.Errorf("--log-level %q: use debug, info, warn or error", c.logLevel))
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})), nil
+}
+
+// loadConfig reads the env file and builds the configuration. A missing
+// file is fine at the default path (the defaults and the process
+// environment apply) and an error when named explicitly.
+func (c *common) loadConfig(fs *flag.FlagSet, getenv func(string) string, log *slog.Logger) (agent.Config, error) {
+	explicit := false
+	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "env-file" })
+	vars, err := agent.ReadEnvFile(c.envFile)
+	switch {
+	case err == nil:
+	case agent.IsNotExist(err) && !explicit:
+		log.Debug("env file absent; using the process environment and defaults", "env_file", c.envFile)
+	default:
+		return agent.Config{}, usageErr(err)
+	}
+	cfg, err := agent.LoadConfig(c.envFile, vars, getenv)
+	if err != nil {
+		return agent.Config{}, usageErr(fmt.Errorf("configuration refused:\n%w", err))
+	}
+	return cfg, nil
+}
+
+func newSelector(cfg agent.Config) (*auth.Selector, error) {
+	return auth.NewSelector(auth.Options{GHCRUser: cfg.GHCRUser, GHCRToken: cfg.GHCRToken})
+}
+
+type imageRow struct {
+	Runtime string `json:"runtime"`
+	Image   string `json:"image"`
+	Host    string `json:"host"`
+	Auth    string `json:"auth"`
+	Pinned  string `json:"pinned_digest,omitempty"`
+}
+
+func runImages(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("images", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c common
+	c.register(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := c.logger(stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := c.loadConfig(fs, getenv, log)
+	if err != nil {
+		return err
+	}
+	images, err := cfg.Images()
+	if err != nil {
+		return err
+	}
+	sel, err := newSelector(cfg)
+	if err != nil {
+		return err
+	}
+	rows := make([]imageRow, 0, len(images))
+	for _, img := range images {
+		rows = append(rows, imageRow{Runtime: img.Runtime, Image: img.Ref, Host: img.Host(), Auth: string(sel.Describe(img.Host())), Pinned: img.Pin.String()})
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			Prefix   string     `json:"prefix"`
+			Platform string     `json:"platform,omitempty"`
+			Images   []imageRow `json:"images"`
+		}{cfg.Prefix, cfg.Platform, rows})
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RUNTIME\tIMAGE\tHOST\tAUTH")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Runtime, r.Image, r.Host, r.Auth)
+	}
+	return tw.Flush()
+}
+
+func runPull(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pull", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c common
+	c.register(fs)
+	concurrency := fs.Int("concurrency", agent.DefaultConcurrency, "how many images to pull at once")
+	quiet := fs.Bool("quiet", false, "no progress output; failures are still printed to stderr")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *concurrency < 1 {
+		return usageErr(fmt.Errorf("--concurrency %d: must be 1 or more", *concurrency))
+	}
+	log, err := c.logger(stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := c.loadConfig(fs, getenv, log)
+	if err != nil {
+		return err
+	}
+	images, err := cfg.Images()
+	if err != nil {
+		return err
+	}
+	sel, err := newSelector(cfg)
+	if err != nil {
+		return err
+	}
+	engine, err := agent.NewDockerEngine(cfg.DockerHost)
+	if err != nil {
+		return usageErr(err)
+	}
+	defer engine.Close()
+	if err := engine.Ping(ctx); err != nil {
+		return &exitError{code: exitFailed, err: fmt.Errorf("no image can be pulled: %w", err)}
+	}
+	puller, err := agent.NewPuller(engine, sel, log, agent.PullerOptions{Concurrency: *concurrency, Platform: cfg.Platform})
+	if err != nil {
+		return err
+	}
+
+	var obs agent.Observer = agent.NopObserver{}
+	var display *ttyDisplay
+	switch {
+	case *quiet:
+	case isTerminal(stdout) && getenv("TERM") != "dumb":
+		display = newTTYDisplay(stdout, images, getenv("NO_COLOR") == "")
+		obs = display
+	default:
+		obs = logObserver{log: log.With("component", "pull")}
+	}
+	results := puller.PullAll(ctx, images, obs)
+	if display != nil {
+		display.Stop()
+	}
+	return summarize(results, *quiet, stdout, stderr)
+}
+
+// summarize prints what happened and returns an exit error if any image is
+// missing.
+func summarize(results []agent.PullResult, quiet bool, stdout, stderr io.Writer) error {
+	var failed []agent.PullResult
+	for _, r := range results {
+		if r.Err != nil {
+			failed = append(failed, r)
+		}
+	}
+	if !quiet {
+		fmt.Fprintf(stdout, "%d/%d images present and verified\n", len(results)-len(failed), len(results))
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	fmt.Fprintf(stderr, "%d image(s) failed:\n", len(failed))
+	for _, r := range failed {
+		fmt.Fprintf(stderr, "  %s  %s  [%s] %s\n", r.Image.Runtime, r.Image.Ref, agent.ClassOf(r.Err), oneLine(r.Err.Error()))
+	}
+	return &exitError{code: exitFailed}
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// logObserver writes one structured line per pull start and finish.
+type logObserver struct {
+	log *slog.Logger
+}
+
+func (o logObserver) PullStarted(img agent.Image, src auth.Source) {
+	o.log.Info("pull started", "runtime", img.Runtime, "image", img.Ref, "auth", string(src))
+}
+
+func (o logObserver) PullProgress(agent.Image, agent.Progress) {}
+
+func (o logObserver) PullFinished(r agent.PullResult) {
+	if r.Err != nil {
+		o.log.Error("pull failed", "runtime", r.Image.Runtime, "image", r.Image.Ref, "class", string(agent.ClassOf(r.Err)), "error", oneLine(r.Err.Error()), "duration_s", r.Duration.Seconds())
+		return
+	}
+	o.log.Info("image pulled", "runtime", r.Image.Runtime, "image", r.Image.Ref, "digest", r.Digest.String(), "bytes", r.Bytes, "size", r.Size, "up_to_date", r.UpToDate, "duration_s", r.Duration.Seconds())
+}
