@@ -111,6 +111,12 @@ func (p *envParser) parse(data []byte) ([]EnvVar, error) {
 				st = stComment
 			case isEnvNewline(c):
 				p.line++
+			case c == '=': // no key at all; push reports it
+				st = stPreValue
+				p.startLine = p.line
+				p.key.Reset()
+				p.value.Reset()
+				p.keyEnd, p.valueEnd = -1, -1
 			case !isEnvWhitespace(c):
 				st = stKey
 				p.startLine = p.line

@@ -179,22 +179,27 @@ func (p *Puller) PullAll(ctx context.Context, images []Image, obs Observer) []Pu
 		obs = NopObserver{}
 	}
 	results := make([]PullResult, len(images))
-	sem := make(chan struct{}, p.opts.Concurrency)
+	next := make(chan int)
 	var wg sync.WaitGroup
-	for i, img := range images {
+	for range min(p.opts.Concurrency, len(images)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			select {
-			case sem <- struct{}{}:
-				defer func() { <-sem }()
-				results[i] = p.Pull(ctx, img, obs)
-			case <-ctx.Done():
-				results[i] = PullResult{Image: img, Started: p.opts.Now(), Err: &PullError{Class: ClassCanceled, Err: fmt.Errorf("pull of %s not started: %w", img.Ref, ctx.Err())}}
-				obs.PullFinished(results[i])
+			for i := range next {
+				results[i] = p.Pull(ctx, images[i], obs)
 			}
 		}()
 	}
+	// Images start in the order given, so the first runtimes warm first.
+	for i, img := range images {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			results[i] = PullResult{Image: img, Started: p.opts.Now(), Err: &PullError{Class: ClassCanceled, Err: fmt.Errorf("pull of %s not started: %w", img.Ref, ctx.Err())}}
+			obs.PullFinished(results[i])
+		}
+	}
+	close(next)
 	wg.Wait()
 	return results
 }

@@ -1,0 +1,280 @@
+package agent
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func envOf(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func mustLoad(t *testing.T, file []EnvVar, env map[string]string) Config {
+	t.Helper()
+	cfg, err := LoadConfig("test.env", file, envOf(env))
+	if err != nil {
+		t.Fatalf("LoadConfig: %v", err)
+	}
+	return cfg
+}
+
+func mustImages(t *testing.T, cfg Config) []Image {
+	t.Helper()
+	imgs, err := cfg.Images()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return imgs
+}
+
+// The resolver rules of the original RegistryPrefix/RuntimeImages, which
+// are the contract.
+func TestResolverContract(t *testing.T) {
+	t.Run("default fallback", func(t *testing.T) {
+		cfg := mustLoad(t, nil, nil)
+		if cfg.Prefix != "ghcr.io/molecule-ai" {
+			t.Fatalf("prefix %q", cfg.Prefix)
+		}
+		img, _ := LookupImage(mustImages(t, cfg), "claude-code")
+		if img.Ref != "ghcr.io/molecule-ai/workspace-template-claude-code:latest" {
+			t.Fatalf("ref %q", img.Ref)
+		}
+	})
+	t.Run("env override", func(t *testing.T) {
+		cfg := mustLoad(t, nil, map[string]string{KeyRegistry: "123456789012.dkr.ecr.us-east-2.amazonaws.com/molecule-ai"})
+		img, _ := LookupImage(mustImages(t, cfg), "codex")
+		if img.Ref != "123456789012.dkr.ecr.us-east-2.amazonaws.com/molecule-ai/workspace-template-codex:latest" {
+			t.Fatalf("ref %q", img.Ref)
+		}
+		if img.Host() != "123456789012.dkr.ecr.us-east-2.amazonaws.com" {
+			t.Fatalf("host %q", img.Host())
+		}
+	})
+	t.Run("empty env is the default", func(t *testing.T) {
+		cfg := mustLoad(t, nil, map[string]string{KeyRegistry: ""})
+		if cfg.Prefix != DefaultPrefix {
+			t.Fatalf("prefix %q", cfg.Prefix)
+		}
+	})
+	t.Run("all nine known runtimes", func(t *testing.T) {
+		imgs := mustImages(t, mustLoad(t, nil, nil))
+		var got []string
+		for _, i := range imgs {
+			got = append(got, i.Runtime)
+		}
+		want := []string{"autogen", "claude-code", "codex", "crewai", "deepagents", "gemini-cli", "hermes", "langgraph", "openclaw"}
+		if !slices.Equal(got, want) {
+			t.Fatalf("runtimes %v, want %v", got, want)
+		}
+	})
+	t.Run("unknown runtime has no image", func(t *testing.T) {
+		if img, ok := LookupImage(mustImages(t, mustLoad(t, nil, nil)), "nonexistent"); ok {
+			t.Fatalf("got %v", img)
+		}
+	})
+	t.Run("override applies to every runtime and keeps latest", func(t *testing.T) {
+		imgs := mustImages(t, mustLoad(t, nil, map[string]string{KeyRegistry: "registry.example.test:5000/mirror"}))
+		for _, i := range imgs {
+			want := "registry.example.test:5000/mirror/workspace-template-" + i.Runtime + ":latest"
+			if i.Ref != want {
+				t.Errorf("%s: %q, want %q", i.Runtime, i.Ref, want)
+			}
+		}
+	})
+	t.Run("alphabetical order whatever the input order", func(t *testing.T) {
+		imgs := mustImages(t, mustLoad(t, nil, map[string]string{KeyRuntimes: "openclaw, autogen,codex,autogen,"}))
+		var got []string
+		for _, i := range imgs {
+			got = append(got, i.Runtime)
+		}
+		if !slices.Equal(got, []string{"autogen", "codex", "openclaw"}) {
+			t.Fatalf("got %v", got)
+		}
+	})
+	t.Run("trailing slashes trimmed", func(t *testing.T) {
+		if p := mustLoad(t, nil, map[string]string{KeyRegistry: "ghcr.io/other//"}).Prefix; p != "ghcr.io/other" {
+			t.Fatalf("prefix %q", p)
+		}
+	})
+}
+
+func TestLayering(t *testing.T) {
+	file := []EnvVar{{Key: KeyRegistry, Value: "ghcr.io/from-file", Line: 3}}
+	env := map[string]string{KeyRegistry: "ghcr.io/from-env", KeyRuntimes: "codex", KeyDockerHost: "unix:///tmp/d.sock"}
+	cfg := mustLoad(t, file, env)
+	if cfg.Prefix != "ghcr.io/from-file" {
+		t.Errorf("a key in the file must win: prefix %q", cfg.Prefix)
+	}
+	if !slices.Equal(cfg.Runtimes, []string{"codex"}) {
+		t.Errorf("a key absent from the file falls back to the environment: %v", cfg.Runtimes)
+	}
+	if cfg.DockerHost != "unix:///tmp/d.sock" {
+		t.Errorf("docker host %q", cfg.DockerHost)
+	}
+	if d := mustLoad(t, nil, nil).DockerHost; d != DefaultDockerHost {
+		t.Errorf("default docker host %q", d)
+	}
+	// An empty value in the file still wins over the environment.
+	cfg = mustLoad(t, []EnvVar{{Key: KeyRegistry, Value: "", Line: 1}}, env)
+	if cfg.Prefix != DefaultPrefix {
+		t.Errorf("empty in file: prefix %q, want default", cfg.Prefix)
+	}
+}
+
+func TestConfigRefusals(t *testing.T) {
+	pin := "sha256:" + strings.Repeat("a", 64)
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string // in the error
+	}{
+		{"scheme", map[string]string{KeyRegistry: "https://ghcr.io/molecule-ai"}, "no URL scheme"},
+		{"whitespace", map[string]string{KeyRegistry: "ghcr.io/molecule-ai # old"}, "contains white space"},
+		{"upper case", map[string]string{KeyRegistry: "ghcr.io/Molecule-AI"}, "upper-case"},
+		{"tag inside prefix", map[string]string{KeyRegistry: "ghcr.io/molecule-ai:v1"}, "cannot carry a tag"},
+		{"tag on bare host", map[string]string{KeyRegistry: "molecule:latest"}, "cannot carry a tag"},
+		{"digest inside prefix", map[string]string{KeyRegistry: "ghcr.io/molecule-ai@" + pin}, "contains a digest"},
+		{"empty segment", map[string]string{KeyRegistry: "ghcr.io//molecule-ai"}, "empty path segment"},
+		{"leading slash", map[string]string{KeyRegistry: "/molecule-ai"}, "empty path segment"},
+		{"only slashes", map[string]string{KeyRegistry: "///"}, "only slashes"},
+		{"invalid characters", map[string]string{KeyRegistry: "ghcr.io/molecule_-ai"}, "does not form a valid image name"},
+		{"bad runtime name", map[string]string{KeyRuntimes: "codex,Claude"}, `runtime "Claude" is not a valid name`},
+		{"runtime with underscore", map[string]string{KeyRuntimes: "my_rt"}, `runtime "my_rt" is not a valid name`},
+		{"runtime ending in dash", map[string]string{KeyRuntimes: "codex-"}, `runtime "codex-" is not a valid name`},
+		{"runtimes only commas", map[string]string{KeyRuntimes: ", ,"}, "names no runtime"},
+		{"pin for runtime not in list", map[string]string{KeyRuntimes: "codex", KeyPins: "hermes=" + pin}, `pin for runtime "hermes", which is not in the runtime list`},
+		{"pin malformed digest", map[string]string{KeyPins: "codex=sha256:abc"}, "not a digest of the form sha256"},
+		{"pin upper-case hex", map[string]string{KeyPins: "codex=sha256:" + strings.Repeat("A", 64)}, "not a digest of the form sha256"},
+		{"pin other algorithm", map[string]string{KeyPins: "codex=sha512:" + strings.Repeat("a", 128)}, "not a digest of the form sha256"},
+		{"pin without runtime", map[string]string{KeyPins: pin}, "is not runtime=sha256"},
+		{"pin twice", map[string]string{KeyPins: "codex=" + pin + ",codex=" + pin}, "pinned twice"},
+		{"platform without arch", map[string]string{KeyPlatform: "linux"}, "os/arch"},
+		{"platform unknown os", map[string]string{KeyPlatform: "plan10/amd64"}, `unknown operating system "plan10"`},
+		{"platform unknown arch", map[string]string{KeyPlatform: "linux/banana"}, `unknown architecture "banana"`},
+		{"platform garbage", map[string]string{KeyPlatform: "linux/amd64/v1/x"}, "os/arch"},
+		{"ghcr user without token", map[string]string{KeyGHCRUser: "bot"}, "must be set together"},
+	}
+	seen := map[string]string{}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := LoadConfig("test.env", nil, envOf(tt.env))
+			if err == nil {
+				t.Fatalf("accepted %v", tt.env)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %q does not say %q", err, tt.want)
+			}
+			var ce *ConfigError
+			if errors.As(err, &ce) {
+				if !strings.Contains(err.Error(), ce.Key+"=") {
+					t.Errorf("error does not name the key: %v", err)
+				}
+				if !strings.Contains(err.Error(), ce.Value) {
+					t.Errorf("error does not quote the value: %v", err)
+				}
+			}
+			if prev, dup := seen[err.Error()]; dup {
+				t.Errorf("same message as case %q: each refusal needs its own", prev)
+			}
+			seen[err.Error()] = tt.name
+		})
+	}
+}
+
+func TestConfigErrorNamesFileAndLine(t *testing.T) {
+	vars, err := ParseEnvFile("/etc/pull-agent/pull-agent.env", strings.NewReader("# c\nMOLECULE_IMAGE_REGISTRY=https://x\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = LoadConfig("/etc/pull-agent/pull-agent.env", vars, envOf(nil))
+	if err == nil || !strings.Contains(err.Error(), "/etc/pull-agent/pull-agent.env:2: MOLECULE_IMAGE_REGISTRY=\"https://x\"") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestConfigReportsEveryRefusal(t *testing.T) {
+	_, err := LoadConfig("f", nil, envOf(map[string]string{KeyRegistry: "A", KeyRuntimes: "B", KeyPlatform: "x"}))
+	for _, k := range []string{KeyRegistry, KeyRuntimes, KeyPlatform} {
+		if err == nil || !strings.Contains(err.Error(), k) {
+			t.Errorf("error does not report %s: %v", k, err)
+		}
+	}
+}
+
+func TestPinsAndPlatform(t *testing.T) {
+	pin := "sha256:" + strings.Repeat("b", 64)
+	cfg := mustLoad(t, nil, map[string]string{KeyPins: " codex = " + pin + " ,", KeyPlatform: "Linux/AMD64"})
+	img, _ := LookupImage(mustImages(t, cfg), "codex")
+	if img.Ref != "ghcr.io/molecule-ai/workspace-template-codex@"+pin || img.Pin.String() != pin {
+		t.Fatalf("pinned ref %q pin %q", img.Ref, img.Pin)
+	}
+	if other, _ := LookupImage(mustImages(t, cfg), "hermes"); other.Pin != "" || !strings.HasSuffix(other.Ref, ":latest") {
+		t.Fatalf("unpinned runtime %v", other)
+	}
+	if cfg.Platform != "linux/amd64" {
+		t.Fatalf("platform %q", cfg.Platform)
+	}
+	if p, err := ParsePlatform("linux/arm64/v8"); err != nil || p != "linux/arm64/v8" {
+		t.Fatalf("arm64: %q %v", p, err)
+	}
+}
+
+func TestValidPrefixes(t *testing.T) {
+	for _, p := range []string{
+		"ghcr.io/molecule-ai",
+		"localhost:5000/x",
+		"127.0.0.1:5000",
+		"registry.example.test",
+		"moleculeai",
+		"123456789012.dkr.ecr.eu-west-1.amazonaws.com/a/b/c",
+		"public.ecr.aws/molecule",
+	} {
+		if _, err := ParsePrefix(p); err != nil {
+			t.Errorf("%q refused: %v", p, err)
+		}
+	}
+}
+
+func FuzzParsePrefix(f *testing.F) {
+	for _, s := range []string{"ghcr.io/molecule-ai", "a:1/b", "https://x", "A", "x//y", "x@sha256:00", "a:b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ParsePrefix(s)
+		if err != nil {
+			return
+		}
+		// Every accepted prefix yields references the Docker SDK accepts.
+		cfg := Config{Prefix: p, Runtimes: KnownRuntimes()}
+		if _, err := cfg.Images(); err != nil {
+			t.Fatalf("prefix %q accepted but %v", s, err)
+		}
+		if strings.HasSuffix(p, "/") || strings.ContainsAny(p, " @") {
+			t.Fatalf("prefix %q accepted as %q", s, p)
+		}
+	})
+}
+
+func FuzzParseRuntimesAndPins(f *testing.F) {
+	f.Add("codex,hermes", "codex=sha256:"+strings.Repeat("0", 64))
+	f.Add(",,", "x=")
+	f.Fuzz(func(t *testing.T, rts, pins string) {
+		list, err := ParseRuntimes(rts)
+		if err != nil {
+			return
+		}
+		if !slices.IsSorted(list) || len(slices.Compact(slices.Clone(list))) != len(list) {
+			t.Fatalf("%q: not sorted and unique: %v", rts, list)
+		}
+		pm, err := ParsePins(pins, list)
+		if err != nil {
+			return
+		}
+		cfg := Config{Prefix: DefaultPrefix, Runtimes: list, Pins: pm}
+		if _, err := cfg.Images(); err != nil {
+			t.Fatalf("runtimes %q pins %q accepted but %v", rts, pins, err)
+		}
+	})
+}

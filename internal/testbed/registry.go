@@ -1,0 +1,148 @@
+package testbed
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Registry is a running distribution registry of the bed.
+type Registry struct {
+	Name string
+	// Addr is host:port on loopback, e.g. 127.0.0.1:40123. Docker treats
+	// 127.0.0.0/8 registries as insecure (plain HTTP allowed).
+	Addr string
+	// Root is the registry's storage root directory.
+	Root string
+	// LogPath is the registry's log (access log included).
+	LogPath string
+
+	proc *proc
+}
+
+// RegistryOptions configures a registry.
+type RegistryOptions struct {
+	// Htpasswd, if set, is the content of an htpasswd file (bcrypt entries)
+	// and turns on basic auth.
+	Htpasswd string
+}
+
+// Registry returns the registry started under name, or nil.
+func (b *Bed) Registry(name string) *Registry {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.registries[name]
+}
+
+// StartRegistry starts a registry on a free loopback port.
+func (b *Bed) StartRegistry(ctx context.Context, name string, opts RegistryOptions) (*Registry, error) {
+	var lastErr error
+	for range 3 { // a free port can be taken between choosing and binding it
+		r, err := b.startRegistry(ctx, name, opts)
+		if err == nil {
+			b.mu.Lock()
+			b.registries[name] = r
+			b.mu.Unlock()
+			b.opts.Logf("registry %s ready at %s", name, r.Addr)
+			return r, nil
+		}
+		lastErr = err
+	}
+	return nil, lastErr
+}
+
+func (b *Bed) startRegistry(ctx context.Context, name string, opts RegistryOptions) (*Registry, error) {
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(b.Dir, "registry-"+name)
+	root := filepath.Join(dir, "storage")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, err
+	}
+	secret := make([]byte, 16)
+	_, _ = rand.Read(secret)
+	r := &Registry{Name: name, Addr: fmt.Sprintf("127.0.0.1:%d", port), Root: root, LogPath: filepath.Join(b.Dir, "logs", "registry-"+name+".log")}
+	var cfg strings.Builder
+	fmt.Fprintf(&cfg, `version: 0.1
+log:
+  level: info
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: %s
+  secret: %s
+`, root, r.Addr, hex.EncodeToString(secret))
+	if opts.Htpasswd != "" {
+		hp := filepath.Join(dir, "htpasswd")
+		if err := os.WriteFile(hp, []byte(opts.Htpasswd), 0o600); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(&cfg, "auth:\n  htpasswd:\n    realm: testbed\n    path: %s\n", hp)
+	}
+	cfgPath := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := b.spawn("registry-"+name, RegistryBin, "serve", cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	r.proc = p
+	hc := &http.Client{Timeout: 2 * time.Second}
+	if err := waitReady(ctx, p, 30*time.Second, func(ctx context.Context) bool { return httpOK(ctx, hc, "http://"+r.Addr+"/v2/") }); err != nil {
+		p.stop()
+		return nil, fmt.Errorf("registry %s did not become ready: %w\n%s", name, err, b.logTail("registry-"+name))
+	}
+	return r, nil
+}
+
+// Stop stops the registry; its storage stays.
+func (r *Registry) Stop() error { return r.proc.stop() }
+
+// BlobPath is where the registry stores the blob with digest d.
+func (r *Registry) BlobPath(d digest.Digest) string {
+	hexd := d.Encoded()
+	return filepath.Join(r.Root, "docker", "registry", "v2", "blobs", d.Algorithm().String(), hexd[:2], hexd, "data")
+}
+
+// DeleteBlob removes a blob's data behind the registry's back, so that a
+// pull finds the manifest but fails when it fetches the blob.
+func (r *Registry) DeleteBlob(d digest.Digest) error {
+	if err := os.Remove(r.BlobPath(d)); err != nil {
+		return fmt.Errorf("deleting blob %s from registry %s: %w", d, r.Name, err)
+	}
+	return nil
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port: %w", err)
+	}
+	defer l.Close()
+	addr, ok := l.Addr().(*net.TCPAddr)
+	if !ok {
+		return 0, errors.New("finding a free port: not a TCP address")
+	}
+	return addr.Port, nil
+}
