@@ -1,7 +1,8 @@
 // Command testbedctl starts and stops a test bed that outlives it, for
 // 'make testbed-up', 'make demo' and the benchmarks.
 //
-//	testbedctl up   [--dir D]   start dockerd and two seeded registries
+//	testbedctl up   [--dir D] [--base-size N] [--layer-size N]
+//	                            start dockerd and two seeded registries
 //	testbedctl down [--dir D]   stop everything under D and remove it
 //
 // 'up' writes D/testbed.env (shell variables) and D/pull-agent.env (an env
@@ -41,12 +42,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dir := fs.String("dir", "/tmp/pull-agent-testbed", "directory of the test bed")
+	var seed testbed.SeedOptions
+	fs.Int64Var(&seed.BaseSize, "base-size", 1<<20, "up: bytes of the base layer the seeded images share")
+	fs.Int64Var(&seed.LayerSize, "layer-size", 256<<10, "up: bytes of each seeded image's own layer")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
 	switch args[0] {
 	case "up":
-		return up(ctx, *dir, stdout)
+		return up(ctx, *dir, seed, stdout)
 	case "down":
 		if err := testbed.StopDir(*dir); err != nil {
 			return err
@@ -58,7 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 }
 
-func up(ctx context.Context, dir string, stdout io.Writer) (err error) {
+func up(ctx context.Context, dir string, seed testbed.SeedOptions, stdout io.Writer) (err error) {
 	if _, err := os.Stat(filepath.Join(dir, "pids")); err == nil {
 		return fmt.Errorf("a test bed already exists at %s: run 'make testbed-down' first", dir)
 	}
@@ -78,7 +82,7 @@ func up(ctx context.Context, dir string, stdout io.Writer) (err error) {
 		if err != nil {
 			return err
 		}
-		if _, err := bed.Seed(ctx, r, "molecule-ai", runtimes, testbed.SeedOptions{}); err != nil {
+		if _, err := bed.Seed(ctx, r, "molecule-ai", runtimes, seed); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "seeded %d images under %s\n", len(runtimes), r.Prefix("molecule-ai"))

@@ -1,0 +1,51 @@
+# pull-agent: see README.md.
+GO        ?= go
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+TESTBED_DIR ?= /tmp/pull-agent-testbed
+FUZZTIME  ?= 5s
+
+.PHONY: all build testbedctl deps test unit integration fuzz demo testbed-up testbed-down clean
+
+all: build
+
+## build: static bin/pull-agent, version stamped
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/pull-agent ./cmd/pull-agent
+
+testbedctl:
+	$(GO) build -o bin/testbedctl ./internal/testbed/testbedctl
+
+## deps: install the Debian packages the test bed needs (as root)
+deps:
+	scripts/deps.sh
+
+## test: everything CI runs: vet, unit and integration tests (real dockerd
+## and registries), a short run of every fuzz target, a static build check
+test: deps build
+	@if ldd bin/pull-agent >/dev/null 2>&1; then echo "bin/pull-agent is not static" >&2; exit 1; fi
+	bin/pull-agent version
+	$(GO) vet ./...
+	$(MAKE) fuzz
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+## fuzz: each fuzz target for FUZZTIME
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseEnvFile$$' -fuzztime $(FUZZTIME) ./agent
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePrefix$$' -fuzztime $(FUZZTIME) ./agent
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRuntimesAndPins$$' -fuzztime $(FUZZTIME) ./agent
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeStream$$' -fuzztime $(FUZZTIME) ./agent
+
+## demo: sandbox daemon + registries, pull the nine images, show them (KEEP=1 keeps it)
+demo: deps build testbedctl
+	scripts/demo.sh
+
+## testbed-up / testbed-down: a bed that outlives the command, in TESTBED_DIR
+testbed-up: deps testbedctl
+	bin/testbedctl up --dir $(TESTBED_DIR)
+
+testbed-down: testbedctl
+	bin/testbedctl down --dir $(TESTBED_DIR)
+
+clean:
+	rm -rf bin

@@ -1,0 +1,321 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/molecule-ai/pull-agent/auth"
+)
+
+// fakeEngine is an Engine whose behaviour each test sets.
+type fakeEngine struct {
+	ping    func(ctx context.Context) error
+	pull    func(ctx context.Context, ref string, opts PullOptions) (io.ReadCloser, error)
+	inspect func(ctx context.Context, ref string) (ImageInfo, error)
+}
+
+var _ Engine = (*fakeEngine)(nil)
+
+func (f *fakeEngine) Ping(ctx context.Context) error { return f.ping(ctx) }
+func (f *fakeEngine) ImagePull(ctx context.Context, ref string, opts PullOptions) (io.ReadCloser, error) {
+	return f.pull(ctx, ref, opts)
+}
+func (f *fakeEngine) ImageInspect(ctx context.Context, ref string) (ImageInfo, error) {
+	return f.inspect(ctx, ref)
+}
+
+// okStream is the stream of a successful pull of d.
+func okStream(d digest.Digest) io.ReadCloser {
+	return io.NopCloser(strings.NewReader(`{"status":"Pulling from x","id":"latest"}
+{"status":"Pulling fs layer","progressDetail":{},"id":"aaa"}
+{"status":"Downloading","progressDetail":{"current":50,"total":100},"id":"aaa"}
+{"status":"Download complete","progressDetail":{},"id":"aaa"}
+{"status":"Pull complete","progressDetail":{},"id":"aaa"}
+{"status":"Digest: ` + d.String() + `"}
+{"status":"Status: Downloaded newer image for x"}
+`))
+}
+
+// digestOf gives every reference a stable fake digest.
+func digestOf(ref string) digest.Digest {
+	name, _, _ := strings.Cut(ref, ":latest")
+	name, _, _ = strings.Cut(name, "@")
+	return digest.FromString(name)
+}
+
+func repoOf(ref string) string {
+	name, _, _ := strings.Cut(ref, ":latest")
+	name, _, _ = strings.Cut(name, "@")
+	return name
+}
+
+// goodEngine pulls and holds every image with digestOf(ref).
+func goodEngine() *fakeEngine {
+	return &fakeEngine{
+		ping: func(context.Context) error { return nil },
+		pull: func(_ context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
+			return okStream(digestOf(ref)), nil
+		},
+		inspect: func(_ context.Context, ref string) (ImageInfo, error) {
+			return ImageInfo{ID: "sha256:id", RepoDigests: []string{repoOf(ref) + "@" + digestOf(ref).String()}, Size: 100}, nil
+		},
+	}
+}
+
+func testImages(t *testing.T, prefix string, runtimes ...string) []Image {
+	t.Helper()
+	env := map[string]string{KeyRegistry: prefix}
+	if len(runtimes) > 0 {
+		env[KeyRuntimes] = strings.Join(runtimes, ",")
+	}
+	return mustImages(t, mustLoad(t, nil, env))
+}
+
+func newTestPuller(t *testing.T, e Engine, opts auth.Options, po PullerOptions) *Puller {
+	t.Helper()
+	sel, err := auth.NewSelector(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPuller(e, sel, slog.New(slog.NewTextHandler(io.Discard, nil)), po)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestPullSuccess(t *testing.T) {
+	imgs := testImages(t, "ghcr.io/molecule-ai")
+	var finished atomic.Int32
+	obs := &recordingObserver{onFinish: func(PullResult) { finished.Add(1) }}
+	res := newTestPuller(t, goodEngine(), auth.Options{}, PullerOptions{}).PullAll(context.Background(), imgs, obs)
+	for i, r := range res {
+		if r.Image.Runtime != imgs[i].Runtime {
+			t.Fatalf("results out of order: %d is %s", i, r.Image.Runtime)
+		}
+		if r.Err != nil || r.Digest != digestOf(r.Image.Ref) || r.Bytes != 100 {
+			t.Errorf("%s: %+v", r.Image.Runtime, r)
+		}
+	}
+	if finished.Load() != 9 {
+		t.Errorf("observer saw %d finishes", finished.Load())
+	}
+}
+
+func TestPullStreamErrorIsAFailure(t *testing.T) {
+	e := goodEngine()
+	e.pull = func(context.Context, string, PullOptions) (io.ReadCloser, error) {
+		// The SDK call succeeds; the failure is inside the stream.
+		return io.NopCloser(strings.NewReader(`{"status":"Pulling fs layer","id":"a"}` + "\n" + `{"errorDetail":{"message":"unknown blob"},"error":"unknown blob"}`)), nil
+	}
+	e.inspect = func(context.Context, string) (ImageInfo, error) {
+		t.Fatal("a failed stream must not be verified as a success")
+		return ImageInfo{}, nil
+	}
+	r := newTestPuller(t, e, auth.Options{}, PullerOptions{}).Pull(context.Background(), testImages(t, "ghcr.io/x", "codex")[0], nil)
+	if r.Err == nil || ClassOf(r.Err) != ClassRegistry || !strings.Contains(r.Err.Error(), "unknown blob") {
+		t.Fatalf("got %v (%s)", r.Err, ClassOf(r.Err))
+	}
+}
+
+func TestPullVerification(t *testing.T) {
+	pin := digest.FromString("pinned")
+	tests := []struct {
+		name    string
+		pins    string
+		stream  func(ref string) io.ReadCloser
+		inspect func(ref string) (ImageInfo, error)
+		want    string
+	}{
+		{
+			name:   "daemon holds another digest",
+			stream: func(ref string) io.ReadCloser { return okStream(digestOf(ref)) },
+			inspect: func(ref string) (ImageInfo, error) {
+				return ImageInfo{ID: "sha256:old", RepoDigests: []string{repoOf(ref) + "@" + digest.FromString("old").String()}}, nil
+			},
+			want: "none is",
+		},
+		{
+			name:   "right digest under another repository",
+			stream: func(ref string) io.ReadCloser { return okStream(digestOf(ref)) },
+			inspect: func(ref string) (ImageInfo, error) {
+				return ImageInfo{RepoDigests: []string{"ghcr.io/other/workspace-template-codex@" + digestOf(ref).String()}}, nil
+			},
+			want: "none is",
+		},
+		{
+			name:    "image missing after success",
+			stream:  func(ref string) io.ReadCloser { return okStream(digestOf(ref)) },
+			inspect: func(ref string) (ImageInfo, error) { return ImageInfo{}, ErrImageNotFound },
+			want:    "not in the daemon",
+		},
+		{
+			name: "no digest reported",
+			stream: func(string) io.ReadCloser {
+				return io.NopCloser(strings.NewReader(`{"status":"Status: Downloaded newer image for x"}`))
+			},
+			inspect: func(ref string) (ImageInfo, error) { return ImageInfo{}, nil },
+			want:    "did not report the manifest digest",
+		},
+		{
+			name:    "pin differs from the served digest",
+			pins:    "codex=" + pin.String(),
+			stream:  func(string) io.ReadCloser { return okStream(digest.FromString("other")) },
+			inspect: func(ref string) (ImageInfo, error) { return ImageInfo{}, nil },
+			want:    "not the pinned",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := goodEngine()
+			e.pull = func(_ context.Context, ref string, _ PullOptions) (io.ReadCloser, error) { return tt.stream(ref), nil }
+			e.inspect = func(_ context.Context, ref string) (ImageInfo, error) { return tt.inspect(ref) }
+			imgs := mustImages(t, mustLoad(t, nil, map[string]string{KeyRuntimes: "codex", KeyPins: tt.pins}))
+			r := newTestPuller(t, e, auth.Options{}, PullerOptions{}).Pull(context.Background(), imgs[0], nil)
+			if ClassOf(r.Err) != ClassVerify || !strings.Contains(r.Err.Error(), tt.want) {
+				t.Fatalf("got %v (%s), want verify error with %q", r.Err, ClassOf(r.Err), tt.want)
+			}
+		})
+	}
+}
+
+func TestPullPinnedVerifiesThePin(t *testing.T) {
+	pin := digest.FromString("pinned")
+	e := goodEngine()
+	var pulled string
+	e.pull = func(_ context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
+		pulled = ref
+		return okStream(pin), nil
+	}
+	e.inspect = func(_ context.Context, ref string) (ImageInfo, error) {
+		return ImageInfo{RepoDigests: []string{repoOf(ref) + "@" + pin.String()}}, nil
+	}
+	imgs := mustImages(t, mustLoad(t, nil, map[string]string{KeyRuntimes: "codex", KeyPins: "codex=" + pin.String()}))
+	r := newTestPuller(t, e, auth.Options{}, PullerOptions{}).Pull(context.Background(), imgs[0], nil)
+	if r.Err != nil || r.Digest != pin || pulled != "ghcr.io/molecule-ai/workspace-template-codex@"+pin.String() {
+		t.Fatalf("err %v digest %s pulled %s", r.Err, r.Digest, pulled)
+	}
+}
+
+func TestPullConcurrencyIsBoundedAndFailuresIsolated(t *testing.T) {
+	for _, n := range []int{1, 3, 5} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			var inFlight, peak atomic.Int32
+			release := make(chan struct{})
+			e := goodEngine()
+			var mu sync.Mutex
+			var order []string
+			e.pull = func(ctx context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
+				cur := inFlight.Add(1)
+				defer inFlight.Add(-1)
+				for {
+					p := peak.Load()
+					if cur <= p || peak.CompareAndSwap(p, cur) {
+						break
+					}
+				}
+				mu.Lock()
+				order = append(order, ref)
+				mu.Unlock()
+				<-release
+				if strings.Contains(ref, "crewai") {
+					return nil, errors.New("Error response from daemon: manifest unknown")
+				}
+				return okStream(digestOf(ref)), nil
+			}
+			imgs := testImages(t, "ghcr.io/molecule-ai")
+			done := make(chan []PullResult)
+			go func() { done <- newTestPuller(t, e, auth.Options{}, PullerOptions{Concurrency: n}).PullAll(context.Background(), imgs, nil) }()
+			// Let the pullers fill up before releasing them one at a time.
+			deadline := time.Now().Add(5 * time.Second)
+			for inFlight.Load() < int32(n) && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			close(release)
+			res := <-done
+			if got := peak.Load(); got != int32(n) {
+				t.Errorf("peak concurrency %d, want %d", got, n)
+			}
+			if n == 1 {
+				for i, ref := range order {
+					if ref != imgs[i].Ref {
+						t.Fatalf("with one worker, pull %d was %s, want %s", i, ref, imgs[i].Ref)
+					}
+				}
+			}
+			for _, r := range res {
+				if (r.Err != nil) != (r.Image.Runtime == "crewai") {
+					t.Errorf("%s: err %v", r.Image.Runtime, r.Err)
+				}
+			}
+		})
+	}
+}
+
+func TestPullCanceledBeforeStart(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	e := goodEngine()
+	e.pull = func(ctx context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
+		cancel()
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	res := newTestPuller(t, e, auth.Options{}, PullerOptions{Concurrency: 1}).PullAll(ctx, testImages(t, "ghcr.io/x"), nil)
+	for _, r := range res {
+		if ClassOf(r.Err) != ClassCanceled {
+			t.Errorf("%s: %v (%s)", r.Image.Runtime, r.Err, ClassOf(r.Err))
+		}
+	}
+}
+
+func TestCredentialsGoToGHCROnly(t *testing.T) {
+	opts := auth.Options{GHCRUser: "bot", GHCRToken: "tok"}
+	for _, tt := range []struct {
+		prefix   string
+		wantUser string
+		wantSrc  auth.Source
+	}{
+		{"ghcr.io/molecule-ai", "bot", auth.SourceGHCREnv},
+		{"123456789012.dkr.ecr.us-east-1.amazonaws.com/m", "", auth.SourceAnonymous},
+		{"ghcr.io.evil.test/molecule-ai", "", auth.SourceAnonymous},
+		{"127.0.0.1:5000/molecule-ai", "", auth.SourceAnonymous},
+	} {
+		t.Run(tt.prefix, func(t *testing.T) {
+			e := goodEngine()
+			var mu sync.Mutex
+			sent := map[string]auth.Credentials{}
+			e.pull = func(_ context.Context, ref string, o PullOptions) (io.ReadCloser, error) {
+				mu.Lock()
+				sent[ref] = o.Credentials
+				mu.Unlock()
+				return okStream(digestOf(ref)), nil
+			}
+			for _, r := range newTestPuller(t, e, opts, PullerOptions{}).PullAll(context.Background(), testImages(t, tt.prefix), nil) {
+				if r.Err != nil || r.Source != tt.wantSrc {
+					t.Errorf("%s: err %v source %s", r.Image.Runtime, r.Err, r.Source)
+				}
+				c := sent[r.Image.Ref]
+				if c.Username != tt.wantUser || (tt.wantUser == "") != c.Anonymous() {
+					t.Errorf("%s: sent %+v", r.Image.Ref, c)
+				}
+			}
+		})
+	}
+}
+
+type recordingObserver struct {
+	NopObserver
+	onFinish func(PullResult)
+}
+
+func (o *recordingObserver) PullFinished(r PullResult) { o.onFinish(r) }

@@ -1,0 +1,125 @@
+package agent
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The streams under testdata/streams were recorded from dockerd 20.10
+// pulling from a distribution 2.8 registry (POST /images/create).
+func TestDecodeRecordedStreams(t *testing.T) {
+	tests := []struct {
+		file       string
+		wantDigest string
+		wantStatus string
+		wantErr    string
+		wantBytes  int64
+		wantLayers int
+	}{
+		{"fresh.jsonl", "sha256:4607d8f50a1f0f4a0e39797671104e0b58ae87788eef46ba415e6e9690b6ce2d", "Downloaded newer image for 127.0.0.1:5000/molecule-ai/workspace-template-codex:latest", "", 1312061, 2},
+		{"shared-base.jsonl", "sha256:53d3c13e67e32de870f7f6900817a4f0ff31fc9bf3e5edf2beeacc4224876fe2", "Downloaded newer image for 127.0.0.1:5000/molecule-ai/workspace-template-hermes:latest", "", 262787, 2},
+		{"up-to-date.jsonl", "sha256:4607d8f50a1f0f4a0e39797671104e0b58ae87788eef46ba415e6e9690b6ce2d", "Image is up to date for 127.0.0.1:5000/molecule-ai/workspace-template-codex:latest", "", 0, 0},
+		{"blob-missing.jsonl", "", "", "unknown blob", 0, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			f, err := os.Open(filepath.Join("testdata", "streams", tt.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			var updates int
+			var last Progress
+			res, err := decodeStream(f, func(p Progress) { updates++; last = p })
+			if tt.wantErr != "" {
+				var se *StreamError
+				if !errors.As(err, &se) || se.Message != tt.wantErr {
+					t.Fatalf("want StreamError %q, got %v", tt.wantErr, err)
+				}
+				if classify(err) != ClassRegistry {
+					t.Errorf("class %s", classify(err))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Digest.String() != tt.wantDigest || res.Status != tt.wantStatus {
+				t.Errorf("digest %s status %q", res.Digest, res.Status)
+			}
+			if res.Progress.Current != tt.wantBytes || res.Progress.Layers != tt.wantLayers || res.Progress.LayersDone != tt.wantLayers {
+				t.Errorf("progress %+v, want %d bytes over %d layers", res.Progress, tt.wantBytes, tt.wantLayers)
+			}
+			if tt.wantLayers > 0 && (updates == 0 || last.Phase != PhaseExtracting) {
+				t.Errorf("%d updates, last %+v", updates, last)
+			}
+		})
+	}
+}
+
+func TestDecodeStreamBroken(t *testing.T) {
+	tests := []struct {
+		name, in, want string
+	}{
+		{"truncated json", `{"status":"Pulling from x","id":"latest"}` + "\n" + `{"status":"Downl`, "reading the daemon's pull stream"},
+		{"ends without status", `{"status":"Pulling from x","id":"latest"}` + "\n", "ended without a final status"},
+		{"not json", "<html>bad gateway</html>", "reading the daemon's pull stream"},
+		{"error detail only", `{"errorDetail":{"message":"no space left on device"}}`, "no space left on device"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := decodeStream(strings.NewReader(tt.in), nil)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		msg  string
+		want ErrorClass
+	}{
+		{`Error response from daemon: Head "https://ghcr.io/v2/x/manifests/latest": unauthorized`, ClassAuth},
+		{"Error response from daemon: Get https://x/v2/: no basic auth credentials", ClassAuth},
+		{"Error response from daemon: pull access denied for x, repository does not exist or may require 'docker login': denied: requested access to the resource is denied", ClassAuth},
+		{"Error response from daemon: manifest for x:latest not found: manifest unknown: manifest unknown", ClassNotFound},
+		{"toomanyrequests: You have reached your pull rate limit", ClassRateLimited},
+		{`Get "https://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused`, ClassNetwork},
+		{"write /var/lib/docker/tmp/x: no space left on device", ClassDisk},
+		{"received unexpected HTTP status: 503 Service Unavailable", ClassRegistry},
+		{"something else entirely", ClassUnknown},
+	}
+	for _, tt := range tests {
+		if got := classify(errors.New(tt.msg)); got != tt.want {
+			t.Errorf("classify(%q) = %s, want %s", tt.msg, got, tt.want)
+		}
+	}
+	if got := classify(ErrDaemonUnreachable); got != ClassDaemon {
+		t.Errorf("daemon unreachable: %s", got)
+	}
+}
+
+func FuzzDecodeStream(f *testing.F) {
+	for _, name := range []string{"fresh.jsonl", "up-to-date.jsonl", "blob-missing.jsonl"} {
+		data, err := os.ReadFile(filepath.Join("testdata", "streams", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		res, err := decodeStream(strings.NewReader(string(data)), func(p Progress) {
+			if p.LayersDone > p.Layers {
+				t.Fatalf("more layers done than seen: %+v", p)
+			}
+		})
+		if err == nil && res.Status == "" && res.Digest == "" {
+			t.Fatal("success without a status or digest")
+		}
+	})
+}

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/internal/testbed"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+var bed testbed.Shared
+
+func TestMain(m *testing.M) { os.Exit(bed.Main(m)) }
+
+// runCLI runs the program and returns its exit code and output.
+func runCLI(t *testing.T, env map[string]string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err := run(context.Background(), args, func(k string) string { return env[k] }, &out, &errb)
+	code := 0
+	if err != nil {
+		var ee *exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+			if ee.err != nil {
+				errb.WriteString(ee.err.Error())
+			}
+		} else {
+			code = 1
+			errb.WriteString(err.Error())
+		}
+	}
+	return code, out.String(), errb.String()
+}
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "pull-agent.env")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	p := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(p, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("output differs from %s:\n--- got\n%s\n--- want\n%s", p, got, want)
+	}
+}
+
+func TestVersionAndUsage(t *testing.T) {
+	code, out, _ := runCLI(t, nil, "version")
+	if code != 0 || !strings.HasPrefix(out, "pull-agent "+version+" (go") {
+		t.Fatalf("version: %d %q", code, out)
+	}
+	if code, _, errOut := runCLI(t, nil); code != exitUsage || !strings.Contains(errOut, "no command") {
+		t.Fatalf("no args: %d %q", code, errOut)
+	}
+	if code, _, errOut := runCLI(t, nil, "frobnicate"); code != exitUsage || !strings.Contains(errOut, `unknown command "frobnicate"`) {
+		t.Fatalf("unknown: %d %q", code, errOut)
+	}
+	if code, _, _ := runCLI(t, nil, "pull", "--concurrency", "0", "--env-file", writeFile(t, "")); code != exitUsage {
+		t.Fatalf("concurrency 0: %d", code)
+	}
+	if code, _, _ := runCLI(t, nil, "images", "-h"); code != 0 {
+		t.Fatalf("-h: %d", code)
+	}
+}
+
+func TestImagesGolden(t *testing.T) {
+	file := writeFile(t, "# test\nMOLECULE_IMAGE_REGISTRY=ghcr.io/molecule-ai/\nGHCR_USER=bot\nGHCR_TOKEN='secret-token'\nMOLECULE_RUNTIME_PINS=hermes=sha256:"+strings.Repeat("0", 64)+"\n")
+	env := map[string]string{agent.KeyRegistry: "ignored.example.test/x"}
+	code, out, errOut := runCLI(t, env, "images", "--env-file", file)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	golden(t, "images.txt", out)
+	code, out, errOut = runCLI(t, env, "images", "--env-file", file, "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	golden(t, "images.json", out)
+	if strings.Contains(out, "secret-token") {
+		t.Fatal("images prints the token")
+	}
+	// The same file naming another registry: credentials stay with ghcr.io.
+	file2 := writeFile(t, "MOLECULE_IMAGE_REGISTRY=127.0.0.1:5000/m\nGHCR_USER=bot\nGHCR_TOKEN=secret-token\n")
+	_, out, _ = runCLI(t, nil, "images", "--env-file", file2)
+	if strings.Contains(out, "ghcr env credentials") || strings.Count(out, "anonymous") != 9 {
+		t.Fatalf("non-ghcr host shows credentials:\n%s", out)
+	}
+}
+
+func TestConfigErrorsExitTwoAndNameTheLine(t *testing.T) {
+	tests := []struct {
+		name, file, want string
+	}{
+		{"unparsable line", "A=1\nnot an assignment\n", ":2: \"not an assignment\" has no '='"},
+		{"refused prefix", "\n\nMOLECULE_IMAGE_REGISTRY=https://ghcr.io/x\n", `:3: MOLECULE_IMAGE_REGISTRY="https://ghcr.io/x": a prefix has no URL scheme`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := writeFile(t, tt.file)
+			for _, cmd := range []string{"images", "pull"} {
+				code, _, errOut := runCLI(t, nil, cmd, "--env-file", f)
+				if code != exitUsage || !strings.Contains(errOut, f+tt.want) {
+					t.Errorf("%s: exit %d, stderr %q, want %q", cmd, code, errOut, f+tt.want)
+				}
+			}
+		})
+	}
+	code, _, errOut := runCLI(t, nil, "images", "--env-file", "/nonexistent/pull-agent.env")
+	if code != exitUsage || !strings.Contains(errOut, "no such file") {
+		t.Errorf("explicit missing file: %d %q", code, errOut)
+	}
+}
+
+func TestPullDaemonUnreachable(t *testing.T) {
+	f := writeFile(t, "DOCKER_HOST=unix://"+filepath.Join(t.TempDir(), "none.sock")+"\n")
+	code, _, errOut := runCLI(t, nil, "pull", "--env-file", f)
+	if code != exitFailed || !strings.Contains(errOut, "cannot reach the Docker daemon") {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+}
+
+func TestPullAgainstTheBed(t *testing.T) {
+	b := bed.Get(t)
+	reg := b.Registry("main")
+	ctx := context.Background()
+	all := agent.KnownRuntimes()
+	if _, err := b.Seed(ctx, reg, "cli-all", all, testbed.SeedOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Seed(ctx, reg, "cli-partial", slices.DeleteFunc(slices.Clone(all), func(s string) bool { return s == "langgraph" }), testbed.SeedOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{agent.KeyDockerHost: b.DockerHost}
+
+	t.Run("all present", func(t *testing.T) {
+		f := writeFile(t, agent.KeyRegistry+"="+reg.Prefix("cli-all")+"\n")
+		code, out, errOut := runCLI(t, env, "pull", "--env-file", f)
+		if code != 0 || !strings.Contains(out, "9/9 images present and verified") {
+			t.Fatalf("exit %d\nstdout %s\nstderr %s", code, out, errOut)
+		}
+		// Not a terminal: one structured line per start and finish.
+		if n := strings.Count(errOut, `msg="image pulled"`); n != 9 {
+			t.Errorf("%d 'image pulled' lines, want 9:\n%s", n, errOut)
+		}
+		code, out, errOut = runCLI(t, env, "pull", "--quiet", "--env-file", f)
+		if code != 0 || out != "" || errOut != "" {
+			t.Fatalf("--quiet: exit %d, stdout %q, stderr %q", code, out, errOut)
+		}
+	})
+	t.Run("one missing", func(t *testing.T) {
+		f := writeFile(t, agent.KeyRegistry+"="+reg.Prefix("cli-partial")+"\n")
+		code, out, errOut := runCLI(t, env, "pull", "--env-file", f, "--concurrency", "2")
+		if code != exitFailed {
+			t.Fatalf("exit %d, want 1\n%s\n%s", code, out, errOut)
+		}
+		if !strings.Contains(out, "8/9 images present") {
+			t.Errorf("stdout %q", out)
+		}
+		if !strings.Contains(errOut, "1 image(s) failed:\n  langgraph  "+reg.Prefix("cli-partial")+"/workspace-template-langgraph:latest  [not_found]") {
+			t.Errorf("summary does not name the missing image:\n%s", errOut)
+		}
+	})
+}
