@@ -235,7 +235,9 @@ func TestPullConcurrencyIsBoundedAndFailuresIsolated(t *testing.T) {
 			}
 			imgs := testImages(t, "ghcr.io/molecule-ai")
 			done := make(chan []PullResult)
-			go func() { done <- newTestPuller(t, e, auth.Options{}, PullerOptions{Concurrency: n}).PullAll(context.Background(), imgs, nil) }()
+			go func() {
+				done <- newTestPuller(t, e, auth.Options{}, PullerOptions{Concurrency: n}).PullAll(context.Background(), imgs, nil)
+			}()
 			// Let the pullers fill up before releasing them one at a time.
 			deadline := time.Now().Add(5 * time.Second)
 			for inFlight.Load() < int32(n) && time.Now().Before(deadline) {
