@@ -131,8 +131,30 @@ func (c *common) loadConfig(fs *flag.FlagSet, getenv func(string) string, log *s
 	return cfg, nil
 }
 
-func newSelector(cfg agent.Config) (*auth.Selector, error) {
-	return auth.NewSelector(auth.Options{GHCRUser: cfg.GHCRUser, GHCRToken: cfg.GHCRToken})
+// prepared is what every command that works on the image set starts from.
+type prepared struct {
+	log    *slog.Logger
+	cfg    agent.Config
+	images []agent.Image
+	sel    *auth.Selector
+}
+
+// prepare builds the logger, loads the configuration and resolves the image
+// set and the credential selector.
+func (c *common) prepare(fs *flag.FlagSet, getenv func(string) string, stderr io.Writer) (prepared, error) {
+	var p prepared
+	var err error
+	if p.log, err = c.logger(stderr); err != nil {
+		return p, err
+	}
+	if p.cfg, err = c.loadConfig(fs, getenv, p.log); err != nil {
+		return p, err
+	}
+	if p.images, err = p.cfg.Images(); err != nil {
+		return p, err
+	}
+	p.sel, err = auth.NewSelector(auth.Options{GHCRUser: p.cfg.GHCRUser, GHCRToken: p.cfg.GHCRToken})
+	return p, err
 }
 
 type imageRow struct {
@@ -152,22 +174,11 @@ func runImages(args []string, getenv func(string) string, stdout, stderr io.Writ
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	log, err := c.logger(stderr)
+	env, err := c.prepare(fs, getenv, stderr)
 	if err != nil {
 		return err
 	}
-	cfg, err := c.loadConfig(fs, getenv, log)
-	if err != nil {
-		return err
-	}
-	images, err := cfg.Images()
-	if err != nil {
-		return err
-	}
-	sel, err := newSelector(cfg)
-	if err != nil {
-		return err
-	}
+	cfg, images, sel := env.cfg, env.images, env.sel
 	rows := make([]imageRow, 0, len(images))
 	for _, img := range images {
 		rows = append(rows, imageRow{Runtime: img.Runtime, Image: img.Ref, Host: img.Host(), Auth: string(sel.Describe(img.Host())), Pinned: img.Pin.String()})
@@ -202,22 +213,11 @@ func runPull(ctx context.Context, args []string, getenv func(string) string, std
 	if *concurrency < 1 {
 		return usageErr(fmt.Errorf("--concurrency %d: must be 1 or more", *concurrency))
 	}
-	log, err := c.logger(stderr)
+	env, err := c.prepare(fs, getenv, stderr)
 	if err != nil {
 		return err
 	}
-	cfg, err := c.loadConfig(fs, getenv, log)
-	if err != nil {
-		return err
-	}
-	images, err := cfg.Images()
-	if err != nil {
-		return err
-	}
-	sel, err := newSelector(cfg)
-	if err != nil {
-		return err
-	}
+	log, cfg, images, sel := env.log, env.cfg, env.images, env.sel
 	engine, err := agent.NewDockerEngine(cfg.DockerHost)
 	if err != nil {
 		return usageErr(err)
