@@ -69,12 +69,13 @@ type ErrorClass string
 // The error classes.
 const (
 	ClassAuth        ErrorClass = "auth"         // credentials missing, wrong or refused
-	ClassNotFound    ErrorClass = "not_found"    // no such repository, tag or digest
-	ClassRateLimited ErrorClass = "rate_limited" // the registry said 429 / toomanyrequests
+	ClassNotFound    ErrorClass = "not-found"    // no such repository, tag or digest
+	ClassRateLimited ErrorClass = "rate-limited" // the registry said 429 / toomanyrequests
 	ClassNetwork     ErrorClass = "network"      // the registry could not be reached or the connection broke
+	ClassServer      ErrorClass = "server"       // the registry failed (5xx, a blob it lists but cannot serve)
+	ClassStalled     ErrorClass = "stalled"      // the pull stopped making progress or ran past its deadline
 	ClassDaemon      ErrorClass = "daemon"       // the Docker daemon could not be reached
 	ClassDisk        ErrorClass = "disk"         // the daemon ran out of space
-	ClassRegistry    ErrorClass = "registry"     // the registry failed the pull part-way (blob missing, 5xx)
 	ClassVerify      ErrorClass = "verify"       // the pull finished but the digest check failed
 	ClassCanceled    ErrorClass = "canceled"     // the agent stopped the pull
 	ClassUnknown     ErrorClass = "unknown"
@@ -128,17 +129,47 @@ func classify(err error) ErrorClass {
 	case has("connection refused", "no such host", "i/o timeout", "connection reset", "tls handshake", "network is unreachable", "dial tcp", "unexpected eof", "server misbehaving"):
 		return ClassNetwork
 	case has("blob unknown", "500 internal server error", "502 bad gateway", "503 service unavailable", "504 gateway timeout", "unknown blob", "filesystem layer verification failed"):
-		return ClassRegistry
+		return ClassServer
 	}
 	var se *StreamError
 	if errors.As(err, &se) {
-		return ClassRegistry
+		return ClassServer
 	}
 	return ClassUnknown
 }
 
+// PullTimeouts bound one pull. A zero field means no limit of that kind.
+type PullTimeouts struct {
+	// Begin is how long the daemon may take to send the first message of
+	// the pull stream (it resolves the manifest first).
+	Begin time.Duration
+	// Stall is how long a pull may go without a new downloaded byte while
+	// it is resolving or downloading.
+	Stall time.Duration
+	// Extract is how long the extraction phase, which reports no download
+	// bytes, may go without any message from the daemon.
+	Extract time.Duration
+	// Overall is the deadline of the whole pull.
+	Overall time.Duration
+}
+
+// DefaultPullTimeouts suit multi-gigabyte images on a slow link: a stall is
+// two minutes without a byte, not a slow download.
+func DefaultPullTimeouts() PullTimeouts {
+	return PullTimeouts{Begin: 2 * time.Minute, Stall: 2 * time.Minute, Extract: 15 * time.Minute, Overall: 2 * time.Hour}
+}
+
+// StallError is why a pull was stopped by its timeouts.
+type StallError struct {
+	What string
+}
+
+func (e *StallError) Error() string { return "pull stalled: " + e.What }
+
 // PullerOptions configures a Puller.
 type PullerOptions struct {
+	// Timeouts bound each pull; the zero value means none.
+	Timeouts PullTimeouts
 	// Concurrency is how many pulls run at once; 0 means DefaultConcurrency.
 	Concurrency int
 	// Platform is passed to every pull.
@@ -231,19 +262,31 @@ func (p *Puller) Pull(ctx context.Context, img Image, obs Observer) PullResult {
 	}
 	obs.PullStarted(img, sel.Source)
 
-	rc, err := p.engine.ImagePull(ctx, img.Ref, PullOptions{Platform: p.opts.Platform, Credentials: sel.Credentials})
-	if err != nil {
-		return finish(fmt.Errorf("pulling %s: %w", img.Ref, err))
+	pctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if d := p.opts.Timeouts.Overall; d > 0 {
+		var cancelT context.CancelFunc
+		pctx, cancelT = context.WithTimeoutCause(pctx, d, &StallError{What: fmt.Sprintf("not finished within the %s deadline", d)})
+		defer cancelT()
 	}
-	sr, err := decodeStream(rc, func(pr Progress) { obs.PullProgress(img, pr) })
+	mon := newPullMonitor(p.opts.Now, p.opts.Timeouts)
+	stopMon := mon.watch(pctx, cancel)
+	defer stopMon()
+
+	rc, err := p.engine.ImagePull(pctx, img.Ref, PullOptions{Platform: p.opts.Platform, Credentials: sel.Credentials})
+	if err != nil {
+		return finish(p.stopped(ctx, pctx, fmt.Errorf("pulling %s: %w", img.Ref, err)))
+	}
+	sr, err := decodeStream(rc, func(pr Progress) {
+		mon.message(pr)
+		obs.PullProgress(img, pr)
+	})
 	rc.Close()
 	res.Bytes = sr.Progress.Current
 	if err != nil {
-		if ctx.Err() != nil {
-			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
-		}
-		return finish(fmt.Errorf("pulling %s: %w", img.Ref, err))
+		return finish(p.stopped(ctx, pctx, fmt.Errorf("pulling %s: %w", img.Ref, err)))
 	}
+	stopMon()
 	res.UpToDate = strings.HasPrefix(sr.Status, "Image is up to date")
 
 	pr := sr.Progress
@@ -255,6 +298,20 @@ func (p *Puller) Pull(ctx context.Context, img Image, obs Observer) PullResult {
 	}
 	res.Digest, res.ImageID, res.Size = dg, info.ID, info.Size
 	return finish(nil)
+}
+
+// stopped turns an error seen after pctx was cancelled into the reason it
+// was cancelled: a stall (a timeout of this pull) or the caller's
+// cancellation.
+func (p *Puller) stopped(ctx, pctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return &PullError{Class: ClassCanceled, Err: fmt.Errorf("%w: %v", context.Cause(ctx), err)}
+	}
+	var se *StallError
+	if cause := context.Cause(pctx); errors.As(cause, &se) {
+		return &PullError{Class: ClassStalled, Err: fmt.Errorf("%w (%v)", se, err)}
+	}
+	return err
 }
 
 // verify checks that the daemon holds img with the digest the registry

@@ -171,7 +171,7 @@ func TestPullOneMissingImageFailsAloneAndIsNamed(t *testing.T) {
 			}
 			t.Logf("hermes: %v", r.Err)
 			if c := agent.ClassOf(r.Err); c != agent.ClassNotFound {
-				t.Errorf("hermes: class %s, want not_found (err: %v)", c, r.Err)
+				t.Errorf("hermes: class %s, want not-found (err: %v)", c, r.Err)
 			}
 			if !strings.Contains(r.Err.Error(), "workspace-template-hermes") {
 				t.Errorf("error does not name the image: %v", r.Err)
@@ -222,8 +222,8 @@ func TestPullFailureInsideStreamIsAFailure(t *testing.T) {
 	if !errors.As(r.Err, &se) {
 		t.Fatalf("want the failure from inside the pull stream, got %T: %v", r.Err, r.Err)
 	}
-	if c := agent.ClassOf(r.Err); c != agent.ClassRegistry && c != agent.ClassNotFound {
-		t.Errorf("class %s, want registry or not_found (err: %v)", c, r.Err)
+	if c := agent.ClassOf(r.Err); c != agent.ClassServer && c != agent.ClassNotFound {
+		t.Errorf("class %s, want server or not-found (err: %v)", c, r.Err)
 	}
 	if _, err := f.engine.ImageInspect(ctxT(t), imgs[0].Ref); !errors.Is(err, agent.ErrImageNotFound) {
 		t.Errorf("the image should be absent after the failed pull; inspect: %v", err)
@@ -260,7 +260,7 @@ func TestPullPinnedDigest(t *testing.T) {
 	}
 	t.Logf("error: %v", r.Err)
 	if c := agent.ClassOf(r.Err); c != agent.ClassNotFound {
-		t.Errorf("class %s, want not_found (err: %v)", c, r.Err)
+		t.Errorf("class %s, want not-found (err: %v)", c, r.Err)
 	}
 }
 

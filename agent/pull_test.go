@@ -123,7 +123,7 @@ func TestPullStreamErrorIsAFailure(t *testing.T) {
 		return ImageInfo{}, nil
 	}
 	r := newTestPuller(t, e, auth.Options{}, PullerOptions{}).Pull(context.Background(), testImages(t, "ghcr.io/x", "codex")[0], nil)
-	if r.Err == nil || ClassOf(r.Err) != ClassRegistry || !strings.Contains(r.Err.Error(), "unknown blob") {
+	if r.Err == nil || ClassOf(r.Err) != ClassServer || !strings.Contains(r.Err.Error(), "unknown blob") {
 		t.Fatalf("got %v (%s)", r.Err, ClassOf(r.Err))
 	}
 }

@@ -65,6 +65,29 @@ type StreamError struct {
 
 func (e *StreamError) Error() string { return e.Message }
 
+func (l *layerState) apply(m streamMessage) {
+	switch m.Status {
+	case "Downloading":
+		l.current, l.total = m.ProgressDetail.Current, m.ProgressDetail.Total
+	case "Verifying Checksum", "Download complete":
+		l.downloaded = true
+		if l.total > 0 {
+			l.current = l.total
+		}
+	case "Extracting":
+		l.downloaded = true
+		if l.total == 0 {
+			l.total = m.ProgressDetail.Total
+		}
+		l.current = l.total
+	case "Pull complete":
+		l.downloaded, l.done = true, true
+		l.current = l.total
+	case "Already exists":
+		l.downloaded, l.done, l.skipped = true, true, true
+	}
+}
+
 // streamResult is what decodeStream learned.
 type streamResult struct {
 	Digest   digest.Digest // manifest digest the daemon reported
@@ -73,7 +96,7 @@ type streamResult struct {
 }
 
 // decodeStream reads the pull stream to its end, calling onProgress after
-// each message that changes progress. It returns a *StreamError for an error
+// each message (whether or not it changed the progress). It returns a *StreamError for an error
 // message in the stream, and an error for a stream that is not JSON or ends
 // early.
 func decodeStream(r io.Reader, onProgress func(Progress)) (streamResult, error) {
@@ -98,44 +121,22 @@ func decodeStream(r io.Reader, onProgress func(Progress)) (streamResult, error) 
 		}
 		switch {
 		case strings.HasPrefix(m.Status, "Digest: "):
-			d, err := digest.Parse(strings.TrimSpace(strings.TrimPrefix(m.Status, "Digest: ")))
-			if err == nil {
+			if d, err := digest.Parse(strings.TrimSpace(strings.TrimPrefix(m.Status, "Digest: "))); err == nil {
 				res.Digest = d
 			}
-			continue
 		case strings.HasPrefix(m.Status, "Status: "):
 			res.Status = strings.TrimPrefix(m.Status, "Status: ")
-			continue
 		case m.ID == "" || strings.HasPrefix(m.Status, "Pulling from "):
-			continue
-		}
-		l, ok := layers[m.ID]
-		if !ok {
-			l = &layerState{}
-			layers[m.ID] = l
-			order = append(order, m.ID)
-		}
-		switch m.Status {
-		case "Downloading":
-			l.current, l.total = m.ProgressDetail.Current, m.ProgressDetail.Total
-		case "Verifying Checksum", "Download complete":
-			l.downloaded = true
-			if l.total > 0 {
-				l.current = l.total
+		default:
+			l, ok := layers[m.ID]
+			if !ok {
+				l = &layerState{}
+				layers[m.ID] = l
+				order = append(order, m.ID)
 			}
-		case "Extracting":
-			l.downloaded = true
-			if l.total == 0 {
-				l.total = m.ProgressDetail.Total
-			}
-			l.current = l.total
-		case "Pull complete":
-			l.downloaded, l.done = true, true
-			l.current = l.total
-		case "Already exists":
-			l.downloaded, l.done, l.skipped = true, true, true
+			l.apply(m)
+			res.Progress = summarize(layers, order)
 		}
-		res.Progress = summarize(layers, order)
 		if onProgress != nil {
 			onProgress(res.Progress)
 		}

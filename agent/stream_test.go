@@ -39,7 +39,7 @@ func TestDecodeRecordedStreams(t *testing.T) {
 				if !errors.As(err, &se) || se.Message != tt.wantErr {
 					t.Fatalf("want StreamError %q, got %v", tt.wantErr, err)
 				}
-				if classify(err) != ClassRegistry {
+				if classify(err) != ClassServer {
 					t.Errorf("class %s", classify(err))
 				}
 				return
@@ -91,7 +91,7 @@ func TestClassify(t *testing.T) {
 		{"toomanyrequests: You have reached your pull rate limit", ClassRateLimited},
 		{`Get "https://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused`, ClassNetwork},
 		{"write /var/lib/docker/tmp/x: no space left on device", ClassDisk},
-		{"received unexpected HTTP status: 503 Service Unavailable", ClassRegistry},
+		{"received unexpected HTTP status: 503 Service Unavailable", ClassServer},
 		{"something else entirely", ClassUnknown},
 	}
 	for _, tt := range tests {

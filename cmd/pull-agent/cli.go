@@ -49,6 +49,9 @@ Usage:
   pull-agent images  [--env-file F] [--json]              list the images and where they come from
   pull-agent pull    [--env-file F] [--concurrency N] [--quiet]
                                                           pull and verify every image once
+  pull-agent run     [--env-file F] [--refresh-interval D] [flags]
+                                                          keep every image warm: watch the env file,
+                                                          pull, refresh, retry (the systemd service)
   pull-agent version                                      print the version
 
 Run 'pull-agent COMMAND -h' for a command's flags.
@@ -69,6 +72,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runImages(rest, getenv, stdout, stderr)
 	case "pull":
 		return runPull(ctx, rest, getenv, stdout, stderr)
+	case "run":
+		return runAgent(ctx, rest, getenv, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -80,13 +85,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 // common holds the flags every command that reads the configuration has.
 type common struct {
-	envFile  string
-	logLevel string
+	envFile   string
+	logLevel  string
+	logFormat string
 }
 
 func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.envFile, "env-file", agent.DefaultEnvFile, "env file with MOLECULE_IMAGE_REGISTRY and the other settings")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 }
 
 func parseFlags(fs *flag.FlagSet, args []string) error {
@@ -107,7 +114,15 @@ func (c *common) logger(stderr io.Writer) (*slog.Logger, error) {
 	if err := lvl.UnmarshalText([]byte(c.logLevel)); err != nil {
 		return nil, usageErr(fmt.Errorf("--log-level %q: use debug, info, warn or error", c.logLevel))
 	}
-	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})), nil
+	ho := &slog.HandlerOptions{Level: lvl}
+	switch c.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(stderr, ho)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(stderr, ho)), nil
+	default:
+		return nil, usageErr(fmt.Errorf("--log-format %q: use text or json", c.logFormat))
+	}
 }
 
 // loadConfig reads the env file and builds the configuration. A missing

@@ -180,7 +180,7 @@ func TestPullAgainstTheBed(t *testing.T) {
 		if !strings.Contains(out, "8/9 images present") {
 			t.Errorf("stdout %q", out)
 		}
-		if !strings.Contains(errOut, "1 image(s) failed:\n  langgraph  "+reg.Prefix("cli-partial")+"/workspace-template-langgraph:latest  [not_found]") {
+		if !strings.Contains(errOut, "1 image(s) failed:\n  langgraph  "+reg.Prefix("cli-partial")+"/workspace-template-langgraph:latest  [not-found]") {
 			t.Errorf("summary does not name the missing image:\n%s", errOut)
 		}
 	})

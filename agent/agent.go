@@ -1,0 +1,788 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"reflect"
+	"regexp"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/molecule-ai/pull-agent/auth"
+)
+
+// RetryPolicy bounds the hot retries of transient failures (network,
+// server, stalled, verify, unknown): exponential backoff with full jitter,
+// delay = random in [0, min(Max, Initial·2^(n-1))] before try n+1. After
+// Attempts failures in a row the image waits for the next refresh.
+type RetryPolicy struct {
+	Initial  time.Duration
+	Max      time.Duration
+	Attempts int
+}
+
+// Options configures an Agent.
+type Options struct {
+	// EnvFile is the env file to read and watch.
+	EnvFile string
+	// Getenv is the process environment.
+	Getenv func(string) string
+	// NewEngine connects to the Docker daemon at host.
+	NewEngine func(host string) (Engine, error)
+	// NewAuthorizer builds the credential selection for a configuration.
+	NewAuthorizer func(Config) (Authorizer, error)
+	Logger        *slog.Logger
+	// Notifier receives sd_notify states; nil sends none.
+	Notifier Notifier
+
+	RefreshInterval time.Duration
+	Concurrency     int
+	Timeouts        PullTimeouts
+	Retry           RetryPolicy
+	// DaemonRetry is the backoff of pings while Docker is unreachable.
+	DaemonRetry RetryPolicy
+	// Debounce is how quiet the env file's directory must be before a
+	// change is read.
+	Debounce time.Duration
+}
+
+// DefaultOptions returns the defaults of every tunable.
+func DefaultOptions() Options {
+	return Options{
+		EnvFile:         DefaultEnvFile,
+		RefreshInterval: 15 * time.Minute,
+		Concurrency:     DefaultConcurrency,
+		Timeouts:        DefaultPullTimeouts(),
+		Retry:           RetryPolicy{Initial: 5 * time.Second, Max: 5 * time.Minute, Attempts: 8},
+		DaemonRetry:     RetryPolicy{Initial: 500 * time.Millisecond, Max: 30 * time.Second},
+		Debounce:        150 * time.Millisecond,
+	}
+}
+
+// The states of an image.
+const (
+	StatePending = "pending"
+	StatePulling = "pulling"
+	StateWarm    = "warm"
+	StateFailed  = "failed"
+)
+
+// ImageStatus is what the agent knows of one image.
+type ImageStatus struct {
+	Image       Image
+	State       string
+	Digest      digest.Digest
+	ImageID     string
+	Size        int64
+	Progress    Progress
+	Attempts    int // failures in a row
+	LastAttempt time.Time
+	LastSuccess time.Time
+	LastError   string
+	LastClass   ErrorClass
+	NextAttempt time.Time
+	Duration    time.Duration
+	Bytes       int64
+	// InFlight is true while a pull (or a pin check) runs.
+	InFlight bool
+}
+
+// Snapshot is a copy of the agent's state.
+type Snapshot struct {
+	Config      *Config // nil until a configuration was accepted
+	ConfigError string
+	ConfigAt    time.Time
+	DaemonUp    bool
+	Images      []ImageStatus // in runtime order
+	NextRefresh time.Time
+	Cooldowns   map[string]time.Time // registry host → end of a rate-limit backoff
+}
+
+// Warm counts the images in state warm.
+func (s Snapshot) Warm() int {
+	n := 0
+	for _, i := range s.Images {
+		if i.State == StateWarm {
+			n++
+		}
+	}
+	return n
+}
+
+type imageState struct {
+	ImageStatus
+	due    bool
+	cancel context.CancelCauseFunc
+	puller *Puller
+}
+
+type hostState struct {
+	until   time.Time
+	strikes int
+}
+
+type pullDone struct {
+	ref string
+	res PullResult
+	st  *imageState
+}
+
+// Agent keeps the configured images warm: it watches the env file, pulls
+// on start, on every effective change and at each refresh, retries by error
+// class and reports to systemd.
+type Agent struct {
+	opts    Options
+	log     *slog.Logger
+	reload  chan struct{}
+	done    chan pullDone
+	pingRes chan error
+	baseEnv func(string) string
+
+	mu        sync.Mutex
+	cfg       *Config
+	cfgErr    error
+	cfgAt     time.Time
+	engine    Engine
+	puller    *Puller
+	images    []Image
+	states    map[string]*imageState
+	hosts     map[string]*hostState
+	inflight  int
+	daemonUp  bool
+	pinging   bool
+	pingFails int
+	nextPing  time.Time
+	refreshAt time.Time
+	status    string
+	wg        sync.WaitGroup
+}
+
+// New returns an Agent. Zero fields of opts take DefaultOptions' values.
+func New(opts Options) (*Agent, error) {
+	def := DefaultOptions()
+	if opts.EnvFile == "" {
+		opts.EnvFile = def.EnvFile
+	}
+	if opts.Getenv == nil {
+		return nil, errors.New("agent: Getenv is required")
+	}
+	if opts.NewEngine == nil || opts.NewAuthorizer == nil || opts.Logger == nil {
+		return nil, errors.New("agent: NewEngine, NewAuthorizer and Logger are required")
+	}
+	if opts.Notifier == nil {
+		opts.Notifier = nopNotifier{}
+	}
+	if opts.RefreshInterval <= 0 {
+		opts.RefreshInterval = def.RefreshInterval
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = def.Concurrency
+	}
+	if opts.Timeouts == (PullTimeouts{}) {
+		opts.Timeouts = def.Timeouts
+	}
+	if opts.Retry.Initial <= 0 {
+		opts.Retry = def.Retry
+	}
+	if opts.DaemonRetry.Initial <= 0 {
+		opts.DaemonRetry = def.DaemonRetry
+	}
+	if opts.Debounce <= 0 {
+		opts.Debounce = def.Debounce
+	}
+	return &Agent{
+		opts:    opts,
+		log:     opts.Logger.With("component", "agent"),
+		reload:  make(chan struct{}, 1),
+		done:    make(chan pullDone),
+		pingRes: make(chan error, 1),
+		states:  map[string]*imageState{},
+		hosts:   map[string]*hostState{},
+	}, nil
+}
+
+// Reload asks the agent to re-read the env file now and to retry images
+// that wait for the next refresh (auth, not-found, disk). SIGHUP calls it.
+func (a *Agent) Reload() {
+	select {
+	case a.reload <- struct{}{}:
+	default:
+	}
+}
+
+// Snapshot returns a copy of the agent's state.
+func (a *Agent) Snapshot() Snapshot {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := Snapshot{ConfigAt: a.cfgAt, DaemonUp: a.daemonUp, NextRefresh: a.refreshAt, Cooldowns: map[string]time.Time{}}
+	if a.cfg != nil {
+		c := *a.cfg
+		s.Config = &c
+	}
+	if a.cfgErr != nil {
+		s.ConfigError = a.cfgErr.Error()
+	}
+	for _, img := range a.images {
+		if st := a.states[img.Ref]; st != nil {
+			is := st.ImageStatus
+			is.InFlight = st.cancel != nil
+			s.Images = append(s.Images, is)
+		}
+	}
+	now := time.Now()
+	for h, hs := range a.hosts {
+		if hs.until.After(now) {
+			s.Cooldowns[h] = hs.until
+		}
+	}
+	return s
+}
+
+// Run runs the agent until ctx is done. It returns nil on a clean shutdown;
+// an error only when it cannot start at all (no inotify).
+func (a *Agent) Run(ctx context.Context) error {
+	w, err := NewWatcher(a.opts.EnvFile, a.opts.Debounce, a.opts.Logger)
+	if err != nil {
+		return err
+	}
+	if err := w.Start(); err != nil {
+		return fmt.Errorf("watching %s: %w", a.opts.EnvFile, err)
+	}
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go w.Run(wctx)
+
+	a.initialEnv()
+	a.loadConfig(true, false)
+	if a.engine != nil {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := a.engine.Ping(pctx)
+		cancel()
+		a.pinged(err)
+	}
+	a.refreshAt = time.Now().Add(a.jitter(a.opts.RefreshInterval))
+	a.notify("READY=1")
+	a.log.Info("agent started", "env_file", a.opts.EnvFile, "refresh_interval", a.opts.RefreshInterval.String(), "concurrency", a.opts.Concurrency)
+
+	var watchdog <-chan time.Time
+	if wd := a.opts.Notifier.WatchdogInterval(); wd > 0 {
+		t := time.NewTicker(wd / 2)
+		defer t.Stop()
+		watchdog = t.C
+		a.notify("WATCHDOG=1")
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		a.step(ctx)
+		a.publishStatus()
+		timer.Reset(time.Until(a.nextWake()))
+		select {
+		case <-ctx.Done():
+			return a.shutdown()
+		case <-w.Changes():
+			a.loadConfig(false, false)
+		case <-a.reload:
+			a.log.Info("reload requested")
+			a.loadConfig(false, true)
+		case d := <-a.done:
+			a.finished(d)
+		case err := <-a.pingRes:
+			a.pinging = false
+			a.pinged(err)
+		case <-timer.C:
+		case <-watchdog:
+			// Sent from the loop that does the work, so a wedged loop
+			// stops the pings and systemd restarts the agent.
+			a.notify("WATCHDOG=1")
+		}
+	}
+}
+
+func (a *Agent) notify(state string) {
+	if err := a.opts.Notifier.Notify(state); err != nil {
+		a.log.Warn("sd_notify failed", "state", state, "error", err)
+	}
+}
+
+// initialEnv drops from the process environment the keys systemd's
+// EnvironmentFile= copied there from the same env file at start: otherwise
+// a key later removed from the file would fall back to its old value
+// instead of the default.
+func (a *Agent) initialEnv() {
+	getenv := a.opts.Getenv
+	vars, err := ReadEnvFile(a.opts.EnvFile)
+	if err != nil {
+		a.baseEnv = getenv
+		return
+	}
+	fromFile := map[string]string{}
+	for _, v := range vars {
+		fromFile[v.Key] = v.Value
+	}
+	a.baseEnv = func(k string) string {
+		if fv, ok := fromFile[k]; ok && getenv(k) == fv {
+			return ""
+		}
+		return getenv(k)
+	}
+}
+
+// loadConfig reads the env file and applies it if it is valid and differs
+// from the running configuration. force also re-queues images waiting for
+// the next refresh.
+func (a *Agent) loadConfig(initial, force bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	vars, err := ReadEnvFile(a.opts.EnvFile)
+	switch {
+	case err == nil:
+	case IsNotExist(err) && a.cfg == nil:
+		if initial {
+			a.log.Info("env file absent; using the process environment and defaults", "env_file", a.opts.EnvFile)
+		}
+		vars = nil
+	case IsNotExist(err):
+		a.log.Warn("env file is gone; keeping the last good configuration", "env_file", a.opts.EnvFile, "prefix", a.cfg.Prefix)
+		if force {
+			a.requeueLocked(false)
+		}
+		return
+	default:
+		a.refuseLocked(err)
+		if force {
+			a.requeueLocked(false)
+		}
+		return
+	}
+	cfg, err := LoadConfig(a.opts.EnvFile, vars, a.baseEnv)
+	if err == nil {
+		_, err = cfg.Images()
+	}
+	if err != nil {
+		a.refuseLocked(err)
+		if force {
+			a.requeueLocked(false)
+		}
+		return
+	}
+	a.cfgErr = nil
+	if a.cfg != nil && reflect.DeepEqual(*a.cfg, cfg) {
+		a.log.Debug("env file read; configuration unchanged")
+		if force {
+			a.requeueLocked(false)
+		}
+		return
+	}
+	a.applyLocked(cfg)
+}
+
+func (a *Agent) refuseLocked(err error) {
+	a.cfgErr = err
+	if a.cfg == nil {
+		a.log.Error("configuration refused; nothing to pull until the env file is fixed", "env_file", a.opts.EnvFile, "error", err.Error())
+		return
+	}
+	a.log.Error("configuration refused; keeping the last good configuration", "env_file", a.opts.EnvFile, "error", err.Error(), "prefix", a.cfg.Prefix)
+}
+
+func (a *Agent) applyLocked(cfg Config) {
+	prev := a.cfg
+	if a.engine == nil {
+		e, err := a.opts.NewEngine(cfg.DockerHost)
+		if err != nil {
+			a.refuseLocked(err)
+			return
+		}
+		a.engine = e
+	} else if prev != nil && cfg.DockerHost != prev.DockerHost {
+		a.log.Warn("DOCKER_HOST changed; restart the agent to use it", "in_use", prev.DockerHost, "configured", cfg.DockerHost)
+		cfg.DockerHost = prev.DockerHost
+	}
+	authz, err := a.opts.NewAuthorizer(cfg)
+	if err != nil {
+		a.refuseLocked(err)
+		return
+	}
+	puller, err := NewPuller(a.engine, authz, a.opts.Logger, PullerOptions{Concurrency: a.opts.Concurrency, Platform: cfg.Platform, Timeouts: a.opts.Timeouts})
+	if err != nil {
+		a.refuseLocked(err)
+		return
+	}
+	images, _ := cfg.Images()
+	a.cfg, a.puller, a.cfgAt = &cfg, puller, time.Now()
+	attrs := []any{"prefix", cfg.Prefix, "images", len(images), "platform", cfg.Platform, "env_file", a.opts.EnvFile}
+	if prev != nil && prev.Prefix != cfg.Prefix {
+		attrs = append(attrs, "previous_prefix", prev.Prefix)
+	}
+	a.log.Info("configuration loaded", attrs...)
+
+	want := map[string]bool{}
+	for _, img := range images {
+		want[img.Ref] = true
+	}
+	for ref, st := range a.states {
+		if want[ref] {
+			continue
+		}
+		if st.cancel != nil {
+			st.cancel(errors.New("image left the configured set"))
+			a.log.Info("pull cancelled: image left the configured set", "image", ref)
+		}
+		delete(a.states, ref)
+	}
+	platformChanged := prev != nil && prev.Platform != cfg.Platform
+	for _, img := range images {
+		st, ok := a.states[img.Ref]
+		if !ok {
+			a.states[img.Ref] = &imageState{ImageStatus: ImageStatus{Image: img, State: StatePending}, due: true}
+			continue
+		}
+		// Credentials or platform may have changed: what failed gets a
+		// fresh try, and a new platform means new images.
+		if st.State != StateWarm || platformChanged {
+			st.due, st.Attempts, st.NextAttempt = true, 0, time.Time{}
+		}
+	}
+	a.images = images
+}
+
+// requeueLocked makes every image that is not being pulled due now; with
+// all=false only those not warm.
+func (a *Agent) requeueLocked(all bool) {
+	for _, st := range a.states {
+		if st.cancel != nil {
+			continue
+		}
+		if all || st.State != StateWarm {
+			st.due, st.Attempts, st.NextAttempt = true, 0, time.Time{}
+		}
+	}
+}
+
+// step starts what is due: a refresh, a ping while Docker is down, pulls.
+func (a *Agent) step(ctx context.Context) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := time.Now()
+	if !now.Before(a.refreshAt) {
+		a.log.Info("refresh: re-pulling moving tags", "images", len(a.images))
+		a.requeueLocked(true)
+		a.refreshAt = now.Add(a.jitter(a.opts.RefreshInterval))
+	}
+	if a.engine == nil || a.puller == nil {
+		return
+	}
+	if !a.daemonUp {
+		if !a.pinging && !now.Before(a.nextPing) {
+			a.pinging = true
+			engine := a.engine
+			a.wg.Add(1)
+			go func() {
+				defer a.wg.Done()
+				pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				a.pingRes <- engine.Ping(pctx)
+			}()
+		}
+		return
+	}
+	for _, img := range a.images {
+		if a.inflight >= a.opts.Concurrency {
+			return
+		}
+		st := a.states[img.Ref]
+		if st == nil || !st.due || st.cancel != nil || now.Before(st.NextAttempt) {
+			continue
+		}
+		if hs := a.hosts[img.Host()]; hs != nil && now.Before(hs.until) {
+			continue
+		}
+		a.startLocked(ctx, st)
+	}
+}
+
+func (a *Agent) startLocked(ctx context.Context, st *imageState) {
+	pctx, cancel := context.WithCancelCause(ctx)
+	st.cancel, st.due, st.puller = cancel, false, a.puller
+	st.LastAttempt = time.Now()
+	if st.State != StateWarm {
+		st.State = StatePulling
+	}
+	st.Progress = Progress{Phase: PhaseResolving}
+	a.inflight++
+	img, puller := st.Image, st.puller
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer cancel(nil)
+		res, pulled := a.presentPin(pctx, img)
+		if !pulled {
+			res = puller.Pull(pctx, img, a)
+		}
+		a.done <- pullDone{ref: img.Ref, res: res, st: st}
+	}()
+}
+
+// presentPin reports a pinned image the daemon already holds as warm
+// without asking the registry: a digest cannot move.
+func (a *Agent) presentPin(ctx context.Context, img Image) (PullResult, bool) {
+	if img.Pin == "" {
+		return PullResult{}, false
+	}
+	info, err := a.engine.ImageInspect(ctx, img.Ref)
+	if err != nil || !hasRepoDigest(info.RepoDigests, img.Repository(), img.Pin) {
+		return PullResult{}, false
+	}
+	return PullResult{Image: img, Digest: img.Pin, ImageID: info.ID, Size: info.Size, Started: time.Now(), UpToDate: true}, true
+}
+
+// PullStarted implements Observer.
+func (a *Agent) PullStarted(img Image, src auth.Source) {
+	a.mu.Lock()
+	st := a.states[img.Ref]
+	warm := st != nil && st.State == StateWarm
+	a.mu.Unlock()
+	lvl := slog.LevelInfo
+	if warm {
+		lvl = slog.LevelDebug // a refresh; only a change is worth a line
+	}
+	a.log.Log(context.Background(), lvl, "pull started", "runtime", img.Runtime, "image", img.Ref, "auth", string(src))
+}
+
+// PullProgress implements Observer.
+func (a *Agent) PullProgress(img Image, p Progress) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if st := a.states[img.Ref]; st != nil && st.cancel != nil {
+		st.Progress = p
+	}
+}
+
+// PullFinished implements Observer; results are handled in the loop.
+func (a *Agent) PullFinished(PullResult) {}
+
+func (a *Agent) finished(d pullDone) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.inflight--
+	st := a.states[d.ref]
+	if st != d.st {
+		return // the image left the set (or came back as a new entry)
+	}
+	st.cancel = nil
+	r := d.res
+	st.Duration, st.Bytes = r.Duration, r.Bytes
+	now := time.Now()
+	log := a.log.With("runtime", r.Image.Runtime, "image", r.Image.Ref)
+	if r.Err == nil {
+		st.State, st.Digest, st.ImageID, st.Size = StateWarm, r.Digest, r.ImageID, r.Size
+		st.LastSuccess, st.Attempts, st.LastError, st.LastClass, st.NextAttempt = now, 0, "", "", time.Time{}
+		st.Progress = Progress{Phase: PhaseDone}
+		if hs := a.hosts[r.Image.Host()]; hs != nil {
+			hs.strikes = 0
+		}
+		if r.UpToDate {
+			log.Debug("image up to date", "digest", r.Digest.String())
+		} else {
+			log.Info("image pulled", "digest", r.Digest.String(), "bytes", r.Bytes, "duration_s", r.Duration.Seconds())
+		}
+		return
+	}
+	class := ClassOf(r.Err)
+	st.LastError, st.LastClass = oneLineErr(r.Err), class
+	if st.State != StateWarm {
+		st.State = StateFailed
+	}
+	st.Progress = Progress{Phase: PhaseFailed}
+	switch class {
+	case ClassCanceled:
+		st.due = true
+		if st.State == StateFailed {
+			st.State = StatePending
+		}
+	case ClassDaemon:
+		st.due = true
+		if a.daemonUp {
+			a.daemonUp = false
+			a.pingFails = 0
+			a.nextPing = now
+			log.Warn("docker daemon unreachable; waiting for it", "error", st.LastError)
+		}
+	case ClassRateLimited:
+		host := r.Image.Host()
+		hs := a.hosts[host]
+		if hs == nil {
+			hs = &hostState{}
+			a.hosts[host] = hs
+		}
+		hs.strikes++
+		delay, fromHeader := retryAfter(st.LastError)
+		if !fromHeader {
+			delay = backoff(a.opts.Retry, hs.strikes)
+		}
+		if until := now.Add(delay); until.After(hs.until) {
+			hs.until = until
+		}
+		st.due, st.NextAttempt = true, hs.until
+		log.Warn("registry rate-limited the pull; backing off this host", "host", host, "delay_s", time.Until(hs.until).Seconds(), "retry_after", fromHeader)
+	case ClassAuth, ClassNotFound, ClassDisk:
+		st.Attempts++
+		st.due = false
+		log.Error("pull failed; next try at the next refresh, on a configuration change or on SIGHUP", "class", string(class), "error", st.LastError)
+	default: // network, server, stalled, verify, unknown
+		st.Attempts++
+		if st.Attempts > a.opts.Retry.Attempts {
+			st.due = false
+			log.Error("pull failed; retries exhausted until the next refresh", "class", string(class), "attempts", st.Attempts, "error", st.LastError)
+			return
+		}
+		delay := backoff(a.opts.Retry, st.Attempts)
+		st.due, st.NextAttempt = true, now.Add(delay)
+		log.Warn("pull failed; retry scheduled", "class", string(class), "attempt", st.Attempts, "delay_s", delay.Seconds(), "error", st.LastError)
+	}
+}
+
+func (a *Agent) pinged(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err == nil {
+		if !a.daemonUp {
+			a.log.Info("docker daemon reachable; reconciling every image")
+		}
+		a.daemonUp, a.pingFails = true, 0
+		a.requeueLocked(true)
+		return
+	}
+	a.pingFails++
+	delay := backoff(a.opts.DaemonRetry, a.pingFails)
+	a.nextPing = time.Now().Add(delay)
+	if a.pingFails == 1 || a.pingFails%10 == 0 {
+		a.log.Warn("docker daemon unreachable", "error", err.Error(), "attempts", a.pingFails, "next_ping_s", delay.Seconds())
+	}
+	a.daemonUp = false
+}
+
+// nextWake is when the loop must look again without an event.
+func (a *Agent) nextWake() time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	wake := a.refreshAt
+	if !a.daemonUp && !a.pinging && a.engine != nil && a.nextPing.Before(wake) {
+		wake = a.nextPing
+	}
+	for _, st := range a.states {
+		if st.due && st.cancel == nil && st.NextAttempt.Before(wake) {
+			wake = st.NextAttempt
+		}
+	}
+	for _, hs := range a.hosts {
+		if hs.until.After(time.Now()) && hs.until.Before(wake) {
+			wake = hs.until
+		}
+	}
+	return wake
+}
+
+func (a *Agent) publishStatus() {
+	s := a.Snapshot()
+	pulling := 0
+	for _, i := range s.Images {
+		if i.InFlight {
+			pulling++
+		}
+	}
+	text := fmt.Sprintf("%d/%d images warm", s.Warm(), len(s.Images))
+	if s.Config != nil {
+		text += " from " + s.Config.Prefix
+	}
+	if pulling > 0 {
+		text += fmt.Sprintf("; pulling %d", pulling)
+	}
+	if !s.DaemonUp {
+		text += "; docker unreachable"
+	}
+	if s.ConfigError != "" {
+		text += "; config error (see log)"
+	}
+	if text != a.status {
+		a.status = text
+		a.notify("STATUS=" + text)
+	}
+}
+
+func (a *Agent) shutdown() error {
+	a.notify("STOPPING=1")
+	a.log.Info("shutting down; cancelling pulls in flight")
+	waited := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-a.done: // drain so pull goroutines can finish
+			case <-a.pingRes:
+			case <-waited:
+				return
+			}
+		}
+	}()
+	finished := make(chan struct{})
+	go func() { a.wg.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(8 * time.Second):
+		a.log.Warn("pulls still finishing after 8 s; exiting anyway")
+	}
+	close(waited)
+	return nil
+}
+
+// jitter spreads d by ±10% so that a fleet of hosts does not refresh at
+// once.
+func (a *Agent) jitter(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64()))
+}
+
+// backoff is the delay before try n+1: full jitter over an exponential cap.
+func backoff(p RetryPolicy, n int) time.Duration {
+	ceil := p.Initial
+	for i := 1; i < n && ceil < p.Max; i++ {
+		ceil *= 2
+	}
+	ceil = min(ceil, p.Max)
+	if ceil <= 0 {
+		return 0
+	}
+	return time.Duration(rand.Int64N(int64(ceil) + 1))
+}
+
+var retryAfterRE = regexp.MustCompile(`(?i)retry[- ]after[":= ]+(\d+)`)
+
+// retryAfter finds a Retry-After delay in seconds in a registry's message,
+// where registries put it; the daemon does not pass the header on.
+func retryAfter(msg string) (time.Duration, bool) {
+	m := retryAfterRE.FindStringSubmatch(msg)
+	if m == nil {
+		return 0, false
+	}
+	n, err := strconv.Atoi(m[1])
+	if err != nil || n <= 0 || n > 3600 {
+		return 0, false
+	}
+	return time.Duration(n) * time.Second, true
+}
+
+func oneLineErr(err error) string {
+	b := []byte(err.Error())
+	for i, c := range b {
+		if c == '\n' || c == '\r' {
+			b[i] = ' '
+		}
+	}
+	return string(b)
+}
