@@ -45,6 +45,10 @@ type Options struct {
 	Concurrency     int
 	Timeouts        PullTimeouts
 	Retry           RetryPolicy
+	// RateLimit is the per-host backoff after a 429 when the registry's
+	// message names no delay (the daemon drops Retry-After headers): equal
+	// jitter, never below half of the doubling ceiling.
+	RateLimit RetryPolicy
 	// DaemonRetry is the backoff of pings while Docker is unreachable.
 	DaemonRetry RetryPolicy
 	// Debounce is how quiet the env file's directory must be before a
@@ -60,6 +64,7 @@ func DefaultOptions() Options {
 		Concurrency:     DefaultConcurrency,
 		Timeouts:        DefaultPullTimeouts(),
 		Retry:           RetryPolicy{Initial: 5 * time.Second, Max: 5 * time.Minute, Attempts: 8},
+		RateLimit:       RetryPolicy{Initial: 30 * time.Second, Max: 10 * time.Minute},
 		DaemonRetry:     RetryPolicy{Initial: 500 * time.Millisecond, Max: 30 * time.Second},
 		Debounce:        150 * time.Millisecond,
 	}
@@ -189,6 +194,9 @@ func New(opts Options) (*Agent, error) {
 	}
 	if opts.Retry.Initial <= 0 {
 		opts.Retry = def.Retry
+	}
+	if opts.RateLimit.Initial <= 0 {
+		opts.RateLimit = def.RateLimit
 	}
 	if opts.DaemonRetry.Initial <= 0 {
 		opts.DaemonRetry = def.DaemonRetry
@@ -350,6 +358,7 @@ func (a *Agent) loadConfig(initial, force bool) {
 		vars = nil
 	case IsNotExist(err):
 		a.log.Warn("env file is gone; keeping the last good configuration", "env_file", a.opts.EnvFile, "prefix", a.cfg.Prefix)
+		a.cfgErr = fmt.Errorf("%s is gone; running on the last good configuration", a.opts.EnvFile)
 		if force {
 			a.requeueLocked(false)
 		}
@@ -625,7 +634,7 @@ func (a *Agent) finished(d pullDone) {
 		hs.strikes++
 		delay, fromHeader := retryAfter(st.LastError)
 		if !fromHeader {
-			delay = backoff(a.opts.Retry, hs.strikes)
+			delay = equalJitter(a.opts.RateLimit, hs.strikes)
 		}
 		if until := now.Add(delay); until.After(hs.until) {
 			hs.until = until
@@ -759,6 +768,17 @@ func backoff(p RetryPolicy, n int) time.Duration {
 		return 0
 	}
 	return time.Duration(rand.Int64N(int64(ceil) + 1))
+}
+
+// equalJitter is half the doubling ceiling plus a random part of the other
+// half: spread out, but never a near-immediate retry.
+func equalJitter(p RetryPolicy, n int) time.Duration {
+	ceil := p.Initial
+	for i := 1; i < n && ceil < p.Max; i++ {
+		ceil *= 2
+	}
+	ceil = min(ceil, p.Max)
+	return ceil/2 + time.Duration(rand.Int64N(int64(ceil/2)+1))
 }
 
 var retryAfterRE = regexp.MustCompile(`(?i)retry[- ]after[":= ]+(\d+)`)

@@ -27,7 +27,9 @@ type Registry struct {
 	// LogPath is the registry's log (access log included).
 	LogPath string
 
-	proc *proc
+	bed     *Bed
+	cfgPath string
+	proc    *proc
 }
 
 // RegistryOptions configures a registry.
@@ -102,20 +104,30 @@ http:
 	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := b.spawn("registry-"+name, RegistryBin, "serve", cfgPath)
-	if err != nil {
+	r.bed, r.cfgPath = b, cfgPath
+	if err := r.Start(ctx); err != nil {
 		return nil, err
+	}
+	return r, nil
+}
+
+// Start starts the registry process (again, after Stop) on the same
+// address and storage.
+func (r *Registry) Start(ctx context.Context) error {
+	p, err := r.bed.spawn("registry-"+r.Name, RegistryBin, "serve", r.cfgPath)
+	if err != nil {
+		return err
 	}
 	r.proc = p
 	hc := &http.Client{Timeout: 2 * time.Second}
 	if err := waitReady(ctx, p, 30*time.Second, func(ctx context.Context) bool { return httpOK(ctx, hc, "http://"+r.Addr+"/v2/") }); err != nil {
 		p.stop()
-		return nil, fmt.Errorf("registry %s did not become ready: %w\n%s", name, err, b.logTail("registry-"+name))
+		return fmt.Errorf("registry %s did not become ready: %w\n%s", r.Name, err, r.bed.logTail("registry-"+r.Name))
 	}
-	return r, nil
+	return nil
 }
 
-// Stop stops the registry; its storage stays.
+// Stop stops the registry; its storage and address stay for Start.
 func (r *Registry) Stop() error { return r.proc.stop() }
 
 // BlobPath is where the registry stores the blob with digest d.
@@ -131,6 +143,10 @@ func (r *Registry) DeleteBlob(d digest.Digest) error {
 		return fmt.Errorf("deleting blob %s from registry %s: %w", d, r.Name, err)
 	}
 	return nil
+}
+
+func listenTCP(addr string) (net.Listener, error) {
+	return net.Listen("tcp", addr)
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.

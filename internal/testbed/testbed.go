@@ -65,6 +65,7 @@ type Bed struct {
 	opts Options
 
 	mu         sync.Mutex
+	dockerd    *proc
 	procs      []*proc
 	registries map[string]*Registry
 	seed       seedCache
@@ -96,13 +97,27 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 			b.Stop()
 		}
 	}()
-	if err := b.startDockerd(ctx); err != nil {
+	if err := b.StartDockerd(ctx); err != nil {
 		return nil, err
 	}
 	return b, nil
 }
 
-func (b *Bed) startDockerd(ctx context.Context) error {
+// StopDockerd stops the Docker daemon; its data-root stays for
+// StartDockerd.
+func (b *Bed) StopDockerd() error {
+	b.mu.Lock()
+	p := b.dockerd
+	b.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	return p.stop()
+}
+
+// StartDockerd starts the Docker daemon (again, after StopDockerd) with the
+// same socket and roots, and waits until it answers.
+func (b *Bed) StartDockerd(ctx context.Context) error {
 	sock := filepath.Join(b.Dir, "docker.sock")
 	cfg := filepath.Join(b.Dir, "daemon.json")
 	if err := os.WriteFile(cfg, []byte("{}\n"), 0o644); err != nil {
@@ -120,6 +135,9 @@ func (b *Bed) startDockerd(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	b.mu.Lock()
+	b.dockerd = p
+	b.mu.Unlock()
 	b.DockerHost = "unix://" + sock
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer

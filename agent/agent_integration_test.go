@@ -1,0 +1,502 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/auth"
+	"github.com/molecule-ai/pull-agent/internal/testbed"
+)
+
+// syncBuffer collects log output from several goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+type running struct {
+	a       *agent.Agent
+	logs    *syncBuffer
+	envFile string
+	stop    func() error
+}
+
+// fastOptions are agent options scaled for tests: short debounce,
+// backoffs and timeouts, refresh far away.
+func fastOptions() agent.Options {
+	o := agent.DefaultOptions()
+	o.RefreshInterval = time.Hour
+	o.Debounce = 100 * time.Millisecond
+	o.Retry = agent.RetryPolicy{Initial: 200 * time.Millisecond, Max: time.Second, Attempts: 50}
+	o.RateLimit = agent.RetryPolicy{Initial: 3 * time.Second, Max: 6 * time.Second}
+	o.DaemonRetry = agent.RetryPolicy{Initial: 100 * time.Millisecond, Max: 500 * time.Millisecond}
+	o.Timeouts = agent.PullTimeouts{Begin: 20 * time.Second, Stall: 2 * time.Second, Extract: 30 * time.Second, Overall: 2 * time.Minute}
+	return o
+}
+
+// startAgent runs an agent on envFile against dockerHost until the test ends.
+func startAgent(t *testing.T, dockerHost, envFile string, env map[string]string, mod func(*agent.Options)) *running {
+	t.Helper()
+	logs := &syncBuffer{}
+	o := fastOptions()
+	o.EnvFile = envFile
+	if env == nil {
+		env = map[string]string{}
+	}
+	env[agent.KeyDockerHost] = dockerHost
+	o.Getenv = func(k string) string { return env[k] }
+	o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	o.NewEngine = func(host string) (agent.Engine, error) { return agent.NewDockerEngine(host) }
+	o.NewAuthorizer = func(c agent.Config) (agent.Authorizer, error) {
+		return auth.NewSelector(auth.Options{GHCRUser: c.GHCRUser, GHCRToken: c.GHCRToken})
+	}
+	if mod != nil {
+		mod(&o)
+	}
+	a, err := agent.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(15 * time.Second):
+				runErr = fmt.Errorf("agent did not stop within 15 s")
+			}
+		})
+		return runErr
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Error(err)
+		}
+		if t.Failed() {
+			t.Logf("agent log:\n%s", logs.String())
+		}
+	})
+	return &running{a: a, logs: logs, envFile: envFile, stop: stop}
+}
+
+// alive fails the test if Run has returned.
+func (r *running) waitFor(t *testing.T, what string, timeout time.Duration, cond func(agent.Snapshot) bool) agent.Snapshot {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		s := r.a.Snapshot()
+		if cond(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s; snapshot: %s", timeout, what, describe(s))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func describe(s agent.Snapshot) string {
+	var b strings.Builder
+	if s.Config != nil {
+		fmt.Fprintf(&b, "prefix=%s ", s.Config.Prefix)
+	}
+	fmt.Fprintf(&b, "config_error=%q daemon_up=%v\n", s.ConfigError, s.DaemonUp)
+	for _, i := range s.Images {
+		fmt.Fprintf(&b, "  %s %s %s attempts=%d class=%s err=%s\n", i.Image.Ref, i.State, i.Digest, i.Attempts, i.LastClass, i.LastError)
+	}
+	return b.String()
+}
+
+// warmOn reports whether every image is warm from prefix with the digests
+// seeded there.
+func warmOn(prefix string, seeded map[string]testbed.Seeded) func(agent.Snapshot) bool {
+	return func(s agent.Snapshot) bool {
+		if s.Config == nil || s.Config.Prefix != prefix || len(s.Images) != len(seeded) {
+			return false
+		}
+		for _, i := range s.Images {
+			if i.State != agent.StateWarm || i.Digest != seeded[i.Image.Runtime].Digest || !strings.HasPrefix(i.Image.Ref, prefix+"/") {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// secondRegistry returns the bed's registry "b", starting it on first use.
+func secondRegistry(t *testing.T, b *testbed.Bed) *testbed.Registry {
+	t.Helper()
+	if r := b.Registry("b"); r != nil {
+		return r
+	}
+	r, err := b.StartRegistry(context.Background(), "b", testbed.RegistryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func writeEnv(t *testing.T, path, prefix string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte("# test\n"+agent.KeyRegistry+"="+prefix+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The write styles an operator (or a config tool) uses to change the file.
+var writeStyles = []struct {
+	name  string
+	setup func(t *testing.T, dir, prefix string) string // returns the env file path
+	flip  func(t *testing.T, path, prefix string)
+}{
+	{
+		name:  "append in place",
+		setup: plainFile,
+		flip: func(t *testing.T, path, prefix string) {
+			f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			fmt.Fprintf(f, "%s=%s\n", agent.KeyRegistry, prefix) // a later assignment wins
+		},
+	},
+	{
+		name:  "truncate and rewrite in place",
+		setup: plainFile,
+		flip:  func(t *testing.T, path, prefix string) { writeEnv(t, path, prefix) },
+	},
+	{
+		name:  "sed -i",
+		setup: plainFile,
+		flip: func(t *testing.T, path, prefix string) {
+			out, err := exec.Command("sed", "-i", "s#^"+agent.KeyRegistry+"=.*#"+agent.KeyRegistry+"="+prefix+"#", path).CombinedOutput()
+			if err != nil {
+				t.Fatalf("sed: %v %s", err, out)
+			}
+		},
+	},
+	{
+		name:  "write temp then rename over",
+		setup: plainFile,
+		flip: func(t *testing.T, path, prefix string) {
+			tmp := path + ".tmp"
+			writeEnv(t, tmp, prefix)
+			if err := os.Rename(tmp, path); err != nil {
+				t.Fatal(err)
+			}
+		},
+	},
+	{
+		name: "symlink swap (..data)",
+		setup: func(t *testing.T, dir, prefix string) string {
+			gen := filepath.Join(dir, "..gen1")
+			if err := os.Mkdir(gen, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			writeEnv(t, filepath.Join(gen, "pull-agent.env"), prefix)
+			must(t, os.Symlink("..gen1", filepath.Join(dir, "..data")))
+			must(t, os.Symlink("..data/pull-agent.env", filepath.Join(dir, "pull-agent.env")))
+			return filepath.Join(dir, "pull-agent.env")
+		},
+		flip: func(t *testing.T, path, prefix string) {
+			dir := filepath.Dir(path)
+			gen := filepath.Join(dir, "..gen2")
+			must(t, os.Mkdir(gen, 0o755))
+			writeEnv(t, filepath.Join(gen, "pull-agent.env"), prefix)
+			must(t, os.Symlink("..gen2", filepath.Join(dir, "..data_tmp")))
+			must(t, os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")))
+			must(t, os.RemoveAll(filepath.Join(dir, "..gen1")))
+		},
+	},
+	{
+		name:  "delete then recreate",
+		setup: plainFile,
+		flip: func(t *testing.T, path, prefix string) {
+			must(t, os.Remove(path))
+			time.Sleep(300 * time.Millisecond) // long enough to be seen as gone
+			writeEnv(t, path, prefix)
+		},
+	},
+	{
+		name: "directory missing at start",
+		setup: func(t *testing.T, dir, prefix string) string {
+			// The file's directory does not exist: the process
+			// environment (prefix A) applies until it appears.
+			return filepath.Join(dir, "later", "deeper", "pull-agent.env")
+		},
+		flip: func(t *testing.T, path, prefix string) {
+			must(t, os.MkdirAll(filepath.Dir(path), 0o755))
+			writeEnv(t, path, prefix)
+		},
+	},
+}
+
+func plainFile(t *testing.T, dir, prefix string) string {
+	p := filepath.Join(dir, "pull-agent.env")
+	writeEnv(t, p, prefix)
+	return p
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAgentFlipsPrefixOnEveryWriteStyle(t *testing.T) {
+	f := newFixture(t)
+	regB := secondRegistry(t, f.bed)
+	rts := []string{"autogen", "codex", "hermes"}
+	for i, style := range writeStyles {
+		t.Run(style.name, func(t *testing.T) {
+			nsA, nsB := fmt.Sprintf("flip-a-%d", i), fmt.Sprintf("flip-b-%d", i)
+			seedA, err := f.bed.Seed(ctxT(t), f.reg, nsA, rts, testbed.SeedOptions{})
+			must(t, err)
+			seedB, err := f.bed.Seed(ctxT(t), regB, nsB, rts, testbed.SeedOptions{})
+			must(t, err)
+			prefixA, prefixB := f.reg.Prefix(nsA), regB.Prefix(nsB)
+			path := style.setup(t, t.TempDir(), prefixA)
+			env := map[string]string{agent.KeyRuntimes: strings.Join(rts, ","), agent.KeyRegistry: prefixA}
+			r := startAgent(t, f.bed.DockerHost, path, env, nil)
+			r.waitFor(t, "warm on A", 30*time.Second, warmOn(prefixA, seedA))
+
+			start := time.Now()
+			style.flip(t, path, prefixB)
+			r.waitFor(t, "warm on B", 15*time.Second, warmOn(prefixB, seedB))
+			t.Logf("flip to B warm and verified %s after the write", time.Since(start).Round(time.Millisecond))
+		})
+	}
+}
+
+func TestAgentReloadReadsAtOnce(t *testing.T) {
+	f := newFixture(t)
+	rts := []string{"codex"}
+	seedA := f.seed(t, rts)
+	seedB, err := f.bed.Seed(ctxT(t), f.reg, f.ns+"-b", rts, testbed.SeedOptions{})
+	must(t, err)
+	path := plainFile(t, t.TempDir(), f.reg.Prefix(f.ns))
+	// A debounce of a minute: only Reload (SIGHUP) can pick the change up in time.
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: "codex"}, func(o *agent.Options) { o.Debounce = time.Minute })
+	r.waitFor(t, "warm on A", 30*time.Second, warmOn(f.reg.Prefix(f.ns), seedA))
+	writeEnv(t, path, f.reg.Prefix(f.ns+"-b"))
+	time.Sleep(500 * time.Millisecond)
+	if p := r.a.Snapshot().Config.Prefix; p != f.reg.Prefix(f.ns) {
+		t.Fatalf("prefix changed to %s before Reload: the debounce is not what this test assumes", p)
+	}
+	r.a.Reload()
+	r.waitFor(t, "warm on B after Reload", 10*time.Second, warmOn(f.reg.Prefix(f.ns+"-b"), seedB))
+}
+
+func TestAgentKeepsLastGoodConfiguration(t *testing.T) {
+	f := newFixture(t)
+	rts := []string{"codex", "crewai"}
+	seedA := f.seed(t, rts)
+	prefixA := f.reg.Prefix(f.ns)
+	dir := t.TempDir()
+	path := plainFile(t, dir, prefixA)
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: strings.Join(rts, ",")}, nil)
+	r.waitFor(t, "warm on A", 30*time.Second, warmOn(prefixA, seedA))
+
+	bad := []struct {
+		name    string
+		write   func()
+		wantErr string
+	}{
+		{"garbage bytes", func() { must(t, os.WriteFile(path, []byte("\x01\x02garbage without equals\n"), 0o644)) }, "has no '='"},
+		{"invalid prefix", func() { must(t, os.WriteFile(path, []byte(agent.KeyRegistry+"=HTTPS://Nope\n"), 0o644)) }, "no URL scheme"},
+		{"10 MB file", func() {
+			must(t, os.WriteFile(path, bytes.Repeat([]byte("# padding line\n"), 10<<20/15), 0o644))
+		}, "larger than"},
+		{"NUL byte", func() { must(t, os.WriteFile(path, []byte("A=1\x00\n"), 0o644)) }, "NUL byte"},
+		{"deleted", func() { must(t, os.Remove(path)) }, "is gone"},
+	}
+	for _, b := range bad {
+		b.write()
+		s := r.waitFor(t, b.name+" reported", 5*time.Second, func(s agent.Snapshot) bool { return strings.Contains(s.ConfigError, b.wantErr) })
+		if !warmOn(prefixA, seedA)(s) {
+			t.Fatalf("%s: the running configuration changed: %s", b.name, describe(s))
+		}
+	}
+	if !strings.Contains(r.logs.String(), "keeping the last good configuration") {
+		t.Error("no log line says the last good configuration is kept")
+	}
+	// Still alive and listening: a good file is picked up.
+	seedB, err := f.bed.Seed(ctxT(t), f.reg, f.ns+"-b", rts, testbed.SeedOptions{})
+	must(t, err)
+	writeEnv(t, path, f.reg.Prefix(f.ns+"-b"))
+	s := r.waitFor(t, "warm on B", 15*time.Second, warmOn(f.reg.Prefix(f.ns+"-b"), seedB))
+	if s.ConfigError != "" {
+		t.Errorf("config error still shown after a good file: %s", s.ConfigError)
+	}
+}
+
+func TestAgentConvergesAfterRegistryRestart(t *testing.T) {
+	f := newFixture(t)
+	reg, err := f.bed.StartRegistry(ctxT(t), "restart", testbed.RegistryOptions{})
+	must(t, err)
+	t.Cleanup(func() { reg.Stop() })
+	rts := []string{"codex", "hermes"}
+	seedA, err := f.bed.Seed(ctxT(t), reg, "a", rts, testbed.SeedOptions{})
+	must(t, err)
+	seedB, err := f.bed.Seed(ctxT(t), reg, "b", rts, testbed.SeedOptions{})
+	must(t, err)
+	path := plainFile(t, t.TempDir(), reg.Prefix("a"))
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: strings.Join(rts, ",")}, nil)
+	r.waitFor(t, "warm on a", 30*time.Second, warmOn(reg.Prefix("a"), seedA))
+
+	must(t, reg.Stop())
+	writeEnv(t, path, reg.Prefix("b"))
+	r.waitFor(t, "a network failure with a retry scheduled", 10*time.Second, func(s agent.Snapshot) bool {
+		for _, i := range s.Images {
+			if i.LastClass == agent.ClassNetwork && i.Attempts >= 2 {
+				return true
+			}
+		}
+		return false
+	})
+	must(t, reg.Start(ctxT(t)))
+	r.waitFor(t, "warm on b after the registry came back", 20*time.Second, warmOn(reg.Prefix("b"), seedB))
+	if !strings.Contains(r.logs.String(), `msg="pull failed; retry scheduled" component=agent runtime=codex`) {
+		t.Error("no retry was logged")
+	}
+}
+
+func TestAgentSurvivesDockerRestartAndAbsence(t *testing.T) {
+	if err := testbed.Available(); err != nil {
+		testbed.SkipOrFail(t, err)
+	}
+	f := newFixture(t) // for the registry
+	own, err := testbed.Start(ctxT(t), testbed.Options{Logf: t.Logf})
+	must(t, err)
+	t.Cleanup(func() { own.Stop() })
+	rts := []string{"codex", "crewai"}
+	seedA := f.seed(t, rts)
+	seedB, err := f.bed.Seed(ctxT(t), f.reg, f.ns+"-b", rts, testbed.SeedOptions{})
+	must(t, err)
+	path := plainFile(t, t.TempDir(), f.reg.Prefix(f.ns))
+
+	// Docker absent at start: not fatal.
+	must(t, own.StopDockerd())
+	r := startAgent(t, own.DockerHost, path, map[string]string{agent.KeyRuntimes: strings.Join(rts, ",")}, nil)
+	time.Sleep(time.Second)
+	if s := r.a.Snapshot(); s.DaemonUp || s.Warm() != 0 {
+		t.Fatalf("with Docker down: %s", describe(s))
+	}
+	must(t, own.StartDockerd(ctxT(t)))
+	r.waitFor(t, "warm once Docker is up", 30*time.Second, warmOn(f.reg.Prefix(f.ns), seedA))
+
+	// Docker stopped mid-run, the prefix flipped meanwhile, Docker back.
+	must(t, own.StopDockerd())
+	writeEnv(t, path, f.reg.Prefix(f.ns+"-b"))
+	r.waitFor(t, "docker seen down", 10*time.Second, func(s agent.Snapshot) bool { return !s.DaemonUp })
+	must(t, own.StartDockerd(ctxT(t)))
+	r.waitFor(t, "warm on B after Docker came back", 30*time.Second, warmOn(f.reg.Prefix(f.ns+"-b"), seedB))
+}
+
+func TestAgentStallIsDetectedAndRetried(t *testing.T) {
+	f := newFixture(t)
+	seed, err := f.bed.Seed(ctxT(t), f.reg, f.ns, []string{"codex"}, testbed.SeedOptions{BaseSize: 256 << 10, LayerSize: 8 << 20})
+	must(t, err)
+	px, err := testbed.NewTCPProxy("stall", f.reg.Addr)
+	must(t, err)
+	t.Cleanup(px.Close)
+	must(t, px.Throttle(512)) // 8 MiB at 512 KB/s: ~16 s, time to stall it mid-blob
+	prefix := px.Prefix(f.ns)
+	path := plainFile(t, t.TempDir(), prefix)
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: "codex"}, func(o *agent.Options) {
+		o.Retry = agent.RetryPolicy{Initial: 500 * time.Millisecond, Max: time.Second, Attempts: 50}
+	})
+	r.waitFor(t, "download under way", 20*time.Second, func(s agent.Snapshot) bool {
+		return len(s.Images) == 1 && s.Images[0].Progress.Current > 0 && s.Images[0].Progress.Phase == agent.PhaseDownloading
+	})
+	must(t, px.Stall())
+	stalledAt := time.Now()
+	r.waitFor(t, "the pull failing as stalled", 10*time.Second, func(s agent.Snapshot) bool {
+		return s.Images[0].LastClass == agent.ClassStalled
+	})
+	t.Logf("stall detected %s after forwarding stopped (stall timeout 2s)", time.Since(stalledAt).Round(time.Millisecond))
+	px.Clear()
+	seeded := map[string]testbed.Seeded{"codex": {Digest: seed["codex"].Digest}}
+	r.waitFor(t, "warm after the link recovered", 60*time.Second, warmOn(prefix, seeded))
+	if !strings.Contains(r.logs.String(), "class=stalled") {
+		t.Error("the stall was not logged with its class")
+	}
+}
+
+func TestAgentRateLimitBacksOffThatHostOnly(t *testing.T) {
+	f := newFixture(t)
+	regB := secondRegistry(t, f.bed)
+	rts := []string{"autogen", "codex", "crewai", "hermes"}
+	_ = f.seed(t, rts)
+	seedB, err := f.bed.Seed(ctxT(t), regB, f.ns, rts, testbed.SeedOptions{})
+	must(t, err)
+	px, err := testbed.NewHTTPProxy(f.reg.Addr)
+	must(t, err)
+	t.Cleanup(func() { px.Close() })
+	px.SetFault(&testbed.Fault{Match: "/manifests/", Status: 429, Header: map[string]string{"Retry-After": "30"},
+		Body: `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`})
+	limitedHost := px.Addr
+	path := plainFile(t, t.TempDir(), px.Prefix(f.ns))
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: strings.Join(rts, ",")}, func(o *agent.Options) {
+		o.Concurrency = 1
+		o.RateLimit = agent.RetryPolicy{Initial: 8 * time.Second, Max: 16 * time.Second} // a first cooldown of 4–8 s
+	})
+	s := r.waitFor(t, "a cooldown on the limited host", 10*time.Second, func(s agent.Snapshot) bool { return !s.Cooldowns[limitedHost].IsZero() })
+	until := s.Cooldowns[limitedHost]
+	manifestHits := func() int {
+		n := 0
+		for _, q := range px.Requests() {
+			if strings.Contains(q.Path, "/manifests/") {
+				n++
+			}
+		}
+		return n
+	}
+	hits := manifestHits()
+	if hits == 0 {
+		t.Fatal("the limited host saw no manifest request")
+	}
+	time.Sleep(time.Second)
+	if got := manifestHits(); got != hits {
+		t.Fatalf("%d manifest requests reached the rate-limited host during its cooldown", got-hits)
+	}
+	if !strings.Contains(r.logs.String(), "backing off this host") {
+		t.Error("the backoff was not logged")
+	}
+	// Another host is unaffected: flipping there pulls at once, while the
+	// limited host is still cooling down.
+	writeEnv(t, path, regB.Prefix(f.ns))
+	r.waitFor(t, "warm on the other host", 15*time.Second, warmOn(regB.Prefix(f.ns), seedB))
+	if time.Now().After(until) {
+		t.Errorf("the other host warmed only after the limited host's cooldown ended (%s)", until)
+	}
+}

@@ -1,0 +1,158 @@
+package testbed
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// TCPProxy is a toxiproxy proxy on loopback in front of an upstream
+// address, to slow or stall the bytes between the Docker daemon and a
+// registry.
+type TCPProxy struct {
+	// Addr is the proxy's host:port.
+	Addr string
+	p    *toxiproxy.Proxy
+}
+
+// NewTCPProxy starts a proxy to upstream (host:port) on a free port.
+func NewTCPProxy(name, upstream string) (*TCPProxy, error) {
+	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
+	p := toxiproxy.NewProxy(srv, name, "127.0.0.1:0", upstream)
+	if err := p.Start(); err != nil {
+		return nil, fmt.Errorf("starting proxy to %s: %w", upstream, err)
+	}
+	return &TCPProxy{Addr: p.Listen, p: p}, nil
+}
+
+// Prefix returns the image prefix of namespace ns through the proxy.
+func (t *TCPProxy) Prefix(ns string) string { return t.Addr + "/" + ns }
+
+// Throttle limits the bytes from the registry to kbps KB/s.
+func (t *TCPProxy) Throttle(kbps int) error {
+	return t.add(fmt.Sprintf(`{"name":"throttle","type":"bandwidth","stream":"downstream","toxicity":1,"attributes":{"rate":%d}}`, kbps))
+}
+
+// Stall stops forwarding anything from the registry, keeping every
+// connection open: a pull in progress hangs mid-blob.
+func (t *TCPProxy) Stall() error {
+	return t.add(`{"name":"stall","type":"timeout","stream":"downstream","toxicity":1,"attributes":{"timeout":0}}`)
+}
+
+// Clear removes every toxic.
+func (t *TCPProxy) Clear() {
+	t.p.Toxics.ResetToxics(context.Background())
+}
+
+// Close stops the proxy.
+func (t *TCPProxy) Close() { t.p.Stop() }
+
+func (t *TCPProxy) add(js string) error {
+	if _, err := t.p.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
+		return fmt.Errorf("adding toxic %s: %w", js, err)
+	}
+	return nil
+}
+
+// HTTPProxy is a reverse proxy on loopback in front of a registry that
+// records every request with its arrival time and can answer with a fault
+// instead of forwarding.
+type HTTPProxy struct {
+	// Addr is the proxy's host:port.
+	Addr string
+	srv  *http.Server
+
+	mu       sync.Mutex
+	requests []ProxiedRequest
+	fault    *Fault
+}
+
+// ProxiedRequest is one request the proxy saw.
+type ProxiedRequest struct {
+	Time   time.Time
+	Method string
+	Path   string
+	Status int // the fault's status, or 0 when forwarded
+}
+
+// Fault is an answer the proxy gives instead of forwarding, to requests
+// whose path contains Match.
+type Fault struct {
+	Match  string
+	Status int
+	Header map[string]string
+	Body   string
+}
+
+// NewHTTPProxy starts a proxy to the registry at upstream (host:port).
+func NewHTTPProxy(upstream string) (*HTTPProxy, error) {
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	u := &url.URL{Scheme: "http", Host: upstream}
+	rp := httputil.NewSingleHostReverseProxy(u)
+	h := &HTTPProxy{Addr: fmt.Sprintf("127.0.0.1:%d", port)}
+	h.srv = &http.Server{Addr: h.Addr, ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.mu.Lock()
+		f := h.fault
+		rec := ProxiedRequest{Time: time.Now(), Method: r.Method, Path: r.URL.Path}
+		if f != nil && strings.Contains(r.URL.Path, f.Match) {
+			rec.Status = f.Status
+		}
+		h.requests = append(h.requests, rec)
+		h.mu.Unlock()
+		if rec.Status != 0 {
+			for k, v := range f.Header {
+				w.Header().Set(k, v)
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(f.Status)
+			_, _ = w.Write([]byte(f.Body))
+			return
+		}
+		rp.ServeHTTP(w, r)
+	})}
+	ready := make(chan error, 1)
+	go func() {
+		ln, err := listenTCP(h.Addr)
+		ready <- err
+		if err == nil {
+			_ = h.srv.Serve(ln)
+		}
+	}()
+	if err := <-ready; err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// Prefix returns the image prefix of namespace ns through the proxy.
+func (h *HTTPProxy) Prefix(ns string) string { return h.Addr + "/" + ns }
+
+// SetFault makes the proxy answer matching requests with f; nil forwards
+// everything again.
+func (h *HTTPProxy) SetFault(f *Fault) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.fault = f
+}
+
+// Requests returns the requests seen so far.
+func (h *HTTPProxy) Requests() []ProxiedRequest {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]ProxiedRequest(nil), h.requests...)
+}
+
+// Close stops the proxy.
+func (h *HTTPProxy) Close() error { return h.srv.Close() }
