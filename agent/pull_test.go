@@ -321,3 +321,30 @@ type recordingObserver struct {
 }
 
 func (o *recordingObserver) PullFinished(r PullResult) { o.onFinish(r) }
+
+func TestPullStalledStreamIsCut(t *testing.T) {
+	e := goodEngine()
+	e.pull = func(ctx context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
+		pr, pw := io.Pipe()
+		go func() {
+			pw.Write([]byte(`{"status":"Downloading","progressDetail":{"current":10,"total":100},"id":"a"}` + "\n"))
+			<-ctx.Done() // the daemon sends nothing more until the client goes
+			pw.CloseWithError(ctx.Err())
+		}()
+		return pr, nil
+	}
+	img := testImages(t, "ghcr.io/x", "codex")[0]
+	p := newTestPuller(t, e, auth.Options{}, PullerOptions{Timeouts: PullTimeouts{Stall: 200 * time.Millisecond}})
+	r := p.Pull(context.Background(), img, nil)
+	if ClassOf(r.Err) != ClassStalled || !strings.Contains(r.Err.Error(), "no new bytes") {
+		t.Fatalf("got %v (%s), want stalled", r.Err, ClassOf(r.Err))
+	}
+
+	// The caller's cancellation is not a stall.
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { time.Sleep(50 * time.Millisecond); cancel() }()
+	p = newTestPuller(t, e, auth.Options{}, PullerOptions{Timeouts: PullTimeouts{Stall: time.Hour}})
+	if r := p.Pull(ctx, img, nil); ClassOf(r.Err) != ClassCanceled {
+		t.Fatalf("got %v (%s), want canceled", r.Err, ClassOf(r.Err))
+	}
+}

@@ -19,7 +19,14 @@ var update = flag.Bool("update", false, "rewrite golden files")
 
 var bed testbed.Shared
 
-func TestMain(m *testing.M) { os.Exit(bed.Main(m)) }
+func TestMain(m *testing.M) {
+	// Process tests run this binary as the real command.
+	if os.Getenv("PULL_AGENT_TEST_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(bed.Main(m))
+}
 
 // runCLI runs the program and returns its exit code and output.
 func runCLI(t *testing.T, env map[string]string, args ...string) (int, string, string) {

@@ -1,0 +1,127 @@
+package agent
+
+import (
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestBackoffIsFullJitterUnderADoublingCap(t *testing.T) {
+	p := RetryPolicy{Initial: time.Second, Max: 8 * time.Second}
+	caps := map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 8 * time.Second, 10: 8 * time.Second}
+	for n, ceil := range caps {
+		var lo, hi time.Duration = ceil, 0
+		for range 2000 {
+			d := backoff(p, n)
+			if d < 0 || d > ceil {
+				t.Fatalf("try %d: delay %s outside [0, %s]", n, d, ceil)
+			}
+			lo, hi = min(lo, d), max(hi, d)
+		}
+		// Full jitter spreads over the whole range.
+		if lo > ceil/10 || hi < ceil*9/10 {
+			t.Errorf("try %d: delays only in [%s, %s] of [0, %s]", n, lo, hi, ceil)
+		}
+	}
+}
+
+func TestEqualJitterHasAFloor(t *testing.T) {
+	p := RetryPolicy{Initial: 30 * time.Second, Max: 10 * time.Minute}
+	for n, ceil := range map[int]time.Duration{1: 30 * time.Second, 3: 2 * time.Minute, 20: 10 * time.Minute} {
+		for range 1000 {
+			if d := equalJitter(p, n); d < ceil/2 || d > ceil {
+				t.Fatalf("strike %d: %s outside [%s, %s]", n, d, ceil/2, ceil)
+			}
+		}
+	}
+}
+
+func TestRetryAfterInMessage(t *testing.T) {
+	for msg, want := range map[string]time.Duration{
+		"toomanyrequests: slow down":              0,
+		"toomanyrequests: retry after 12 seconds": 12 * time.Second,
+		`toomanyrequests: {"Retry-After": "30"}`:  30 * time.Second,
+		"toomanyrequests: Retry-After: 999999":    0,
+		"toomanyrequests: please retry-after=5":   5 * time.Second,
+	} {
+		got, ok := retryAfter(msg)
+		if got != want || ok != (want > 0) {
+			t.Errorf("retryAfter(%q) = %s %v, want %s", msg, got, ok, want)
+		}
+	}
+}
+
+func TestJitterStaysWithinTenPercent(t *testing.T) {
+	a := &Agent{}
+	for range 1000 {
+		d := a.jitter(15 * time.Minute)
+		if d < 810*time.Second || d > 990*time.Second {
+			t.Fatalf("jitter gave %s", d)
+		}
+	}
+}
+
+// fakeClock is a clock tests move by hand.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+func TestPullMonitor(t *testing.T) {
+	to := PullTimeouts{Begin: 10 * time.Second, Stall: 5 * time.Second, Extract: 60 * time.Second}
+	t.Run("nothing from the daemon", func(t *testing.T) {
+		c := &fakeClock{t: time.Unix(0, 0)}
+		m := newPullMonitor(c.now, to)
+		c.add(9 * time.Second)
+		if why := m.check(); why != "" {
+			t.Fatalf("stalled early: %s", why)
+		}
+		c.add(2 * time.Second)
+		if m.check() == "" {
+			t.Fatal("no begin timeout")
+		}
+	})
+	t.Run("bytes keep it alive, their absence stalls it", func(t *testing.T) {
+		c := &fakeClock{t: time.Unix(0, 0)}
+		m := newPullMonitor(c.now, to)
+		for i := range 10 {
+			c.add(4 * time.Second)
+			m.message(Progress{Phase: PhaseDownloading, Current: int64(i+1) * 100})
+			if why := m.check(); why != "" {
+				t.Fatalf("stalled while bytes flow: %s", why)
+			}
+		}
+		// Messages without new bytes do not count as progress.
+		for range 2 {
+			c.add(3 * time.Second)
+			m.message(Progress{Phase: PhaseDownloading, Current: 1000})
+		}
+		if m.check() == "" {
+			t.Fatal("6 s without new bytes is not a stall")
+		}
+	})
+	t.Run("a long extraction is judged by its own timeout", func(t *testing.T) {
+		c := &fakeClock{t: time.Unix(0, 0)}
+		m := newPullMonitor(c.now, to)
+		m.message(Progress{Phase: PhaseDownloading, Current: 100})
+		m.message(Progress{Phase: PhaseExtracting, Current: 100})
+		for range 10 {
+			c.add(30 * time.Second)
+			m.message(Progress{Phase: PhaseExtracting, Current: 100})
+			if why := m.check(); why != "" {
+				t.Fatalf("extraction judged as a stall: %s", why)
+			}
+		}
+		c.add(61 * time.Second)
+		if m.check() == "" {
+			t.Fatal("a silent extraction never times out")
+		}
+	})
+}

@@ -1,0 +1,231 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/internal/testbed"
+)
+
+// notifyListener is a NOTIFY_SOCKET: it collects every sd_notify datagram.
+type notifyListener struct {
+	path string
+	conn *net.UnixConn
+	mu   sync.Mutex
+	msgs []string
+}
+
+func listenNotify(t *testing.T) *notifyListener {
+	t.Helper()
+	// Short path: unix socket paths are limited to 108 bytes.
+	dir, err := os.MkdirTemp("/tmp", "pa-notify-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	n := &notifyListener{path: filepath.Join(dir, "notify.sock")}
+	n.conn, err = net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.conn.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := n.conn.Read(buf)
+			if err != nil {
+				return
+			}
+			n.mu.Lock()
+			n.msgs = append(n.msgs, strings.Split(strings.TrimSpace(string(buf[:k])), "\n")...)
+			n.mu.Unlock()
+		}
+	}()
+	return n
+}
+
+func (n *notifyListener) all() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]string(nil), n.msgs...)
+}
+
+func (n *notifyListener) count(prefix string) int {
+	c := 0
+	for _, m := range n.all() {
+		if strings.HasPrefix(m, prefix) {
+			c++
+		}
+	}
+	return c
+}
+
+func (n *notifyListener) wait(t *testing.T, what string, timeout time.Duration, cond func(msg string) bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		for _, m := range n.all() {
+			if cond(m) {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no sd_notify message %s within %s; got %q", what, timeout, n.all())
+}
+
+// agentProcess runs this test binary as 'pull-agent run' (see TestMain).
+type agentProcess struct {
+	cmd    *exec.Cmd
+	stderr *bytes.Buffer
+	exited chan error
+}
+
+func startProcess(t *testing.T, env []string, args ...string) *agentProcess {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{"run"}, args...)...)
+	cmd.Env = append(os.Environ(), append([]string{"PULL_AGENT_TEST_MAIN=1"}, env...)...)
+	p := &agentProcess{cmd: cmd, stderr: &bytes.Buffer{}, exited: make(chan error, 1)}
+	cmd.Stderr = &lockedWriter{w: p.stderr}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("agent stderr:\n%s", p.stderr.String())
+		}
+	})
+	return p
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// terminate sends SIGTERM and returns how long the process took to exit
+// and its exit error.
+func (p *agentProcess) terminate(t *testing.T) (time.Duration, error) {
+	t.Helper()
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.exited:
+		return time.Since(start), err
+	case <-time.After(20 * time.Second):
+		t.Fatal("the agent did not exit within 20 s of SIGTERM")
+		return 0, nil
+	}
+}
+
+func TestRunNotifiesSystemdAndRereadsOnSIGHUP(t *testing.T) {
+	b := bed.Get(t)
+	reg := b.Registry("main")
+	rts := []string{"codex", "hermes"}
+	ctx := context.Background()
+	if _, err := b.Seed(ctx, reg, "notify-a", rts, testbed.SeedOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Seed(ctx, reg, "notify-b", rts, testbed.SeedOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	envFile := writeFile(t, agent.KeyRegistry+"="+reg.Prefix("notify-a")+"\n"+agent.KeyRuntimes+"=codex,hermes\n")
+	n := listenNotify(t)
+	p := startProcess(t, []string{"NOTIFY_SOCKET=" + n.path, "WATCHDOG_USEC=400000", "DOCKER_HOST=" + b.DockerHost},
+		"--env-file", envFile, "--debounce", "1m", "--log-format", "json")
+
+	n.wait(t, "READY=1", 15*time.Second, func(m string) bool { return m == "READY=1" })
+	n.wait(t, "STATUS= with every image warm from A", 30*time.Second, func(m string) bool {
+		return m == "STATUS=2/2 images warm from "+reg.Prefix("notify-a")
+	})
+	time.Sleep(time.Second)
+	if c := n.count("WATCHDOG=1"); c < 3 {
+		t.Errorf("%d WATCHDOG=1 in 1 s with WATCHDOG_USEC=0.4 s, want one every 0.2 s", c)
+	}
+
+	// The debounce is a minute: only SIGHUP makes the agent read the file now.
+	if err := os.WriteFile(envFile, []byte(agent.KeyRegistry+"="+reg.Prefix("notify-b")+"\n"+agent.KeyRuntimes+"=codex,hermes\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	n.wait(t, "STATUS= with every image warm from B after SIGHUP", 15*time.Second, func(m string) bool {
+		return m == "STATUS=2/2 images warm from "+reg.Prefix("notify-b")
+	})
+
+	took, err := p.terminate(t)
+	if err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+	n.wait(t, "STOPPING=1", time.Second, func(m string) bool { return m == "STOPPING=1" })
+	t.Logf("exited %s after SIGTERM", took.Round(time.Millisecond))
+	if !strings.Contains(p.stderr.String(), `"msg":"configuration loaded"`) {
+		t.Errorf("--log-format json did not give JSON lines:\n%s", p.stderr.String())
+	}
+}
+
+func TestRunWithoutNotifySocketSendsNothingAndRuns(t *testing.T) {
+	b := bed.Get(t)
+	envFile := writeFile(t, agent.KeyRegistry+"="+b.Registry("main").Prefix("nowhere")+"\n"+agent.KeyRuntimes+"=codex\n")
+	env := []string{"DOCKER_HOST=" + b.DockerHost}
+	p := startProcess(t, env, "--env-file", envFile)
+	time.Sleep(1500 * time.Millisecond)
+	select {
+	case err := <-p.exited:
+		t.Fatalf("the agent exited without NOTIFY_SOCKET: %v\n%s", err, p.stderr.String())
+	default:
+	}
+	if _, err := p.terminate(t); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+}
+
+func TestRunSIGTERMDuringPullExitsZero(t *testing.T) {
+	b := bed.Get(t)
+	reg := b.Registry("main")
+	if _, err := b.Seed(context.Background(), reg, "sigterm", []string{"codex"}, testbed.SeedOptions{LayerSize: 16 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	px, err := testbed.NewTCPProxy("sigterm", reg.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(px.Close)
+	if err := px.Throttle(256); err != nil { // 16 MiB at 256 KB/s: a minute
+		t.Fatal(err)
+	}
+	envFile := writeFile(t, agent.KeyRegistry+"="+px.Prefix("sigterm")+"\n"+agent.KeyRuntimes+"=codex\n")
+	n := listenNotify(t)
+	p := startProcess(t, []string{"NOTIFY_SOCKET=" + n.path, "DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile)
+	n.wait(t, "STATUS= with a pull in flight", 15*time.Second, func(m string) bool { return strings.Contains(m, "; pulling 1") })
+	time.Sleep(500 * time.Millisecond) // bytes are flowing
+	took, err := p.terminate(t)
+	if err != nil {
+		t.Fatalf("exit after SIGTERM during a pull: %v\n%s", err, p.stderr.String())
+	}
+	if took > 10*time.Second {
+		t.Errorf("exit took %s, want under 10 s", took)
+	}
+	t.Logf("exited 0 %s after SIGTERM mid-pull", took.Round(time.Millisecond))
+}
