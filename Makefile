@@ -5,7 +5,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 TESTBED_DIR ?= /tmp/pull-agent-testbed
 FUZZTIME  ?= 5s
 
-.PHONY: all build testbedctl deps test unit integration fuzz demo testbed-up testbed-down clean
+.PHONY: all build testbedctl deps test fuzz bench demo testbed-up testbed-down clean
 
 all: build
 
@@ -35,6 +35,10 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePrefix$$' -fuzztime $(FUZZTIME) ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRuntimesAndPins$$' -fuzztime $(FUZZTIME) ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeStream$$' -fuzztime $(FUZZTIME) ./agent
+
+## bench: the agent's reaction time and idle cost against the test bed (not part of test)
+bench: deps build
+	$(GO) run ./bench/agentbench
 
 ## demo: sandbox daemon + registries, pull the nine images, show them (KEEP=1 keeps it)
 demo: deps build testbedctl

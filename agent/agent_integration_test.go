@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -499,4 +500,110 @@ func TestAgentRateLimitBacksOffThatHostOnly(t *testing.T) {
 	if time.Now().After(until) {
 		t.Errorf("the other host warmed only after the limited host's cooldown ended (%s)", until)
 	}
+}
+
+func TestAgentRefreshCostsOnlyManifestHeadsAndSkipsPins(t *testing.T) {
+	f := newFixture(t)
+	rts := []string{"autogen", "codex", "hermes"}
+	seed := f.seed(t, rts)
+	px, err := testbed.NewHTTPProxy(f.reg.Addr)
+	must(t, err)
+	t.Cleanup(func() { px.Close() })
+	prefix := px.Prefix(f.ns)
+	pin := seed["hermes"].Digest
+	path := t.TempDir() + "/pull-agent.env"
+	must(t, os.WriteFile(path, []byte(fmt.Sprintf("%s=%s\n%s=%s\n%s=hermes=%s\n", agent.KeyRegistry, prefix, agent.KeyRuntimes, strings.Join(rts, ","), agent.KeyPins, pin)), 0o644))
+	r := startAgent(t, f.bed.DockerHost, path, nil, func(o *agent.Options) { o.RefreshInterval = 2 * time.Second })
+	r.waitFor(t, "warm", 30*time.Second, func(s agent.Snapshot) bool { return s.Warm() == 3 })
+	first := r.a.Snapshot().NextRefresh
+	r.waitFor(t, "first refresh scheduled", 5*time.Second, func(s agent.Snapshot) bool { return !s.NextRefresh.IsZero() })
+	// Count the requests of exactly one refresh.
+	r.waitFor(t, "one refresh done", 10*time.Second, func(s agent.Snapshot) bool {
+		return s.NextRefresh.After(first) && s.Warm() == 3 && !s.Images[0].InFlight && !s.Images[1].InFlight && !s.Images[2].InFlight
+	})
+	before := len(px.Requests())
+	second := r.a.Snapshot().NextRefresh
+	r.waitFor(t, "another refresh done", 10*time.Second, func(s agent.Snapshot) bool {
+		return s.NextRefresh.After(second) && !s.Images[0].InFlight && !s.Images[1].InFlight && !s.Images[2].InFlight
+	})
+	reqs := px.Requests()[before:]
+	perRepo := map[string][]string{}
+	for _, q := range reqs {
+		perRepo[q.Path] = append(perRepo[q.Path], q.Method)
+		if q.Path != "/v2/" && !(q.Method == http.MethodHead && strings.Contains(q.Path, "/manifests/")) {
+			t.Errorf("a refresh of up-to-date images sent %s %s", q.Method, q.Path)
+		}
+		if strings.Contains(q.Path, "workspace-template-hermes") {
+			t.Errorf("the pinned image present locally reached the registry: %s %s", q.Method, q.Path)
+		}
+	}
+	heads := 0
+	for _, q := range reqs {
+		if q.Method == http.MethodHead {
+			heads++
+		}
+	}
+	if heads != 2 {
+		t.Errorf("%d manifest HEADs in one refresh of 2 moving tags, want 2 (requests: %v)", heads, perRepo)
+	}
+	t.Logf("one refresh: %d requests: %v", len(reqs), perRepo)
+}
+
+func TestAgentNoHotRetryOnNotFoundAndCancelOnLeave(t *testing.T) {
+	f := newFixture(t)
+	seed := f.seed(t, []string{"codex"})
+	big, err := f.bed.Seed(ctxT(t), f.reg, f.ns+"-big", []string{"crewai"}, testbed.SeedOptions{LayerSize: 16 << 20})
+	must(t, err)
+	px, err := testbed.NewTCPProxy("leave", f.reg.Addr)
+	must(t, err)
+	t.Cleanup(px.Close)
+	must(t, px.Throttle(128))
+	if len(big) != 1 {
+		t.Fatal("seeding the big image failed")
+	}
+
+	// hermes is not in the registry: not-found, and no retry until told.
+	path := plainFile(t, t.TempDir(), f.reg.Prefix(f.ns))
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: "codex,hermes"}, nil)
+	r.waitFor(t, "hermes not found", 20*time.Second, func(s agent.Snapshot) bool {
+		h, _ := agent.LookupImage(imagesOf(s), "hermes")
+		return h.Runtime != "" && statusOf(s, "hermes").LastClass == agent.ClassNotFound
+	})
+	time.Sleep(1500 * time.Millisecond) // ≥ several retry delays of the test policy
+	if a := statusOf(r.a.Snapshot(), "hermes").Attempts; a != 1 {
+		t.Fatalf("not-found was retried on its own: %d attempts", a)
+	}
+	seeded2, err := f.bed.Seed(ctxT(t), f.reg, f.ns, []string{"hermes"}, testbed.SeedOptions{})
+	must(t, err)
+	r.a.Reload()
+	seed["hermes"] = seeded2["hermes"]
+	r.waitFor(t, "hermes warm after Reload", 15*time.Second, warmOn(f.reg.Prefix(f.ns), seed))
+
+	// A pull in flight for an image that leaves the set is cancelled.
+	must(t, os.WriteFile(path, []byte(agent.KeyRegistry+"="+px.Prefix(f.ns+"-big")+"\n"+agent.KeyRuntimes+"=crewai\n"), 0o644))
+	r.waitFor(t, "slow pull in flight", 15*time.Second, func(s agent.Snapshot) bool {
+		return len(s.Images) == 1 && s.Images[0].InFlight && s.Images[0].Progress.Current > 0
+	})
+	must(t, os.WriteFile(path, []byte(agent.KeyRegistry+"="+f.reg.Prefix(f.ns)+"\n"+agent.KeyRuntimes+"=codex,hermes\n"), 0o644))
+	r.waitFor(t, "back on the first set", 15*time.Second, warmOn(f.reg.Prefix(f.ns), seed))
+	if !strings.Contains(r.logs.String(), "pull cancelled: image left the configured set") {
+		t.Error("the pull of the image that left the set was not cancelled")
+	}
+}
+
+func imagesOf(s agent.Snapshot) []agent.Image {
+	var out []agent.Image
+	for _, i := range s.Images {
+		out = append(out, i.Image)
+	}
+	return out
+}
+
+func statusOf(s agent.Snapshot, runtime string) agent.ImageStatus {
+	for _, i := range s.Images {
+		if i.Image.Runtime == runtime {
+			return i
+		}
+	}
+	return agent.ImageStatus{}
 }
