@@ -372,6 +372,7 @@ func (a *Agent) loadConfig(initial, force bool) {
 	}
 	cfg, err := LoadConfig(a.opts.EnvFile, vars, a.baseEnv)
 	if err == nil {
+		WarnEnvFileMode(a.log, a.opts.EnvFile, vars)
 		_, err = cfg.Images()
 	}
 	if err != nil {

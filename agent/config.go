@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"regexp"
 	"slices"
@@ -92,6 +93,23 @@ func ReadEnvFile(path string) ([]EnvVar, error) {
 		return nil, &EnvFileError{File: path, Msg: "is a directory, not a file"}
 	}
 	return ParseEnvFile(path, f)
+}
+
+// WarnEnvFileMode logs a warning when the env file at path assigns
+// GHCR_TOKEN and can be read by group or others.
+func WarnEnvFileMode(log *slog.Logger, path string, vars []EnvVar) {
+	holds := false
+	for _, v := range vars {
+		holds = holds || (v.Key == KeyGHCRToken && v.Value != "")
+	}
+	if !holds {
+		return
+	}
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Perm()&0o077 == 0 {
+		return
+	}
+	log.Warn("env file holds GHCR_TOKEN and is readable by group or others; run chmod 600", "env_file", path, "mode", fmt.Sprintf("%04o", st.Mode().Perm()))
 }
 
 // IsNotExist reports whether err says the env file does not exist.

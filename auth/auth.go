@@ -7,7 +7,11 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"time"
+
+	"github.com/docker/cli/cli/config/configfile"
 )
 
 // Secret is a credential value. Its String, GoString, MarshalText and
@@ -54,10 +58,13 @@ func (c Credentials) Anonymous() bool {
 // never a secret.
 type Source string
 
-// The credential sources.
+// The fixed credential sources; helper and ECR sources carry details
+// ("config.json credHelpers: ecr-login", "ecr-login (instance role; token
+// expires …)").
 const (
 	SourceAnonymous Source = "anonymous"
 	SourceGHCREnv   Source = "ghcr env credentials"
+	SourceAuths     Source = "config.json auths"
 )
 
 // Selection is the outcome of choosing credentials for one host.
@@ -65,43 +72,155 @@ type Selection struct {
 	Host        string
 	Source      Source
 	Credentials Credentials
+	// Expires is when the credentials stop working, when known (ECR).
+	Expires time.Time
 }
 
 // GHCRHost is the GitHub Container Registry host. GHCR_USER and GHCR_TOKEN
 // are sent to this host and no other.
 const GHCRHost = "ghcr.io"
 
+// DefaultHelperTimeout is how long a credential helper may take.
+const DefaultHelperTimeout = 10 * time.Second
+
 // Options configures a Selector.
 type Options struct {
 	GHCRUser  string
 	GHCRToken Secret
+	// DockerConfigDir holds config.json (see DockerConfigDir); empty means
+	// no config.json.
+	DockerConfigDir string
+	// ECRCacheDir is where ecr-login caches tokens (the agent's state
+	// directory, never $HOME).
+	ECRCacheDir string
+	// HelperTimeout bounds a credential helper; 0 means
+	// DefaultHelperTimeout.
+	HelperTimeout time.Duration
+	// Logger receives warnings; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
 }
 
-// Selector chooses credentials for a registry host.
+// Selector chooses credentials for a registry host. For each host, in
+// order: GHCR_USER/GHCR_TOKEN for ghcr.io; config.json credHelpers[host];
+// ecr-login in-process for ECR hosts; config.json credsStore; config.json
+// auths; anonymous. config.json is read at each selection, so an edit takes
+// effect without a restart.
 type Selector struct {
 	opts Options
+	ecr  *ecrProvider
 }
 
 // NewSelector returns a Selector for opts.
 func NewSelector(opts Options) (*Selector, error) {
-	return &Selector{opts: opts}, nil
+	if opts.HelperTimeout <= 0 {
+		opts.HelperTimeout = DefaultHelperTimeout
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Selector{opts: opts, ecr: &ecrProvider{cacheDir: opts.ECRCacheDir, log: opts.Logger, now: opts.Now}}, nil
 }
 
-// Describe names the source Select would use for host, without fetching
-// anything.
+func (s *Selector) hasGHCR(host string) bool {
+	return host == GHCRHost && s.opts.GHCRUser != "" && s.opts.GHCRToken != ""
+}
+
+// serverAddress is how config.json and helpers name host.
+func serverAddress(host string) string {
+	if host == "docker.io" || host == "index.docker.io" || host == "registry-1.docker.io" {
+		return DockerHubServer
+	}
+	return host
+}
+
+func (s *Selector) dockerConfig() (*configfile.ConfigFile, error) {
+	if s.opts.DockerConfigDir == "" {
+		return configfile.New(""), nil
+	}
+	return loadDockerConfig(s.opts.DockerConfigDir)
+}
+
+// Describe names the source Select would use for host, without running a
+// helper or contacting anything.
 func (s *Selector) Describe(host string) Source {
-	if host == GHCRHost && s.opts.GHCRUser != "" && s.opts.GHCRToken != "" {
+	if s.hasGHCR(host) {
 		return SourceGHCREnv
+	}
+	cf, err := s.dockerConfig()
+	if err != nil {
+		return Source("config.json unreadable")
+	}
+	if h := cf.CredentialHelpers[serverAddress(host)]; h != "" {
+		return Source("config.json credHelpers: " + h)
+	}
+	if IsECRHost(host) {
+		return "ecr-login (AWS default credential chain)"
+	}
+	if cf.CredentialsStore != "" {
+		return Source("config.json credsStore: " + cf.CredentialsStore)
+	}
+	if _, ok := fromAuths(cf, serverAddress(host)); ok {
+		return SourceAuths
 	}
 	return SourceAnonymous
 }
 
-// Select returns the credentials for host: GHCR_USER/GHCR_TOKEN for ghcr.io,
-// otherwise anonymous.
-func (s *Selector) Select(_ context.Context, host string) (Selection, error) {
-	sel := Selection{Host: host, Source: s.Describe(host)}
-	if sel.Source == SourceGHCREnv {
+// Select returns the credentials for host. An error means credentials
+// should exist but could not be had (a helper failed, ECR refused, the
+// config.json is broken): the pull would fail on auth, and the error says
+// why.
+func (s *Selector) Select(ctx context.Context, host string) (Selection, error) {
+	sel := Selection{Host: host, Source: SourceAnonymous}
+	if s.hasGHCR(host) {
+		sel.Source = SourceGHCREnv
 		sel.Credentials = Credentials{Username: s.opts.GHCRUser, Password: s.opts.GHCRToken}
+		return sel, nil
+	}
+	cf, err := s.dockerConfig()
+	if err != nil {
+		return sel, err
+	}
+	server := serverAddress(host)
+	if h := cf.CredentialHelpers[server]; h != "" {
+		sel.Source = Source("config.json credHelpers: " + h)
+		c, err := runHelper(ctx, h, server, s.opts.HelperTimeout)
+		if errors.Is(err, ErrNoCredentials) {
+			return sel, nil // as the docker CLI: the helper has none, pull anonymously
+		}
+		sel.Credentials = c
+		return sel, err
+	}
+	if IsECRHost(host) {
+		r, err := s.ecr.get(ctx, host)
+		if err != nil {
+			sel.Source = "ecr-login"
+			return sel, err
+		}
+		sel.Credentials, sel.Expires = r.creds, r.expires
+		sel.Source = Source("ecr-login (" + r.chain + ")")
+		if !r.expires.IsZero() {
+			sel.Source = Source("ecr-login (" + r.chain + "; token expires " + r.expires.UTC().Format(time.RFC3339) + ")")
+		}
+		return sel, nil
+	}
+	if cf.CredentialsStore != "" {
+		c, err := runHelper(ctx, cf.CredentialsStore, server, s.opts.HelperTimeout)
+		switch {
+		case err == nil:
+			sel.Source, sel.Credentials = Source("config.json credsStore: "+cf.CredentialsStore), c
+			return sel, nil
+		case !errors.Is(err, ErrNoCredentials):
+			sel.Source = Source("config.json credsStore: " + cf.CredentialsStore)
+			return sel, err
+		}
+	}
+	if c, ok := fromAuths(cf, server); ok {
+		sel.Source, sel.Credentials = SourceAuths, c
 	}
 	return sel, nil
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"text/tabwriter"
@@ -86,12 +87,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // common holds the flags every command that reads the configuration has.
 type common struct {
 	envFile   string
+	stateDir  string
 	logLevel  string
 	logFormat string
 }
 
 func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.envFile, "env-file", agent.DefaultEnvFile, "env file with MOLECULE_IMAGE_REGISTRY and the other settings")
+	fs.StringVar(&c.stateDir, "state-dir", "/var/lib/pull-agent", "state directory (the ECR token cache lives here)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 }
@@ -143,7 +146,19 @@ func (c *common) loadConfig(fs *flag.FlagSet, getenv func(string) string, log *s
 	if err != nil {
 		return agent.Config{}, usageErr(fmt.Errorf("configuration refused:\n%w", err))
 	}
+	agent.WarnEnvFileMode(log, c.envFile, vars)
 	return cfg, nil
+}
+
+// authorizer builds the credential selection for cfg.
+func (c *common) authorizer(cfg agent.Config, getenv func(string) string, log *slog.Logger) (*auth.Selector, error) {
+	return auth.NewSelector(auth.Options{
+		GHCRUser:        cfg.GHCRUser,
+		GHCRToken:       cfg.GHCRToken,
+		DockerConfigDir: auth.DockerConfigDir(getenv),
+		ECRCacheDir:     filepath.Join(c.stateDir, "ecr-cache"),
+		Logger:          log.With("component", "auth"),
+	})
 }
 
 // prepared is what every command that works on the image set starts from.
@@ -168,7 +183,8 @@ func (c *common) prepare(fs *flag.FlagSet, getenv func(string) string, stderr io
 	if p.images, err = p.cfg.Images(); err != nil {
 		return p, err
 	}
-	p.sel, err = auth.NewSelector(auth.Options{GHCRUser: p.cfg.GHCRUser, GHCRToken: p.cfg.GHCRToken})
+	auth.RouteECRLogs(p.log)
+	p.sel, err = c.authorizer(p.cfg, getenv, p.log)
 	return p, err
 }
 

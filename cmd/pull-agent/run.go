@@ -52,8 +52,9 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	o.Logger = log
 	o.Notifier = agent.SystemdNotifier{}
 	o.NewEngine = func(host string) (agent.Engine, error) { return agent.NewDockerEngine(host) }
+	auth.RouteECRLogs(log)
 	o.NewAuthorizer = func(cfg agent.Config) (agent.Authorizer, error) {
-		return auth.NewSelector(auth.Options{GHCRUser: cfg.GHCRUser, GHCRToken: cfg.GHCRToken})
+		return c.authorizer(cfg, getenv, log)
 	}
 	a, err := agent.New(o)
 	if err != nil {

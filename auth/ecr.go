@@ -1,0 +1,131 @@
+package auth
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/awslabs/amazon-ecr-credential-helper/ecr-login/api"
+	"github.com/awslabs/amazon-ecr-credential-helper/ecr-login/cache"
+	ecrconfig "github.com/awslabs/amazon-ecr-credential-helper/ecr-login/config"
+	"github.com/sirupsen/logrus"
+)
+
+// IsECRHost reports whether the ecr-login library accepts host (with or
+// without a port): the private ECR forms (<account>.dkr.ecr[-fips].<region>
+// .amazonaws.com and the .com.cn, gov and on.aws forms) and public.ecr.aws.
+func IsECRHost(host string) bool {
+	_, err := api.ExtractRegistry(host)
+	return err == nil
+}
+
+// RouteECRLogs sends what the ecr-login library logs (through logrus's
+// standard logger, where it reports the cause of every failure that its
+// Get turns into "credentials not found") into log. Call it once at start.
+func RouteECRLogs(log *slog.Logger) {
+	std := logrus.StandardLogger()
+	std.SetOutput(io.Discard)
+	std.SetLevel(logrus.InfoLevel)
+	std.AddHook(&ecrconfig.URLRedactorHook{})
+	std.AddHook(slogHook{log.With("component", "ecr-login")})
+}
+
+type slogHook struct{ log *slog.Logger }
+
+func (slogHook) Levels() []logrus.Level { return logrus.AllLevels }
+
+func (h slogHook) Fire(e *logrus.Entry) error {
+	attrs := make([]any, 0, 2*len(e.Data))
+	for k, v := range e.Data {
+		attrs = append(attrs, k, fmt.Sprint(v))
+	}
+	lvl := slog.LevelInfo
+	switch {
+	case e.Level <= logrus.ErrorLevel:
+		lvl = slog.LevelError
+	case e.Level == logrus.WarnLevel:
+		lvl = slog.LevelWarn
+	case e.Level >= logrus.DebugLevel:
+		lvl = slog.LevelDebug
+	}
+	h.log.Log(context.Background(), lvl, e.Message, attrs...)
+	return nil
+}
+
+// ecrProvider fetches ECR tokens in-process with the ecr-login library and
+// the AWS default credential chain (an instance role through IMDSv2 on
+// EC2). The library's file cache lives in cacheDir; it treats a token as
+// fresh for half its life, so a 12 h token is renewed after 6 h.
+type ecrProvider struct {
+	cacheDir string
+	log      *slog.Logger
+	now      func() time.Time
+}
+
+// ecrResult is a fetched ECR token.
+type ecrResult struct {
+	creds   Credentials
+	expires time.Time // zero when the cache is off
+	chain   string    // which AWS credentials signed the request
+}
+
+func (e *ecrProvider) get(ctx context.Context, host string) (ecrResult, error) {
+	reg, err := api.ExtractRegistry(host)
+	if err != nil {
+		return ecrResult{}, fmt.Errorf("%s is not an ECR registry host: %w", host, err)
+	}
+	opts := []func(*config.LoadOptions) error{config.WithRegion(reg.Region)}
+	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return ecrResult{}, fmt.Errorf("loading the AWS configuration for %s: %w", host, err)
+	}
+	awsCreds, err := awsCfg.Credentials.Retrieve(ctx)
+	if err != nil {
+		return ecrResult{}, fmt.Errorf("no AWS credentials for ECR %s (instance role, environment or shared config): %w", host, err)
+	}
+	chain := describeAWSSource(awsCreds.Source)
+	client := api.DefaultClientFactory{}.NewClientWithOptions(api.Options{Config: awsCfg, CacheDir: e.cacheDir})
+	a, err := client.GetCredentials(host)
+	if err != nil {
+		return ecrResult{}, fmt.Errorf("ecr-login could not get a token for %s: %w", host, err)
+	}
+	res := ecrResult{creds: Credentials{Username: a.Username, Password: Secret(a.Password)}, chain: chain}
+	cc := cache.BuildCredentialsCache(awsCfg, e.cacheDir)
+	var entry *cache.AuthEntry
+	if reg.Service == api.ServiceECRPublic {
+		entry = cc.GetPublic()
+	} else {
+		entry = cc.Get(reg.ID)
+	}
+	if entry != nil {
+		res.expires = entry.ExpiresAt
+		if !entry.ExpiresAt.After(e.now()) {
+			// The library fell back to its cached token because the
+			// refresh failed; the daemon would be refused with it.
+			return ecrResult{}, fmt.Errorf("the ECR token for %s expired at %s and fetching a new one failed (the ecr-login log line before this one has the cause)", host, entry.ExpiresAt.UTC().Format(time.RFC3339))
+		}
+	}
+	return res, nil
+}
+
+func describeAWSSource(src string) string {
+	switch {
+	case strings.Contains(src, "EC2RoleProvider"):
+		return "instance role"
+	case strings.Contains(src, "EnvConfigCredentials"):
+		return "AWS environment keys"
+	case strings.Contains(src, "SharedConfigCredentials"), strings.Contains(src, "SharedConfig"):
+		return "AWS shared config"
+	case strings.Contains(src, "WebIdentity"):
+		return "web identity"
+	case src == "":
+		return "AWS default credential chain"
+	default:
+		return src
+	}
+}
+
