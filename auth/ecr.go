@@ -128,4 +128,3 @@ func describeAWSSource(src string) string {
 		return src
 	}
 }
-
