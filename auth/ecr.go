@@ -25,13 +25,15 @@ func IsECRHost(host string) bool {
 
 // RouteECRLogs sends what the ecr-login library logs (through logrus's
 // standard logger, where it reports the cause of every failure that its
-// Get turns into "credentials not found") into log. Call it once at start.
+// Get turns into "credentials not found") into log. The last call wins.
 func RouteECRLogs(log *slog.Logger) {
 	std := logrus.StandardLogger()
 	std.SetOutput(io.Discard)
 	std.SetLevel(logrus.InfoLevel)
-	std.AddHook(&ecrconfig.URLRedactorHook{})
-	std.AddHook(slogHook{log.With("component", "ecr-login")})
+	hooks := logrus.LevelHooks{}
+	hooks.Add(&ecrconfig.URLRedactorHook{})
+	hooks.Add(slogHook{log.With("component", "ecr-login")})
+	std.ReplaceHooks(hooks)
 }
 
 type slogHook struct{ log *slog.Logger }

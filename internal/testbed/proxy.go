@@ -82,6 +82,8 @@ type ProxiedRequest struct {
 	Method string
 	Path   string
 	Status int // the fault's status, or 0 when forwarded
+	// Authorization is the request's Authorization header.
+	Authorization string
 }
 
 // Fault is an answer the proxy gives instead of forwarding, to requests
@@ -105,7 +107,7 @@ func NewHTTPProxy(upstream string) (*HTTPProxy, error) {
 	h.srv = &http.Server{Addr: h.Addr, ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.mu.Lock()
 		f := h.fault
-		rec := ProxiedRequest{Time: time.Now(), Method: r.Method, Path: r.URL.Path}
+		rec := ProxiedRequest{Time: time.Now(), Method: r.Method, Path: r.URL.Path, Authorization: r.Header.Get("Authorization")}
 		if f != nil && strings.Contains(r.URL.Path, f.Match) {
 			rec.Status = f.Status
 		}

@@ -27,9 +27,10 @@ type Registry struct {
 	// LogPath is the registry's log (access log included).
 	LogPath string
 
-	bed     *Bed
-	cfgPath string
-	proc    *proc
+	bed      *Bed
+	cfgPath  string
+	inBedNet bool
+	proc     *proc
 }
 
 // RegistryOptions configures a registry.
@@ -37,6 +38,23 @@ type RegistryOptions struct {
 	// Htpasswd, if set, is the content of an htpasswd file (bcrypt entries)
 	// and turns on basic auth.
 	Htpasswd string
+	// Token, if set, turns on token auth (the registry verifies JWTs signed
+	// by a key whose certificate is in RootCertBundle).
+	Token *TokenAuth
+	// Root reuses another registry's storage (its Root).
+	Root string
+	// Addr fixes the listening address (default: a free loopback port).
+	Addr string
+	// InBedNetwork runs the registry in the daemon's private network
+	// (Options.PrivateNetwork); it is reachable only from there.
+	InBedNetwork bool
+}
+
+// TokenAuth configures a registry's token authentication.
+type TokenAuth struct {
+	Realm, Service, Issuer string
+	// RootCertBundle is the PEM of the certificates that sign tokens.
+	RootCertBundle []byte
 }
 
 // Registry returns the registry started under name, or nil.
@@ -64,18 +82,27 @@ func (b *Bed) StartRegistry(ctx context.Context, name string, opts RegistryOptio
 }
 
 func (b *Bed) startRegistry(ctx context.Context, name string, opts RegistryOptions) (*Registry, error) {
-	port, err := FreePort()
-	if err != nil {
-		return nil, err
-	}
 	dir := filepath.Join(b.Dir, "registry-"+name)
 	root := filepath.Join(dir, "storage")
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		return nil, err
+	if opts.Root != "" {
+		root = opts.Root
+	}
+	addr := opts.Addr
+	if addr == "" {
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		addr = fmt.Sprintf("127.0.0.1:%d", port)
+	}
+	for _, d := range []string{dir, root} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
 	}
 	secret := make([]byte, 16)
 	_, _ = rand.Read(secret)
-	r := &Registry{Name: name, Addr: fmt.Sprintf("127.0.0.1:%d", port), Root: root, LogPath: filepath.Join(b.Dir, "logs", "registry-"+name+".log")}
+	r := &Registry{Name: name, Addr: addr, Root: root, inBedNet: opts.InBedNetwork, LogPath: filepath.Join(b.Dir, "logs", "registry-"+name+".log")}
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, `version: 0.1
 log:
@@ -100,6 +127,13 @@ http:
 		}
 		fmt.Fprintf(&cfg, "auth:\n  htpasswd:\n    realm: testbed\n    path: %s\n", hp)
 	}
+	if t := opts.Token; t != nil {
+		bundle := filepath.Join(dir, "token-roots.pem")
+		if err := os.WriteFile(bundle, t.RootCertBundle, 0o644); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(&cfg, "auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s\n", t.Realm, t.Service, t.Issuer, bundle)
+	}
 	cfgPath := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o644); err != nil {
 		return nil, err
@@ -114,13 +148,29 @@ http:
 // Start starts the registry process (again, after Stop) on the same
 // address and storage.
 func (r *Registry) Start(ctx context.Context) error {
-	p, err := r.bed.spawn("registry-"+r.Name, RegistryBin, "serve", r.cfgPath)
-	if err != nil {
+	var p *proc
+	var err error
+	ready := func(ctx context.Context) bool {
+		return httpOK(ctx, &http.Client{Timeout: 2 * time.Second}, "http://"+r.Addr+"/v2/")
+	}
+	if r.inBedNet {
+		pid, err := r.bed.DockerdPID()
+		if err != nil {
+			return fmt.Errorf("the daemon's network: %w", err)
+		}
+		p, err = r.bed.spawn("registry-"+r.Name, "nsenter", fmt.Sprintf("--net=/proc/%d/ns/net", pid), "--", RegistryBin, "serve", r.cfgPath)
+		if err != nil {
+			return err
+		}
+		// Unreachable from here: wait for the registry to say it listens.
+		ready = func(context.Context) bool {
+			return strings.Contains(r.bed.logTail("registry-"+r.Name), "listening on "+r.Addr)
+		}
+	} else if p, err = r.bed.spawn("registry-"+r.Name, RegistryBin, "serve", r.cfgPath); err != nil {
 		return err
 	}
 	r.proc = p
-	hc := &http.Client{Timeout: 2 * time.Second}
-	if err := waitReady(ctx, p, 30*time.Second, func(ctx context.Context) bool { return httpOK(ctx, hc, "http://"+r.Addr+"/v2/") }); err != nil {
+	if err := waitReady(ctx, p, 30*time.Second, ready); err != nil {
 		p.stop()
 		return fmt.Errorf("registry %s did not become ready: %w\n%s", r.Name, err, r.bed.logTail("registry-"+r.Name))
 	}

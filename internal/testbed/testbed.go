@@ -54,6 +54,16 @@ type Options struct {
 	Detach bool
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
+	// Hosts maps host names to addresses for the Docker daemon only: it
+	// runs in a private mount namespace with its own /etc/hosts bound over
+	// the machine's (which is never touched). An ECR-shaped name can then
+	// point at a local registry.
+	Hosts map[string]string
+	// PrivateNetwork runs the daemon in a network namespace of its own
+	// (loopback only). Registries started with RegistryOptions.InBedNetwork
+	// join it, so a registry can answer on port 80 as a real host name
+	// (ghcr.io) for this daemon alone.
+	PrivateNetwork bool
 }
 
 // Bed is a running test bed.
@@ -103,6 +113,16 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 	return b, nil
 }
 
+// DockerdPID is the daemon's own PID (inside any namespace wrapper), from
+// its pidfile.
+func (b *Bed) DockerdPID() (int, error) {
+	data, err := os.ReadFile(filepath.Join(b.Dir, "docker-exec.pid"))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(data)))
+}
+
 // StopDockerd stops the Docker daemon; its data-root stays for
 // StartDockerd.
 func (b *Bed) StopDockerd() error {
@@ -131,7 +151,28 @@ func (b *Bed) StartDockerd(ctx context.Context) error {
 		"--pidfile", filepath.Join(b.Dir, "docker-exec.pid"),
 		"--storage-driver=vfs", "--iptables=false", "--ip-masq=false", "--bridge=none",
 	}
-	p, err := b.spawn("dockerd", DockerdBin, args...)
+	var p *proc
+	var err error
+	if len(b.opts.Hosts) == 0 && !b.opts.PrivateNetwork {
+		p, err = b.spawn("dockerd", DockerdBin, args...)
+	} else {
+		hosts := "127.0.0.1 localhost\n::1 localhost\n"
+		for name, addr := range b.opts.Hosts {
+			hosts += addr + " " + name + "\n"
+		}
+		hostsFile := filepath.Join(b.Dir, "hosts")
+		if err := os.WriteFile(hostsFile, []byte(hosts), 0o644); err != nil {
+			return err
+		}
+		script := "set -e; mount --bind \"$0\" /etc/hosts; "
+		ns := []string{"--mount", "--propagation", "private", "--fork"}
+		if b.opts.PrivateNetwork {
+			ns = append(ns, "--net")
+			script += "ip link set lo up; "
+		}
+		script += `exec dockerd "$@"`
+		p, err = b.spawn("dockerd", "unshare", append(append(ns, "--", "/bin/sh", "-c", script, hostsFile), args...)...)
+	}
 	if err != nil {
 		return err
 	}

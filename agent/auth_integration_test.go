@@ -1,0 +1,342 @@
+package agent_test
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/auth"
+	"github.com/molecule-ai/pull-agent/internal/testbed"
+)
+
+func htpasswd(t *testing.T, users map[string]string) string {
+	t.Helper()
+	var b strings.Builder
+	for u, p := range users {
+		h, err := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.WriteString(u + ":" + string(h) + "\n")
+	}
+	return b.String()
+}
+
+// dockerConfig writes a config.json and returns its directory.
+func dockerConfig(t *testing.T, cfg map[string]any) string {
+	t.Helper()
+	data, err := json.Marshal(cfg)
+	must(t, err)
+	d := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(d, "config.json"), data, 0o600))
+	return d
+}
+
+func basic(user, pass string) map[string]string {
+	return map[string]string{"auth": base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))}
+}
+
+// pullOne pulls the images of rts under prefix through engine with the
+// credentials opts selects, logging into logs.
+func pullOne(t *testing.T, engine agent.Engine, prefix string, rts []string, opts auth.Options, logs io.Writer) []agent.PullResult {
+	t.Helper()
+	cfg, err := agent.LoadConfig("t", nil, func(k string) string {
+		return map[string]string{agent.KeyRegistry: prefix, agent.KeyRuntimes: strings.Join(rts, ",")}[k]
+	})
+	must(t, err)
+	imgs, err := cfg.Images()
+	must(t, err)
+	if logs == nil {
+		logs = io.Discard
+	}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	opts.Logger = log
+	sel, err := auth.NewSelector(opts)
+	must(t, err)
+	p, err := agent.NewPuller(engine, sel, log, agent.PullerOptions{Timeouts: agent.PullTimeouts{Overall: 2 * time.Minute}})
+	must(t, err)
+	return p.PullAll(ctxT(t), imgs, nil)
+}
+
+// noSecrets fails if any secret appears in any of the texts.
+func noSecrets(t *testing.T, secrets []string, texts ...string) {
+	t.Helper()
+	for _, s := range secrets {
+		for _, txt := range texts {
+			if strings.Contains(txt, s) {
+				t.Errorf("secret %q leaked into: %.300s", s, txt)
+			}
+		}
+	}
+}
+
+func errText(rs []agent.PullResult) string {
+	var b strings.Builder
+	for _, r := range rs {
+		if r.Err != nil {
+			b.WriteString(r.Err.Error() + "\n")
+		}
+	}
+	return b.String()
+}
+
+func TestAuthBasicViaConfigJSONAuths(t *testing.T) {
+	f := newFixture(t)
+	reg, err := f.bed.StartRegistry(ctxT(t), "basic", testbed.RegistryOptions{Htpasswd: htpasswd(t, map[string]string{"puller": "basic-s3cret"})})
+	must(t, err)
+	t.Cleanup(func() { reg.Stop() })
+	seed, err := f.bed.Seed(ctxT(t), reg, "p", []string{"codex"}, testbed.SeedOptions{Username: "puller", Password: "basic-s3cret"})
+	must(t, err)
+	logs := &syncBuffer{}
+	secrets := []string{"basic-s3cret", "wrong-s3cret", base64.StdEncoding.EncodeToString([]byte("puller:basic-s3cret"))}
+
+	ok := pullOne(t, f.engine, reg.Prefix("p"), []string{"codex"}, auth.Options{DockerConfigDir: dockerConfig(t, map[string]any{"auths": map[string]any{reg.Addr: basic("puller", "basic-s3cret")}})}, logs)
+	if ok[0].Err != nil || ok[0].Digest != seed["codex"].Digest || ok[0].Source != auth.SourceAuths {
+		t.Fatalf("right credentials: %+v", ok[0])
+	}
+	for name, cfg := range map[string]map[string]any{
+		"wrong":   {"auths": map[string]any{reg.Addr: basic("puller", "wrong-s3cret")}},
+		"missing": {},
+	} {
+		rs := pullOne(t, f.engine, reg.Prefix("p"), []string{"codex"}, auth.Options{DockerConfigDir: dockerConfig(t, cfg)}, logs)
+		if agent.ClassOf(rs[0].Err) != agent.ClassAuth {
+			t.Errorf("%s credentials: %v (%s), want auth", name, rs[0].Err, agent.ClassOf(rs[0].Err))
+		}
+		t.Logf("%s credentials: %v", name, rs[0].Err)
+	}
+	noSecrets(t, secrets, logs.String())
+}
+
+func TestAuthCredentialHelpersAgainstARegistry(t *testing.T) {
+	f := newFixture(t)
+	dir, err := testbed.BuildCredentialHelpers(t.TempDir())
+	must(t, err)
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	t.Setenv("TESTHELPER_USER", "helped")
+	t.Setenv("TESTHELPER_SECRET", "helper-s3cret")
+	t.Setenv("TESTHELPER_LOG", filepath.Join(t.TempDir(), "calls"))
+	reg, err := f.bed.StartRegistry(ctxT(t), "helped", testbed.RegistryOptions{Htpasswd: htpasswd(t, map[string]string{"helped": "helper-s3cret"})})
+	must(t, err)
+	t.Cleanup(func() { reg.Stop() })
+	_, err = f.bed.Seed(ctxT(t), reg, "h", []string{"codex", "hermes"}, testbed.SeedOptions{Username: "helped", Password: "helper-s3cret"})
+	must(t, err)
+	logs := &syncBuffer{}
+
+	for _, tc := range []struct {
+		name string
+		cfg  map[string]any
+		src  auth.Source
+	}{
+		{"credHelpers", map[string]any{"credHelpers": map[string]string{reg.Addr: "pa-good"}}, "config.json credHelpers: pa-good"},
+		{"credsStore", map[string]any{"credsStore": "pa-good"}, "config.json credsStore: pa-good"},
+	} {
+		rs := pullOne(t, f.engine, reg.Prefix("h"), []string{"codex", "hermes"}, auth.Options{DockerConfigDir: dockerConfig(t, tc.cfg)}, logs)
+		for _, r := range rs {
+			if r.Err != nil || r.Source != tc.src {
+				t.Errorf("%s: %s: %v source %s", tc.name, r.Image.Runtime, r.Err, r.Source)
+			}
+		}
+	}
+	calls, _ := os.ReadFile(os.Getenv("TESTHELPER_LOG"))
+	if !strings.Contains(string(calls), "pa-good get "+reg.Addr) {
+		t.Errorf("the helper was not asked for %s:\n%s", reg.Addr, calls)
+	}
+	start := time.Now()
+	rs := pullOne(t, f.engine, reg.Prefix("h"), []string{"codex"}, auth.Options{HelperTimeout: 500 * time.Millisecond, DockerConfigDir: dockerConfig(t, map[string]any{"credHelpers": map[string]string{reg.Addr: "pa-hang"}})}, logs)
+	if agent.ClassOf(rs[0].Err) != agent.ClassAuth || !strings.Contains(rs[0].Err.Error(), "did not answer within 500ms") {
+		t.Errorf("hanging helper: %v", rs[0].Err)
+	}
+	if time.Since(start) > 10*time.Second {
+		t.Errorf("a hanging helper held the pull for %s", time.Since(start))
+	}
+	rs = pullOne(t, f.engine, reg.Prefix("h"), []string{"codex"}, auth.Options{DockerConfigDir: dockerConfig(t, map[string]any{"credHelpers": map[string]string{reg.Addr: "../pa-good"}})}, logs)
+	if rs[0].Err == nil || !strings.Contains(rs[0].Err.Error(), "refused") {
+		t.Errorf("helper name with a path: %v", rs[0].Err)
+	}
+	noSecrets(t, []string{"helper-s3cret"}, logs.String(), errText(rs))
+}
+
+func TestAuthTokenFlowLikeGHCR(t *testing.T) {
+	f := newFixture(t)
+	ts, err := testbed.NewTokenServer(map[string]string{"gh-bot": "gh-token-s3cret"})
+	must(t, err)
+	t.Cleanup(func() { ts.Close() })
+	// Seed through a plain registry, then serve the same storage with token auth.
+	plain, err := f.bed.StartRegistry(ctxT(t), "tok-seed", testbed.RegistryOptions{})
+	must(t, err)
+	seed, err := f.bed.Seed(ctxT(t), plain, "molecule-ai", []string{"codex"}, testbed.SeedOptions{})
+	must(t, err)
+	must(t, plain.Stop())
+	reg, err := f.bed.StartRegistry(ctxT(t), "tok", testbed.RegistryOptions{Token: ts.Auth(), Root: plain.Root})
+	must(t, err)
+	t.Cleanup(func() { reg.Stop() })
+	logs := &syncBuffer{}
+	cfgFor := func(user, pass string) string {
+		return dockerConfig(t, map[string]any{"auths": map[string]any{reg.Addr: basic(user, pass)}})
+	}
+	rs := pullOne(t, f.engine, reg.Prefix("molecule-ai"), []string{"codex"}, auth.Options{DockerConfigDir: cfgFor("gh-bot", "gh-token-s3cret")}, logs)
+	if rs[0].Err != nil || rs[0].Digest != seed["codex"].Digest {
+		t.Fatalf("token flow: %v", rs[0].Err)
+	}
+	found := false
+	for _, q := range ts.Requests() {
+		found = found || q == "gh-bot repository:molecule-ai/workspace-template-codex:pull"
+	}
+	if !found {
+		t.Errorf("the daemon did not fetch a token as gh-bot for the repository: %q", ts.Requests())
+	}
+	for name, dir := range map[string]string{"wrong token": cfgFor("gh-bot", "nope-s3cret"), "anonymous": ""} {
+		rs := pullOne(t, f.engine, reg.Prefix("molecule-ai"), []string{"codex"}, auth.Options{DockerConfigDir: dir}, logs)
+		if c := agent.ClassOf(rs[0].Err); c != agent.ClassAuth {
+			t.Errorf("%s: %v (%s), want auth", name, rs[0].Err, c)
+		}
+		t.Logf("%s: %v", name, rs[0].Err)
+	}
+	noSecrets(t, []string{"gh-token-s3cret", "nope-s3cret"}, logs.String())
+}
+
+func TestAuthScopingSeenAtTheRegistry(t *testing.T) {
+	f := newFixture(t)
+	regX, err := f.bed.StartRegistry(ctxT(t), "scope-x", testbed.RegistryOptions{Htpasswd: htpasswd(t, map[string]string{"user-x": "x-s3cret"})})
+	must(t, err)
+	t.Cleanup(func() { regX.Stop() })
+	regY, err := f.bed.StartRegistry(ctxT(t), "scope-y", testbed.RegistryOptions{Htpasswd: htpasswd(t, map[string]string{"user-y": "y-s3cret"})})
+	must(t, err)
+	t.Cleanup(func() { regY.Stop() })
+	_, err = f.bed.Seed(ctxT(t), regX, "m", []string{"codex"}, testbed.SeedOptions{Username: "user-x", Password: "x-s3cret"})
+	must(t, err)
+	_, err = f.bed.Seed(ctxT(t), regY, "m", []string{"codex"}, testbed.SeedOptions{Username: "user-y", Password: "y-s3cret"})
+	must(t, err)
+	px, err := testbed.NewHTTPProxy(regY.Addr)
+	must(t, err)
+	t.Cleanup(func() { px.Close() })
+	opts := auth.Options{
+		GHCRUser: "gh-bot", GHCRToken: "gh-s3cret",
+		DockerConfigDir: dockerConfig(t, map[string]any{"auths": map[string]any{regX.Addr: basic("user-x", "x-s3cret"), px.Addr: basic("user-y", "y-s3cret")}}),
+	}
+	for _, prefix := range []string{regX.Prefix("m"), px.Prefix("m")} {
+		if rs := pullOne(t, f.engine, prefix, []string{"codex"}, opts, nil); rs[0].Err != nil {
+			t.Fatalf("%s: %v", prefix, rs[0].Err)
+		}
+	}
+	sawAuth := false
+	for _, q := range px.Requests() {
+		if q.Authorization == "" {
+			continue
+		}
+		sawAuth = true
+		if want := "Basic " + base64.StdEncoding.EncodeToString([]byte("user-y:y-s3cret")); q.Authorization != want {
+			t.Errorf("%s %s reached registry Y with foreign credentials %q", q.Method, q.Path, q.Authorization)
+		}
+	}
+	if !sawAuth {
+		t.Fatal("registry Y never saw credentials: the test proves nothing")
+	}
+}
+
+// The real ecr-login path end to end: an ECR-shaped registry name that
+// only the test daemon resolves (private /etc/hosts), a fake ECR API
+// reached through AWS_ENDPOINT_URL_ECR, a registry that wants AWS:<token>.
+func TestAuthECREndToEnd(t *testing.T) {
+	if err := testbed.Available(); err != nil {
+		testbed.SkipOrFail(t, err)
+	}
+	const ecrHost = "123456789012.dkr.ecr.us-east-2.amazonaws.com"
+	own, err := testbed.Start(ctxT(t), testbed.Options{Logf: t.Logf, Hosts: map[string]string{ecrHost: "127.0.0.1"}})
+	must(t, err)
+	t.Cleanup(func() { own.Stop() })
+	reg, err := own.StartRegistry(ctxT(t), "ecr", testbed.RegistryOptions{Htpasswd: htpasswd(t, map[string]string{"AWS": "ecr-token-s3cret"})})
+	must(t, err)
+	seed, err := own.Seed(ctxT(t), reg, "molecule-ai", []string{"codex", "hermes"}, testbed.SeedOptions{Username: "AWS", Password: "ecr-token-s3cret"})
+	must(t, err)
+	api, err := testbed.NewFakeECR(ecrHost, "ecr-token-s3cret", 4*time.Second)
+	must(t, err)
+	t.Cleanup(func() { api.Close() })
+	t.Setenv("AWS_ENDPOINT_URL_ECR", api.URL)
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDTESTTESTTEST")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-s3cret")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+	engine, err := agent.NewDockerEngine(own.DockerHost)
+	must(t, err)
+	_, port, _ := strings.Cut(reg.Addr, ":")
+	prefix := ecrHost + ":" + port + "/molecule-ai"
+	logs := &syncBuffer{}
+	auth.RouteECRLogs(slog.New(slog.NewTextHandler(logs, nil)))
+	opts := auth.Options{ECRCacheDir: t.TempDir(), GHCRUser: "gh-bot", GHCRToken: "gh-s3cret"}
+
+	rs := pullOne(t, engine, prefix, []string{"codex", "hermes"}, opts, logs)
+	for _, r := range rs {
+		if r.Err != nil || r.Digest != seed[r.Image.Runtime].Digest {
+			t.Fatalf("%s: %v", r.Image.Runtime, r.Err)
+		}
+		if !strings.HasPrefix(string(r.Source), "ecr-login (AWS environment keys; token expires ") {
+			t.Errorf("source %q", r.Source)
+		}
+	}
+	if api.Calls() != 1 {
+		t.Errorf("%d ECR API calls for two pulls, want 1 (cached)", api.Calls())
+	}
+	// Past half the token's life: a new token before the next pull.
+	time.Sleep(2200 * time.Millisecond)
+	if rs := pullOne(t, engine, prefix, []string{"codex"}, opts, logs); rs[0].Err != nil || api.Calls() != 2 {
+		t.Fatalf("after half the token's life: %v, %d API calls", rs[0].Err, api.Calls())
+	}
+	// The API fails and the cached token expires: an auth failure with the cause logged.
+	api.Fail(500, "ServerException")
+	time.Sleep(4200 * time.Millisecond)
+	rs = pullOne(t, engine, prefix, []string{"codex"}, opts, logs)
+	if agent.ClassOf(rs[0].Err) != agent.ClassAuth || !strings.Contains(rs[0].Err.Error(), "expired at") {
+		t.Fatalf("expired token: %v (%s)", rs[0].Err, agent.ClassOf(rs[0].Err))
+	}
+	if !strings.Contains(logs.String(), "ServerException") {
+		t.Errorf("the cause is not in the log:\n%s", logs.String())
+	}
+	noSecrets(t, []string{"ecr-token-s3cret", "aws-secret-s3cret", "gh-s3cret"}, logs.String(), errText(rs))
+}
+
+// ghcr.io itself, for the test daemon only: a private network namespace
+// where a registry answers on 127.0.0.1:80 and /etc/hosts says ghcr.io is
+// 127.0.0.1.
+func TestAuthGHCRUnderItsRealName(t *testing.T) {
+	if err := testbed.Available(); err != nil {
+		testbed.SkipOrFail(t, err)
+	}
+	f := newFixture(t)
+	plain, err := f.bed.StartRegistry(ctxT(t), "ghcr-seed", testbed.RegistryOptions{})
+	must(t, err)
+	seed, err := f.bed.Seed(ctxT(t), plain, "molecule-ai", []string{"codex"}, testbed.SeedOptions{})
+	must(t, err)
+	must(t, plain.Stop())
+	own, err := testbed.Start(ctxT(t), testbed.Options{Logf: t.Logf, PrivateNetwork: true, Hosts: map[string]string{"ghcr.io": "127.0.0.1"}})
+	must(t, err)
+	t.Cleanup(func() { own.Stop() })
+	_, err = own.StartRegistry(ctxT(t), "ghcr", testbed.RegistryOptions{Addr: "127.0.0.1:80", InBedNetwork: true, Root: plain.Root,
+		Htpasswd: htpasswd(t, map[string]string{"gh-bot": "gh-token-s3cret"})})
+	must(t, err)
+	engine, err := agent.NewDockerEngine(own.DockerHost)
+	must(t, err)
+	logs := &syncBuffer{}
+	rs := pullOne(t, engine, "ghcr.io/molecule-ai", []string{"codex"}, auth.Options{GHCRUser: "gh-bot", GHCRToken: "gh-token-s3cret"}, logs)
+	if rs[0].Err != nil || rs[0].Digest != seed["codex"].Digest || rs[0].Source != auth.SourceGHCREnv {
+		t.Fatalf("ghcr.io with GHCR_USER/GHCR_TOKEN: %+v", rs[0])
+	}
+	for name, o := range map[string]auth.Options{"no credentials": {}, "wrong token": {GHCRUser: "gh-bot", GHCRToken: "wrong-s3cret"}} {
+		rs := pullOne(t, engine, "ghcr.io/molecule-ai", []string{"codex"}, o, logs)
+		if agent.ClassOf(rs[0].Err) != agent.ClassAuth {
+			t.Errorf("%s: %v (%s)", name, rs[0].Err, agent.ClassOf(rs[0].Err))
+		}
+		t.Logf("%s: %v", name, rs[0].Err)
+	}
+	noSecrets(t, []string{"gh-token-s3cret", "wrong-s3cret"}, logs.String())
+}

@@ -1,0 +1,279 @@
+package auth
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/molecule-ai/pull-agent/internal/testbed"
+)
+
+// helpersDir holds the test credential helpers, built once.
+var helpersDir struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+func withHelpers(t *testing.T) {
+	t.Helper()
+	helpersDir.once.Do(func() {
+		d, err := os.MkdirTemp("", "pa-helpers-")
+		if err != nil {
+			helpersDir.err = err
+			return
+		}
+		helpersDir.dir, helpersDir.err = testbed.BuildCredentialHelpers(d)
+	})
+	if helpersDir.err != nil {
+		t.Fatal(helpersDir.err)
+	}
+	t.Setenv("PATH", helpersDir.dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	t.Setenv("TESTHELPER_USER", "helper-user")
+	t.Setenv("TESTHELPER_SECRET", "helper-s3cret")
+}
+
+func configDir(t *testing.T, json string) string {
+	t.Helper()
+	d := t.TempDir()
+	if err := os.WriteFile(filepath.Join(d, "config.json"), []byte(json), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestSelectOrderAndSources(t *testing.T) {
+	withHelpers(t)
+	const ecrHost = "123456789012.dkr.ecr.us-east-2.amazonaws.com"
+	cfg := `{
+		"auths": {
+			"auths.example.test": {"auth": "` + "YXV0aHMtdXNlcjphdXRocy1zM2NyZXQ=" + `"},
+			"https://url-key.example.test/v1/": {"username": "url-user", "password": "url-s3cret"},
+			"idtok.example.test": {"identitytoken": "idtok-s3cret"},
+			"ghcr.io": {"username": "cfg-gh", "password": "cfg-gh-s3cret"}
+		},
+		"credHelpers": {
+			"helped.example.test": "pa-good",
+			"token.example.test": "pa-token",
+			"none.example.test": "pa-none",
+			"` + ecrHost + `": "pa-good"
+		}
+	}`
+	dir := configDir(t, cfg)
+	tests := []struct {
+		name      string
+		ghcr      bool
+		host      string
+		src       Source
+		user, pwd string
+		idtok     string
+	}{
+		{"ghcr env wins for ghcr.io", true, "ghcr.io", SourceGHCREnv, "gh-user", "gh-s3cret", ""},
+		{"ghcr.io without env falls through to config.json", false, "ghcr.io", SourceAuths, "cfg-gh", "cfg-gh-s3cret", ""},
+		{"credHelpers for the host", true, "helped.example.test", "config.json credHelpers: pa-good", "helper-user", "helper-s3cret", ""},
+		{"credHelpers beat the built-in ecr-login", false, ecrHost, "config.json credHelpers: pa-good", "helper-user", "helper-s3cret", ""},
+		{"helper identity token", false, "token.example.test", "config.json credHelpers: pa-token", "", "", "helper-s3cret"},
+		{"helper without credentials: anonymous, as the CLI", false, "none.example.test", "config.json credHelpers: pa-none", "", "", ""},
+		{"auths with base64 auth", false, "auths.example.test", SourceAuths, "auths-user", "auths-s3cret", ""},
+		{"auths keyed by URL", false, "url-key.example.test", SourceAuths, "url-user", "url-s3cret", ""},
+		{"auths identitytoken", false, "idtok.example.test", SourceAuths, "", "", "idtok-s3cret"},
+		{"nothing: anonymous", true, "other.example.test", SourceAnonymous, "", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := Options{DockerConfigDir: dir}
+			if tt.ghcr {
+				o.GHCRUser, o.GHCRToken = "gh-user", "gh-s3cret"
+			}
+			s, _ := NewSelector(o)
+			sel, err := s.Select(context.Background(), tt.host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := sel.Credentials
+			if sel.Source != tt.src || c.Username != tt.user || c.Password.Reveal() != tt.pwd || c.IdentityToken.Reveal() != tt.idtok {
+				t.Fatalf("got %s %q/%q/%q, want %s %q/%q/%q", sel.Source, c.Username, c.Password.Reveal(), c.IdentityToken.Reveal(), tt.src, tt.user, tt.pwd, tt.idtok)
+			}
+			if d := s.Describe(tt.host); d != tt.src {
+				t.Errorf("Describe says %s, Select used %s", d, sel.Source)
+			}
+		})
+	}
+}
+
+func TestCredsStoreThenAuths(t *testing.T) {
+	withHelpers(t)
+	s, _ := NewSelector(Options{DockerConfigDir: configDir(t, `{"credsStore": "pa-good", "auths": {"a.test": {"username": "x", "password": "y"}}}`)})
+	sel, err := s.Select(context.Background(), "a.test")
+	if err != nil || sel.Source != "config.json credsStore: pa-good" || sel.Credentials.Username != "helper-user" {
+		t.Fatalf("credsStore: %v %+v", err, sel)
+	}
+	s, _ = NewSelector(Options{DockerConfigDir: configDir(t, `{"credsStore": "pa-none", "auths": {"a.test": {"username": "x", "password": "y"}}}`)})
+	sel, err = s.Select(context.Background(), "a.test")
+	if err != nil || sel.Source != SourceAuths || sel.Credentials.Username != "x" {
+		t.Fatalf("store without the host falls back to auths: %v %+v", err, sel)
+	}
+}
+
+func TestHelperFailures(t *testing.T) {
+	withHelpers(t)
+	tests := []struct {
+		helper, want string
+	}{
+		{"pa-garbage", "docker-credential-pa-garbage printed something that is not credentials JSON"},
+		{"pa-fail", "docker-credential-pa-fail failed"},
+		{"pa-hang", "docker-credential-pa-hang did not answer within 300ms; it was killed"},
+		{"pa-missing", "docker-credential-pa-missing not found on PATH"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.helper, func(t *testing.T) {
+			s, _ := NewSelector(Options{DockerConfigDir: configDir(t, `{"credHelpers": {"h.test": "`+tt.helper+`"}}`), HelperTimeout: 300 * time.Millisecond})
+			start := time.Now()
+			_, err := s.Select(context.Background(), "h.test")
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "helper-s3cret") {
+				t.Fatalf("the error repeats the helper's output with a secret: %v", err)
+			}
+			if time.Since(start) > 5*time.Second {
+				t.Fatalf("took %s", time.Since(start))
+			}
+		})
+	}
+}
+
+func TestHelperNamesRefused(t *testing.T) {
+	for _, name := range []string{"../../tmp/evil", "/usr/bin/evil", "pa good", "pa\tgood", "", "-rf"} {
+		err := ValidHelperName(name)
+		if err == nil {
+			t.Errorf("%q accepted", name)
+		}
+	}
+	for _, cfg := range []string{`{"credHelpers": {"h": "../evil"}}`, `{"credsStore": "a b"}`} {
+		if _, err := ParseDockerConfig("config.json", strings.NewReader(cfg)); err == nil || !strings.Contains(err.Error(), "refused") {
+			t.Errorf("%s: %v", cfg, err)
+		}
+	}
+	s, _ := NewSelector(Options{DockerConfigDir: configDir(t, `{"credHelpers": {"h.test": "x/y"}}`)})
+	if _, err := s.Select(context.Background(), "h.test"); err == nil || !strings.Contains(err.Error(), `credential helper name "x/y" refused`) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestMalformedConfigJSON(t *testing.T) {
+	s, _ := NewSelector(Options{DockerConfigDir: configDir(t, `{"auths": `)})
+	_, err := s.Select(context.Background(), "a.test")
+	if err == nil || !strings.Contains(err.Error(), "config.json: not a valid docker config.json") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestDockerConfigDir(t *testing.T) {
+	env := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+	if d := DockerConfigDir(env(map[string]string{"DOCKER_CONFIG": "/etc/dc", "HOME": "/home/u"})); d != "/etc/dc" {
+		t.Error(d)
+	}
+	if d := DockerConfigDir(env(map[string]string{"HOME": "/home/u"})); d != "/home/u/.docker" {
+		t.Error(d)
+	}
+	if d := DockerConfigDir(env(nil)); d != "/root/.docker" {
+		t.Error(d)
+	}
+}
+
+// awsEnv points the AWS SDK at the fake ECR API and at nothing else: no
+// instance metadata, no shared files.
+func awsEnv(t *testing.T, endpoint string) {
+	t.Setenv("AWS_ENDPOINT_URL_ECR", endpoint)
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDTESTTESTTEST")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-key-s3cret")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_ECR_DISABLE_CACHE", "")
+}
+
+func TestECRTokensCachedRefreshedAndExpired(t *testing.T) {
+	const host = "123456789012.dkr.ecr.us-east-2.amazonaws.com"
+	api, err := testbed.NewFakeECR(host, "ecr-pass-s3cret", 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer api.Close()
+	awsEnv(t, api.URL)
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(&lockedBuf{b: &logs, mu: &mu}, nil))
+	RouteECRLogs(log)
+	s, _ := NewSelector(Options{ECRCacheDir: t.TempDir(), Logger: log})
+	ctx := context.Background()
+
+	sel, err := s.Select(ctx, host+":5000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sel.Credentials.Username != "AWS" || sel.Credentials.Password.Reveal() != "ecr-pass-s3cret" {
+		t.Fatalf("credentials %+v", sel.Credentials)
+	}
+	if !strings.HasPrefix(string(sel.Source), "ecr-login (AWS environment keys; token expires ") || sel.Expires.IsZero() {
+		t.Fatalf("source %q expires %s", sel.Source, sel.Expires)
+	}
+	if _, err := s.Select(ctx, host); err != nil || api.Calls() != 1 {
+		t.Fatalf("a fresh token must come from the cache: %v, %d API calls", err, api.Calls())
+	}
+	time.Sleep(1600 * time.Millisecond) // past half the token's life
+	if _, err := s.Select(ctx, host); err != nil || api.Calls() != 2 {
+		t.Fatalf("a token past half its life must be renewed: %v, %d API calls", err, api.Calls())
+	}
+	api.Fail(500, "ServerException")
+	time.Sleep(3200 * time.Millisecond) // the cached token is now expired
+	_, err = s.Select(ctx, host)
+	if err == nil || !strings.Contains(err.Error(), "expired at") {
+		t.Fatalf("an expired cached token was offered: %v", err)
+	}
+	mu.Lock()
+	out := logs.String()
+	mu.Unlock()
+	if !strings.Contains(out, "ServerException") {
+		t.Errorf("the ECR API's failure is not in the log:\n%s", out)
+	}
+	for _, secret := range []string{"ecr-pass-s3cret", "aws-secret-key-s3cret"} {
+		if strings.Contains(out, secret) || strings.Contains(err.Error(), secret) {
+			t.Errorf("%s leaked", secret)
+		}
+	}
+}
+
+func TestECRAPIFailureIsAnAuthErrorWithCause(t *testing.T) {
+	const host = "123456789012.dkr.ecr.us-east-2.amazonaws.com"
+	api, err := testbed.NewFakeECR(host, "p", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer api.Close()
+	awsEnv(t, api.URL)
+	api.Fail(400, "ThrottlingException")
+	s, _ := NewSelector(Options{ECRCacheDir: t.TempDir()})
+	_, err = s.Select(context.Background(), host)
+	if err == nil || !strings.Contains(err.Error(), "ThrottlingException") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+type lockedBuf struct {
+	b  *bytes.Buffer
+	mu *sync.Mutex
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}

@@ -1,0 +1,119 @@
+package testbed
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// TokenServer is a registry token server (the bearer flow GHCR uses): it
+// checks basic credentials and issues ES256 JWTs whose x5c header carries a
+// self-signed certificate, the one the registry trusts through
+// TokenAuth.RootCertBundle.
+type TokenServer struct {
+	URL     string
+	Service string
+	Issuer  string
+
+	key  *ecdsa.PrivateKey
+	cert []byte // DER
+	srv  *http.Server
+
+	mu    sync.Mutex
+	users map[string]string
+	seen  []string // "user scope" of each request, "" user for anonymous
+}
+
+// NewTokenServer starts a token server on loopback for users (name →
+// password), who may pull every repository.
+func NewTokenServer(users map[string]string) (*TokenServer, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "testbed token signer"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	ts := &TokenServer{URL: "http://" + ln.Addr().String() + "/token", Service: "testbed-registry", Issuer: "testbed-token-issuer", key: key, cert: der, users: users}
+	ts.srv = &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(ts.serve)}
+	go ts.srv.Serve(ln)
+	return ts, nil
+}
+
+// Auth is the registry configuration that trusts this server.
+func (ts *TokenServer) Auth() *TokenAuth {
+	return &TokenAuth{Realm: ts.URL, Service: ts.Service, Issuer: ts.Issuer,
+		RootCertBundle: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.cert})}
+}
+
+// Requests lists "user scope" for each token request ("" user: anonymous).
+func (ts *TokenServer) Requests() []string {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return append([]string(nil), ts.seen...)
+}
+
+// Close stops the server.
+func (ts *TokenServer) Close() error { return ts.srv.Close() }
+
+func (ts *TokenServer) serve(w http.ResponseWriter, r *http.Request) {
+	user, pass, hasAuth := r.BasicAuth()
+	scope := r.URL.Query().Get("scope")
+	ts.mu.Lock()
+	ts.seen = append(ts.seen, user+" "+scope)
+	want, known := ts.users[user]
+	ts.mu.Unlock()
+	if hasAuth && (!known || want != pass) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		fmt.Fprint(w, `{"errors":[{"code":"UNAUTHORIZED","message":"wrong username or token"}]}`)
+		return
+	}
+	access := []map[string]any{}
+	// Anonymous callers get a token without access: the registry then
+	// refuses the pull, as a private GHCR package does.
+	if hasAuth {
+		if parts := strings.Split(scope, ":"); len(parts) == 3 && parts[0] == "repository" {
+			access = append(access, map[string]any{"type": "repository", "name": parts[1], "actions": []string{"pull"}})
+		}
+	}
+	now := time.Now()
+	claims := jwt.MapClaims{
+		"iss": ts.Issuer, "sub": user, "aud": ts.Service, // aud a plain string, as registry 2.8 wants
+		"exp": now.Add(5 * time.Minute).Unix(), "nbf": now.Add(-time.Minute).Unix(), "iat": now.Unix(),
+		"jti": fmt.Sprint(now.UnixNano()), "access": access,
+	}
+	tok := jwt.NewWithClaims(jwt.SigningMethodES256, claims)
+	tok.Header["x5c"] = []string{base64.StdEncoding.EncodeToString(ts.cert)}
+	signed, err := tok.SignedString(ts.key)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"token": signed, "access_token": signed, "expires_in": 300, "issued_at": now.UTC().Format(time.RFC3339)})
+}
