@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/bcrypt"
-
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
@@ -20,15 +18,9 @@ import (
 
 func htpasswd(t *testing.T, users map[string]string) string {
 	t.Helper()
-	var b strings.Builder
-	for u, p := range users {
-		h, err := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.WriteString(u + ":" + string(h) + "\n")
-	}
-	return b.String()
+	h, err := testbed.Htpasswd(users)
+	must(t, err)
+	return h
 }
 
 // dockerConfig writes a config.json and returns its directory.

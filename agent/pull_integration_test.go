@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/auth"
@@ -266,11 +265,7 @@ func TestPullPinnedDigest(t *testing.T) {
 
 func TestGHCRCredentialsAreNotSentToOtherHosts(t *testing.T) {
 	f := newFixture(t)
-	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret-token"), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, err := f.bed.StartRegistry(ctxT(t), "htpasswd-"+f.ns, testbed.RegistryOptions{Htpasswd: "puller:" + string(hash) + "\n"})
+	reg, err := f.bed.StartRegistry(ctxT(t), "htpasswd-"+f.ns, testbed.RegistryOptions{Htpasswd: htpasswd(t, map[string]string{"puller": "s3cret-token"})})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test bed runs: dockerd (docker.io) and the
-# CNCF distribution registry (docker-registry). Nothing happens when they are
-# already there; without root it only says what is missing.
+# Installs the Debian packages the test bed runs: dockerd (docker.io), the
+# CNCF distribution registry (docker-registry) and Amazon's ECR credential
+# helper (amazon-ecr-credential-helper, a real docker-credential-ecr-login for
+# the credHelpers tests). Nothing happens when they are already there; without
+# root it only says what is missing.
 set -euo pipefail
 
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v docker >/dev/null 2>&1 || missing+=(docker.io)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+command -v docker-credential-ecr-login >/dev/null 2>&1 || missing+=(amazon-ecr-credential-helper)
+for tool in unshare nsenter; do
+	command -v "$tool" >/dev/null 2>&1 || missing+=(util-linux)
+done
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if [ ${#missing[@]} -eq 0 ]; then
 	exit 0
 fi

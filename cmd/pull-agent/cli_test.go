@@ -192,3 +192,43 @@ func TestPullAgainstTheBed(t *testing.T) {
 		}
 	})
 }
+
+func TestImagesExplainsCredentialSources(t *testing.T) {
+	const ecr = "123456789012.dkr.ecr.us-east-2.amazonaws.com"
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"credHelpers": {"helped.example.test": "ecr-login"}, "auths": {"auths.example.test": {"auth": "dTpw"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for prefix, want := range map[string]string{
+		"helped.example.test/m": "config.json credHelpers: ecr-login",
+		"auths.example.test/m":  "config.json auths",
+		ecr + "/m":              "ecr-login (AWS default credential chain)",
+		"other.example.test/m":  "anonymous",
+	} {
+		f := writeFile(t, agent.KeyRegistry+"="+prefix+"\n"+agent.KeyRuntimes+"=codex\n")
+		code, out, errOut := runCLI(t, map[string]string{"DOCKER_CONFIG": dir}, "images", "--env-file", f)
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("%s: exit %d, want %q in:\n%s%s", prefix, code, want, out, errOut)
+		}
+	}
+}
+
+func TestWarnsWhenTheEnvFileWithATokenIsReadable(t *testing.T) {
+	f := writeFile(t, "GHCR_USER=bot\nGHCR_TOKEN=tok-s3cret\n")
+	if err := os.Chmod(f, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, out, errOut := runCLI(t, nil, "images", "--env-file", f)
+	if !strings.Contains(errOut, "env file holds GHCR_TOKEN and is readable by group or others") || !strings.Contains(errOut, "mode=0644") {
+		t.Fatalf("no warning:\n%s", errOut)
+	}
+	if strings.Contains(out+errOut, "tok-s3cret") {
+		t.Fatal("the token leaked")
+	}
+	if err := os.Chmod(f, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, errOut := runCLI(t, nil, "images", "--env-file", f); strings.Contains(errOut, "readable by group") {
+		t.Fatalf("warned about a 0600 file:\n%s", errOut)
+	}
+}

@@ -1,10 +1,18 @@
 package testbed
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"strings"
@@ -43,6 +51,53 @@ func NewFakeECR(registryHost, password string, ttl time.Duration) (*FakeECR, err
 	f.srv = &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(f.serve)}
 	go f.srv.Serve(ln)
 	return f, nil
+}
+
+// NewFakeECRTLS is NewFakeECR serving HTTPS on addr (e.g. 127.0.0.1:443)
+// as apiHost (api.ecr.<region>.amazonaws.com), for clients that cannot
+// override the endpoint and reach it through a private /etc/hosts. It
+// returns the PEM of the CA that signed its certificate (AWS_CA_BUNDLE).
+func NewFakeECRTLS(addr, apiHost, registryHost, password string, ttl time.Duration) (*FakeECR, []byte, error) {
+	cert, caPEM, err := selfSignedTLS(apiHost)
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := tls.Listen("tcp", addr, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		return nil, nil, err
+	}
+	f := &FakeECR{URL: "https://" + apiHost, Password: password, ln: ln, ttl: ttl, endpoint: registryHost}
+	f.srv = &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(f.serve)}
+	go f.srv.Serve(ln)
+	return f, caPEM, nil
+}
+
+// selfSignedTLS makes a CA and a server certificate for host signed by it.
+func selfSignedTLS(host string) (tls.Certificate, []byte, error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "testbed CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), nil
 }
 
 func (f *FakeECR) serve(w http.ResponseWriter, r *http.Request) {

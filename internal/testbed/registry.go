@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // Registry is a running distribution registry of the bed.
@@ -211,4 +212,18 @@ func FreePort() (int, error) {
 		return 0, errors.New("finding a free port: not a TCP address")
 	}
 	return addr.Port, nil
+}
+
+// Htpasswd returns htpasswd lines (bcrypt, as registry 2.8 requires) for
+// users (name → password).
+func Htpasswd(users map[string]string) (string, error) {
+	var b strings.Builder
+	for u, p := range users {
+		h, err := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
+		if err != nil {
+			return "", err
+		}
+		b.WriteString(u + ":" + string(h) + "\n")
+	}
+	return b.String(), nil
 }
