@@ -21,7 +21,11 @@ import (
 
 var bed testbed.Shared
 
-func TestMain(m *testing.M) { os.Exit(bed.Main(m)) }
+func TestMain(m *testing.M) {
+	// No test may reach the EC2 instance metadata service.
+	os.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	os.Exit(bed.Main(m))
+}
 
 // fixture is a namespace of its own in the bed's main registry, so tests
 // never see each other's images.

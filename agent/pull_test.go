@@ -288,7 +288,7 @@ func TestCredentialsGoToGHCROnly(t *testing.T) {
 		wantSrc  auth.Source
 	}{
 		{"ghcr.io/molecule-ai", "bot", auth.SourceGHCREnv},
-		{"123456789012.dkr.ecr.us-east-1.amazonaws.com/m", "", auth.SourceAnonymous},
+		{"registry.example.test/m", "", auth.SourceAnonymous},
 		{"ghcr.io.evil.test/molecule-ai", "", auth.SourceAnonymous},
 		{"127.0.0.1:5000/molecule-ai", "", auth.SourceAnonymous},
 	} {

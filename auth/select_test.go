@@ -21,6 +21,16 @@ var helpersDir struct {
 	err  error
 }
 
+func TestMain(m *testing.M) {
+	// No test may reach the EC2 instance metadata service.
+	os.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	code := m.Run()
+	if helpersDir.dir != "" {
+		os.RemoveAll(helpersDir.dir)
+	}
+	os.Exit(code)
+}
+
 func withHelpers(t *testing.T) {
 	t.Helper()
 	helpersDir.once.Do(func() {

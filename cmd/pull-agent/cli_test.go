@@ -25,6 +25,8 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
+	// No test may reach the EC2 instance metadata service.
+	os.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	os.Exit(bed.Main(m))
 }
 

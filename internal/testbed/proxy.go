@@ -26,6 +26,9 @@ type TCPProxy struct {
 
 // NewTCPProxy starts a proxy to upstream (host:port) on a free port.
 func NewTCPProxy(name, upstream string) (*TCPProxy, error) {
+	// toxiproxy's toxics log through zerolog's global logger; keep test
+	// output readable.
+	zerolog.SetGlobalLevel(zerolog.WarnLevel)
 	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
 	p := toxiproxy.NewProxy(srv, name, "127.0.0.1:0", upstream)
 	if err := p.Start(); err != nil {
