@@ -280,13 +280,13 @@ func TestAuthECREndToEnd(t *testing.T) {
 		t.Errorf("%d ECR API calls for two pulls, want 1 (cached)", api.Calls())
 	}
 	// Past half the token's life: a new token before the next pull.
-	time.Sleep(2200 * time.Millisecond)
+	time.Sleep(2400 * time.Millisecond)
 	if rs := pullOne(t, engine, prefix, []string{"codex"}, opts, logs); rs[0].Err != nil || api.Calls() != 2 {
 		t.Fatalf("after half the token's life: %v, %d API calls", rs[0].Err, api.Calls())
 	}
 	// The API fails and the cached token expires: an auth failure with the cause logged.
 	api.Fail(500, "ServerException")
-	time.Sleep(4200 * time.Millisecond)
+	time.Sleep(4600 * time.Millisecond)
 	rs = pullOne(t, engine, prefix, []string{"codex"}, opts, logs)
 	if agent.ClassOf(rs[0].Err) != agent.ClassAuth || !strings.Contains(rs[0].Err.Error(), "expired at") {
 		t.Fatalf("expired token: %v (%s)", rs[0].Err, agent.ClassOf(rs[0].Err))

@@ -13,6 +13,7 @@ import (
 	"github.com/awslabs/amazon-ecr-credential-helper/ecr-login/cache"
 	ecrconfig "github.com/awslabs/amazon-ecr-credential-helper/ecr-login/config"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sync/singleflight"
 )
 
 // IsECRHost reports whether the ecr-login library accepts host (with or
@@ -66,6 +67,8 @@ type ecrProvider struct {
 	cacheDir string
 	log      *slog.Logger
 	now      func() time.Time
+	// flight makes concurrent pulls from one host share one token fetch.
+	flight singleflight.Group
 }
 
 // ecrResult is a fetched ECR token.
@@ -76,6 +79,14 @@ type ecrResult struct {
 }
 
 func (e *ecrProvider) get(ctx context.Context, host string) (ecrResult, error) {
+	v, err, _ := e.flight.Do(host, func() (any, error) { return e.fetch(ctx, host) })
+	if err != nil {
+		return ecrResult{}, err
+	}
+	return v.(ecrResult), nil
+}
+
+func (e *ecrProvider) fetch(ctx context.Context, host string) (ecrResult, error) {
 	reg, err := api.ExtractRegistry(host)
 	if err != nil {
 		return ecrResult{}, fmt.Errorf("%s is not an ECR registry host: %w", host, err)

@@ -238,12 +238,12 @@ func TestECRTokensCachedRefreshedAndExpired(t *testing.T) {
 	if _, err := s.Select(ctx, host); err != nil || api.Calls() != 1 {
 		t.Fatalf("a fresh token must come from the cache: %v, %d API calls", err, api.Calls())
 	}
-	time.Sleep(1600 * time.Millisecond) // past half the token's life
+	time.Sleep(1800 * time.Millisecond) // past half the token's life
 	if _, err := s.Select(ctx, host); err != nil || api.Calls() != 2 {
 		t.Fatalf("a token past half its life must be renewed: %v, %d API calls", err, api.Calls())
 	}
 	api.Fail(500, "ServerException")
-	time.Sleep(3200 * time.Millisecond) // the cached token is now expired
+	time.Sleep(3600 * time.Millisecond) // the cached token is now expired
 	_, err = s.Select(ctx, host)
 	if err == nil || !strings.Contains(err.Error(), "expired at") {
 		t.Fatalf("an expired cached token was offered: %v", err)
