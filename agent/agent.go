@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -54,6 +56,11 @@ type Options struct {
 	// Debounce is how quiet the env file's directory must be before a
 	// change is read.
 	Debounce time.Duration
+	// Version is reported in the state document.
+	Version string
+	// StateFile is where the state document is saved on every change;
+	// empty saves nothing.
+	StateFile string
 }
 
 // DefaultOptions returns the defaults of every tunable.
@@ -76,6 +83,9 @@ const (
 	StatePulling = "pulling"
 	StateWarm    = "warm"
 	StateFailed  = "failed"
+	// StateStale: the image is present, but the registry now serves
+	// another digest that could not be pulled.
+	StateStale = "stale"
 )
 
 // ImageStatus is what the agent knows of one image.
@@ -96,6 +106,10 @@ type ImageStatus struct {
 	Bytes       int64
 	// InFlight is true while a pull (or a pin check) runs.
 	InFlight bool
+	// Due is true while the image waits for a (re)try.
+	Due bool
+	// RemoteDigest is what the registry serves, when known.
+	RemoteDigest digest.Digest
 }
 
 // Snapshot is a copy of the agent's state.
@@ -133,9 +147,10 @@ type hostState struct {
 }
 
 type pullDone struct {
-	ref string
-	res PullResult
-	st  *imageState
+	ref    string
+	res    PullResult
+	st     *imageState
+	remote digest.Digest // after a failed refresh: what the registry serves
 }
 
 // Agent keeps the configured images warm: it watches the env file, pulls
@@ -166,6 +181,13 @@ type Agent struct {
 	refreshAt time.Time
 	status    string
 	wg        sync.WaitGroup
+
+	started       time.Time
+	authz         Authorizer
+	hostInfo      map[string]HostDoc
+	lastReconcile time.Time
+	lastSaved     []byte
+	metrics       *Metrics
 }
 
 // New returns an Agent. Zero fields of opts take DefaultOptions' values.
@@ -205,14 +227,30 @@ func New(opts Options) (*Agent, error) {
 		opts.Debounce = def.Debounce
 	}
 	return &Agent{
-		opts:    opts,
-		log:     opts.Logger.With("component", "agent"),
-		reload:  make(chan struct{}, 1),
-		done:    make(chan pullDone),
-		pingRes: make(chan error, 1),
-		states:  map[string]*imageState{},
-		hosts:   map[string]*hostState{},
+		opts:     opts,
+		log:      opts.Logger.With("component", "agent"),
+		reload:   make(chan struct{}, 1),
+		done:     make(chan pullDone),
+		pingRes:  make(chan error, 1),
+		states:   map[string]*imageState{},
+		hosts:    map[string]*hostState{},
+		hostInfo: map[string]HostDoc{},
+		started:  time.Now(),
+		metrics:  NewMetrics(),
 	}, nil
+}
+
+// Metrics returns the agent's Prometheus collectors.
+func (a *Agent) Metrics() *Metrics { return a.metrics }
+
+func (a *Agent) describeHost(host string) string {
+	a.mu.Lock()
+	authz := a.authz
+	a.mu.Unlock()
+	if d, ok := authz.(interface{ Describe(string) auth.Source }); ok {
+		return string(d.Describe(host))
+	}
+	return ""
 }
 
 // Reload asks the agent to re-read the env file now and to retry images
@@ -240,6 +278,7 @@ func (a *Agent) Snapshot() Snapshot {
 		if st := a.states[img.Ref]; st != nil {
 			is := st.ImageStatus
 			is.InFlight = st.cancel != nil
+			is.Due = st.due
 			s.Images = append(s.Images, is)
 		}
 	}
@@ -290,6 +329,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	for {
 		a.step(ctx)
 		a.publishStatus()
+		a.saveState()
 		timer.Reset(time.Until(a.nextWake()))
 		select {
 		case <-ctx.Done():
@@ -395,6 +435,7 @@ func (a *Agent) loadConfig(initial, force bool) {
 
 func (a *Agent) refuseLocked(err error) {
 	a.cfgErr = err
+	a.metrics.configLoad(false)
 	if a.cfg == nil {
 		a.log.Error("configuration refused; nothing to pull until the env file is fixed", "env_file", a.opts.EnvFile, "error", err.Error())
 		return
@@ -426,12 +467,14 @@ func (a *Agent) applyLocked(cfg Config) {
 		return
 	}
 	images, _ := cfg.Images()
-	a.cfg, a.puller, a.cfgAt = &cfg, puller, time.Now()
+	a.cfg, a.puller, a.cfgAt, a.authz = &cfg, puller, time.Now(), authz
+	a.hostInfo = map[string]HostDoc{}
 	attrs := []any{"prefix", cfg.Prefix, "images", len(images), "platform", cfg.Platform, "env_file", a.opts.EnvFile}
 	if prev != nil && prev.Prefix != cfg.Prefix {
 		attrs = append(attrs, "previous_prefix", prev.Prefix)
 	}
 	a.log.Info("configuration loaded", attrs...)
+	a.metrics.configLoad(true)
 
 	want := map[string]bool{}
 	for _, img := range images {
@@ -527,7 +570,7 @@ func (a *Agent) startLocked(ctx context.Context, st *imageState) {
 	}
 	st.Progress = Progress{Phase: PhaseResolving}
 	a.inflight++
-	img, puller := st.Image, st.puller
+	img, puller, wasWarm := st.Image, st.puller, st.State == StateWarm || st.State == StateStale
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -536,7 +579,14 @@ func (a *Agent) startLocked(ctx context.Context, st *imageState) {
 		if !pulled {
 			res = puller.Pull(pctx, img, a)
 		}
-		a.done <- pullDone{ref: img.Ref, res: res, st: st}
+		d := pullDone{ref: img.Ref, res: res, st: st}
+		if c := ClassOf(res.Err); res.Err != nil && wasWarm && c != ClassCanceled && c != ClassDaemon {
+			// Is the registry serving something newer than what we hold?
+			if ri, err := puller.Remote(pctx, img); err == nil {
+				d.remote = ri.Digest
+			}
+		}
+		a.done <- d
 	}()
 }
 
@@ -590,9 +640,14 @@ func (a *Agent) finished(d pullDone) {
 	r := d.res
 	st.Duration, st.Bytes = r.Duration, r.Bytes
 	now := time.Now()
+	if r.Source != "" {
+		a.hostInfo[r.Image.Host()] = HostDoc{Host: r.Image.Host(), CredentialSource: string(r.Source), TokenExpiresAt: tp(r.CredentialsExpire)}
+	}
+	a.metrics.observePull(r)
+	defer a.checkConvergedLocked(now)
 	log := a.log.With("runtime", r.Image.Runtime, "image", r.Image.Ref)
 	if r.Err == nil {
-		st.State, st.Digest, st.ImageID, st.Size = StateWarm, r.Digest, r.ImageID, r.Size
+		st.State, st.Digest, st.ImageID, st.Size, st.RemoteDigest = StateWarm, r.Digest, r.ImageID, r.Size, r.Digest
 		st.LastSuccess, st.Attempts, st.LastError, st.LastClass, st.NextAttempt = now, 0, "", "", time.Time{}
 		st.Progress = Progress{Phase: PhaseDone}
 		if hs := a.hosts[r.Image.Host()]; hs != nil {
@@ -607,7 +662,13 @@ func (a *Agent) finished(d pullDone) {
 	}
 	class := ClassOf(r.Err)
 	st.LastError, st.LastClass = oneLineErr(r.Err), class
-	if st.State != StateWarm {
+	if d.remote != "" {
+		st.RemoteDigest = d.remote
+		if d.remote != st.Digest && st.Digest != "" {
+			st.State = StateStale
+		}
+	}
+	if st.State != StateWarm && st.State != StateStale {
 		st.State = StateFailed
 	}
 	st.Progress = Progress{Phase: PhaseFailed}
@@ -657,6 +718,45 @@ func (a *Agent) finished(d pullDone) {
 		st.due, st.NextAttempt = true, now.Add(delay)
 		log.Warn("pull failed; retry scheduled", "class", string(class), "attempt", st.Attempts, "delay_s", delay.Seconds(), "error", st.LastError)
 	}
+}
+
+// checkConvergedLocked records a finished reconcile: nothing in flight and
+// nothing due now.
+func (a *Agent) checkConvergedLocked(now time.Time) {
+	if a.inflight > 0 {
+		return
+	}
+	for _, st := range a.states {
+		if st.due && !now.Before(st.NextAttempt) {
+			return
+		}
+	}
+	a.lastReconcile = now
+	a.metrics.reconciled(now)
+}
+
+// saveState writes the state document when it changed (progress aside).
+func (a *Agent) saveState() {
+	doc := a.Document()
+	a.metrics.setState(doc)
+	if a.opts.StateFile == "" {
+		return
+	}
+	key := doc
+	key.WrittenAt = time.Time{}
+	key.Images = append([]ImageDoc(nil), doc.Images...)
+	for i := range key.Images {
+		key.Images[i].Progress = nil
+	}
+	b, _ := json.Marshal(key)
+	if bytes.Equal(b, a.lastSaved) {
+		return
+	}
+	if err := WriteStateFile(a.opts.StateFile, doc); err != nil {
+		a.log.Warn("saving state failed", "state_file", a.opts.StateFile, "error", err.Error())
+		return
+	}
+	a.lastSaved = b
 }
 
 func (a *Agent) pinged(err error) {

@@ -8,6 +8,8 @@ import (
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/client"
+
+	"github.com/molecule-ai/pull-agent/auth"
 )
 
 // DockerEngine is the Engine backed by the Docker Engine API. It is the only
@@ -47,20 +49,11 @@ func (d *DockerEngine) Ping(ctx context.Context) error {
 
 // ImagePull implements Engine.
 func (d *DockerEngine) ImagePull(ctx context.Context, ref string, opts PullOptions) (io.ReadCloser, error) {
-	po := image.PullOptions{Platform: opts.Platform}
-	if c := opts.Credentials; !c.Anonymous() {
-		enc, err := registry.EncodeAuthConfig(registry.AuthConfig{
-			Username:      c.Username,
-			Password:      c.Password.Reveal(),
-			IdentityToken: c.IdentityToken.Reveal(),
-			RegistryToken: c.RegistryToken.Reveal(),
-		})
-		if err != nil {
-			return nil, fmt.Errorf("encoding registry credentials: %w", err)
-		}
-		po.RegistryAuth = enc
+	enc, err := encodeAuth(opts.Credentials)
+	if err != nil {
+		return nil, err
 	}
-	rc, err := d.cli.ImagePull(ctx, ref, po)
+	rc, err := d.cli.ImagePull(ctx, ref, image.PullOptions{Platform: opts.Platform, RegistryAuth: enc})
 	return rc, d.wrap(err)
 }
 
@@ -74,4 +67,42 @@ func (d *DockerEngine) ImageInspect(ctx context.Context, ref string) (ImageInfo,
 		return ImageInfo{}, d.wrap(err)
 	}
 	return ImageInfo{ID: res.ID, RepoTags: res.RepoTags, RepoDigests: res.RepoDigests, Size: res.Size}, nil
+}
+
+// DistributionInspect implements Engine.
+func (d *DockerEngine) DistributionInspect(ctx context.Context, ref string, creds auth.Credentials) (RemoteInfo, error) {
+	enc, err := encodeAuth(creds)
+	if err != nil {
+		return RemoteInfo{}, err
+	}
+	res, err := d.cli.DistributionInspect(ctx, ref, enc)
+	if err != nil {
+		return RemoteInfo{}, d.wrap(err)
+	}
+	ri := RemoteInfo{Digest: res.Descriptor.Digest}
+	for _, p := range res.Platforms {
+		s := p.OS + "/" + p.Architecture
+		if p.Variant != "" {
+			s += "/" + p.Variant
+		}
+		ri.Platforms = append(ri.Platforms, s)
+	}
+	return ri, nil
+}
+
+// encodeAuth is the X-Registry-Auth value for c ("" for anonymous).
+func encodeAuth(c auth.Credentials) (string, error) {
+	if c.Anonymous() {
+		return "", nil
+	}
+	enc, err := registry.EncodeAuthConfig(registry.AuthConfig{
+		Username:      c.Username,
+		Password:      c.Password.Reveal(),
+		IdentityToken: c.IdentityToken.Reveal(),
+		RegistryToken: c.RegistryToken.Reveal(),
+	})
+	if err != nil {
+		return "", fmt.Errorf("encoding registry credentials: %w", err)
+	}
+	return enc, nil
 }

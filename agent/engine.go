@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/molecule-ai/pull-agent/auth"
 )
 
@@ -18,6 +20,15 @@ type Engine interface {
 	ImagePull(ctx context.Context, ref string, opts PullOptions) (io.ReadCloser, error)
 	// ImageInspect describes a local image; ErrImageNotFound if absent.
 	ImageInspect(ctx context.Context, ref string) (ImageInfo, error)
+	// DistributionInspect asks the registry, through the daemon, which
+	// manifest ref names now, without pulling.
+	DistributionInspect(ctx context.Context, ref string, creds auth.Credentials) (RemoteInfo, error)
+}
+
+// RemoteInfo is what the registry serves for a reference.
+type RemoteInfo struct {
+	Digest    digest.Digest
+	Platforms []string // os/arch[/variant]
 }
 
 // PullOptions are the options of one pull.

@@ -59,6 +59,8 @@ type PullResult struct {
 	Duration time.Duration
 	// UpToDate is true when the daemon already had the image.
 	UpToDate bool
+	// CredentialsExpire is when the credentials used expire, when known.
+	CredentialsExpire time.Time
 	// Err is nil on success, otherwise a *PullError.
 	Err error
 }
@@ -256,7 +258,7 @@ func (p *Puller) Pull(ctx context.Context, img Image, obs Observer) PullResult {
 	}
 
 	sel, err := p.auth.Select(ctx, img.Host())
-	res.Source = sel.Source
+	res.Source, res.CredentialsExpire = sel.Source, sel.Expires
 	if err != nil {
 		return finish(&PullError{Class: ClassAuth, Err: fmt.Errorf("choosing credentials for %s: %w", img.Host(), err)})
 	}
@@ -298,6 +300,20 @@ func (p *Puller) Pull(ctx context.Context, img Image, obs Observer) PullResult {
 	}
 	res.Digest, res.ImageID, res.Size = dg, info.ID, info.Size
 	return finish(nil)
+}
+
+// Remote asks the registry, through the daemon and with the same
+// credentials as a pull, which manifest img names now.
+func (p *Puller) Remote(ctx context.Context, img Image) (RemoteInfo, error) {
+	sel, err := p.auth.Select(ctx, img.Host())
+	if err != nil {
+		return RemoteInfo{}, &PullError{Class: ClassAuth, Err: fmt.Errorf("choosing credentials for %s: %w", img.Host(), err)}
+	}
+	ri, err := p.engine.DistributionInspect(ctx, img.Ref, sel.Credentials)
+	if err != nil {
+		return RemoteInfo{}, &PullError{Class: classify(err), Err: fmt.Errorf("asking the registry about %s: %w", img.Ref, err)}
+	}
+	return ri, nil
 }
 
 // stopped turns an error seen after pctx was cancelled into the reason it

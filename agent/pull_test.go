@@ -22,6 +22,11 @@ type fakeEngine struct {
 	ping    func(ctx context.Context) error
 	pull    func(ctx context.Context, ref string, opts PullOptions) (io.ReadCloser, error)
 	inspect func(ctx context.Context, ref string) (ImageInfo, error)
+	remote  func(ctx context.Context, ref string) (RemoteInfo, error)
+}
+
+func (f *fakeEngine) DistributionInspect(ctx context.Context, ref string, _ auth.Credentials) (RemoteInfo, error) {
+	return f.remote(ctx, ref)
 }
 
 var _ Engine = (*fakeEngine)(nil)

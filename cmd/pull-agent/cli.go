@@ -53,6 +53,10 @@ Usage:
   pull-agent run     [--env-file F] [--refresh-interval D] [flags]
                                                           keep every image warm: watch the env file,
                                                           pull, refresh, retry (the systemd service)
+  pull-agent status  [--json | --quiet] [--wait [--timeout D]]
+                                                          what is warm, what is not and why
+                                                          (exit 0 all warm, 1 degraded, 2 agent down,
+                                                          3 no state, 64 usage)
   pull-agent version                                      print the version
 
 Run 'pull-agent COMMAND -h' for a command's flags.
@@ -75,6 +79,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runPull(ctx, rest, getenv, stdout, stderr)
 	case "run":
 		return runAgent(ctx, rest, getenv, stderr)
+	case "status":
+		return runStatus(ctx, rest, getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

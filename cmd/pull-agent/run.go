@@ -2,10 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
+	"path/filepath"
+	"time"
 	"os/signal"
 	"syscall"
 
@@ -30,6 +36,8 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	fs.DurationVar(&o.Retry.Max, "retry-max", o.Retry.Max, "largest retry delay ceiling")
 	fs.IntVar(&o.Retry.Attempts, "retry-attempts", o.Retry.Attempts, "transient failures in a row before an image waits for the next refresh")
 	fs.DurationVar(&o.Debounce, "debounce", o.Debounce, "quiet time after an env file event before it is read")
+	statusSocket := fs.String("status-socket", defaultStatusSocket, "unix socket serving the live state (JSON) to 'pull-agent status'")
+	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9464); off when empty")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -47,7 +55,12 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
+	if err := os.MkdirAll(c.stateDir, 0o755); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
 	o.EnvFile = c.envFile
+	o.StateFile = filepath.Join(c.stateDir, agent.StateFileName)
+	o.Version = version
 	o.Getenv = getenv
 	o.Logger = log
 	o.Notifier = agent.SystemdNotifier{}
@@ -59,6 +72,19 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	a, err := agent.New(o)
 	if err != nil {
 		return err
+	}
+	ln, err := agent.ListenStatus(*statusSocket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(*statusSocket)
+	go a.Serve(ctx, ln, log)
+	if *metricsAddr != "" {
+		mln, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return usageErr(fmt.Errorf("--metrics-addr %q: %w", *metricsAddr, err))
+		}
+		go serveMetrics(ctx, mln, a, log)
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -74,4 +100,20 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		}
 	}()
 	return a.Run(ctx)
+}
+
+// defaultStatusSocket is in the unit's RuntimeDirectory.
+const defaultStatusSocket = "/run/pull-agent/status.sock"
+
+func serveMetrics(ctx context.Context, ln net.Listener, a *agent.Agent, log *slog.Logger) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", a.Metrics().Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("metrics server stopped", "error", err.Error())
+	}
 }

@@ -86,6 +86,7 @@ func (n *notifyListener) wait(t *testing.T, what string, timeout time.Duration, 
 
 // agentProcess runs this test binary as 'pull-agent run' (see TestMain).
 type agentProcess struct {
+	dir    string // holds status.sock and state/
 	cmd    *exec.Cmd
 	stderr *bytes.Buffer
 	exited chan error
@@ -93,9 +94,15 @@ type agentProcess struct {
 
 func startProcess(t *testing.T, env []string, args ...string) *agentProcess {
 	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "pa-run-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	args = append([]string{"--status-socket", filepath.Join(dir, "status.sock"), "--state-dir", filepath.Join(dir, "state")}, args...)
 	cmd := exec.Command(os.Args[0], append([]string{"run"}, args...)...)
 	cmd.Env = append(os.Environ(), append([]string{"PULL_AGENT_TEST_MAIN=1"}, env...)...)
-	p := &agentProcess{cmd: cmd, stderr: &bytes.Buffer{}, exited: make(chan error, 1)}
+	p := &agentProcess{cmd: cmd, stderr: &bytes.Buffer{}, exited: make(chan error, 1), dir: dir}
 	cmd.Stderr = &lockedWriter{w: p.stderr}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

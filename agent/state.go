@@ -1,0 +1,246 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+)
+
+// SchemaVersion is the version of the state document. A reader refuses a
+// document from a newer schema.
+const SchemaVersion = 1
+
+// StateFileName is the saved state document in the state directory.
+const StateFileName = "state.json"
+
+// StateDoc is the agent's state as served on the status socket and saved to
+// state.json. The README documents every field.
+type StateDoc struct {
+	SchemaVersion int        `json:"schema_version"`
+	WrittenAt     time.Time  `json:"written_at"`
+	Agent         AgentDoc   `json:"agent"`
+	Hosts         []HostDoc  `json:"hosts"`
+	Images        []ImageDoc `json:"images"`
+}
+
+// AgentDoc describes the agent process and its configuration.
+type AgentDoc struct {
+	Version        string     `json:"version"`
+	PID            int        `json:"pid"`
+	StartedAt      time.Time  `json:"started_at"`
+	EnvFile        string     `json:"env_file"`
+	Prefix         string     `json:"prefix"`
+	Platform       string     `json:"platform,omitempty"`
+	ConfigLoadedAt *time.Time `json:"config_loaded_at,omitempty"`
+	ConfigOK       bool       `json:"config_ok"`
+	ConfigError    string     `json:"config_error,omitempty"`
+	DockerUp       bool       `json:"docker_up"`
+	LastReconcile  *time.Time `json:"last_reconcile,omitempty"`
+	NextRefresh    *time.Time `json:"next_refresh,omitempty"`
+	Warm           int        `json:"warm"`
+	Total          int        `json:"total"`
+}
+
+// HostDoc describes one registry host.
+type HostDoc struct {
+	Host             string     `json:"host"`
+	CredentialSource string     `json:"credential_source"`
+	TokenExpiresAt   *time.Time `json:"token_expires_at,omitempty"`
+	CooldownUntil    *time.Time `json:"cooldown_until,omitempty"`
+}
+
+// ImageDoc describes one image.
+type ImageDoc struct {
+	Runtime        string       `json:"runtime"`
+	Image          string       `json:"image"`
+	State          string       `json:"state"`
+	PinnedDigest   string       `json:"pinned_digest,omitempty"`
+	LocalDigest    string       `json:"local_digest,omitempty"`
+	RemoteDigest   string       `json:"remote_digest,omitempty"`
+	ImageID        string       `json:"image_id,omitempty"`
+	SizeBytes      int64        `json:"size_bytes,omitempty"`
+	Progress       *ProgressDoc `json:"progress,omitempty"`
+	LastAttempt    *time.Time   `json:"last_attempt,omitempty"`
+	LastSuccess    *time.Time   `json:"last_success,omitempty"`
+	Attempts       int          `json:"attempts"`
+	LastDurationS  float64      `json:"last_duration_s,omitempty"`
+	LastBytes      int64        `json:"last_bytes,omitempty"`
+	LastErrorClass string       `json:"last_error_class,omitempty"`
+	LastError      string       `json:"last_error,omitempty"`
+	NextAttempt    *time.Time   `json:"next_attempt,omitempty"`
+}
+
+// ProgressDoc is a pull in progress.
+type ProgressDoc struct {
+	Phase      string `json:"phase"`
+	Bytes      int64  `json:"bytes"`
+	TotalBytes int64  `json:"total_bytes"`
+	Layers     int    `json:"layers"`
+	LayersDone int    `json:"layers_done"`
+}
+
+func tp(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+// Healthy reports whether every image is warm and the configuration valid:
+// what 'pull-agent status' exits 0 for.
+func (d StateDoc) Healthy() bool {
+	if !d.Agent.ConfigOK || len(d.Images) == 0 {
+		return false
+	}
+	for _, i := range d.Images {
+		if i.State != StateWarm {
+			return false
+		}
+	}
+	return true
+}
+
+// WriteStateFile writes doc to path atomically: a temp file in the same
+// directory, fsync, rename, fsync of the directory. A crash at any point
+// leaves either the old file or the new one.
+func WriteStateFile(path string, doc StateDoc) error {
+	data, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, ".state-*.tmp")
+	if err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // gone after a successful rename
+	if _, err := f.Write(append(data, '\n')); err != nil {
+		f.Close()
+		return fmt.Errorf("writing state: %w", err)
+	}
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		return fmt.Errorf("writing state: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("writing state: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// ErrNoState is returned by ReadStateFile when nothing was saved.
+var ErrNoState = errors.New("no saved state")
+
+// ReadStateFile reads a saved state document.
+func ReadStateFile(path string) (StateDoc, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return StateDoc{}, fmt.Errorf("%s: %w", path, ErrNoState)
+	}
+	if err != nil {
+		return StateDoc{}, err
+	}
+	defer f.Close()
+	return DecodeState(path, f)
+}
+
+// DecodeState parses a state document; name is used in errors.
+func DecodeState(name string, r io.Reader) (StateDoc, error) {
+	data, err := io.ReadAll(io.LimitReader(r, 16<<20))
+	if err != nil {
+		return StateDoc{}, fmt.Errorf("reading %s: %w", name, err)
+	}
+	var probe struct {
+		SchemaVersion *int `json:"schema_version"`
+	}
+	if err := json.Unmarshal(data, &probe); err != nil || probe.SchemaVersion == nil {
+		return StateDoc{}, fmt.Errorf("%s is not a pull-agent state document", name)
+	}
+	if *probe.SchemaVersion > SchemaVersion {
+		return StateDoc{}, fmt.Errorf("%s has schema_version %d, newer than this pull-agent understands (%d); upgrade pull-agent", name, *probe.SchemaVersion, SchemaVersion)
+	}
+	var doc StateDoc
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil {
+		return StateDoc{}, fmt.Errorf("%s: %w", name, err)
+	}
+	return doc, nil
+}
+
+// Document builds the state document from the agent's state.
+func (a *Agent) Document() StateDoc {
+	s := a.Snapshot()
+	a.mu.Lock()
+	hosts := make(map[string]HostDoc, len(a.hostInfo))
+	for h, hd := range a.hostInfo {
+		hosts[h] = hd
+	}
+	lastReconcile := a.lastReconcile
+	a.mu.Unlock()
+
+	doc := StateDoc{SchemaVersion: SchemaVersion, WrittenAt: time.Now().UTC()}
+	ad := AgentDoc{
+		Version: a.opts.Version, PID: os.Getpid(), StartedAt: a.started.UTC(), EnvFile: a.opts.EnvFile,
+		ConfigLoadedAt: tp(s.ConfigAt), ConfigOK: s.Config != nil && s.ConfigError == "", ConfigError: s.ConfigError,
+		DockerUp: s.DaemonUp, LastReconcile: tp(lastReconcile), NextRefresh: tp(s.NextRefresh),
+		Warm: s.Warm(), Total: len(s.Images),
+	}
+	if s.Config != nil {
+		ad.Prefix, ad.Platform = s.Config.Prefix, s.Config.Platform
+	}
+	doc.Agent = ad
+	for _, i := range s.Images {
+		h := i.Image.Host()
+		if _, ok := hosts[h]; !ok {
+			hosts[h] = HostDoc{Host: h, CredentialSource: a.describeHost(h)}
+		}
+		doc.Images = append(doc.Images, imageDoc(i))
+	}
+	for h, until := range s.Cooldowns {
+		hd := hosts[h]
+		hd.Host, hd.CooldownUntil = h, tp(until)
+		hosts[h] = hd
+	}
+	for _, hd := range hosts {
+		doc.Hosts = append(doc.Hosts, hd)
+	}
+	sort.Slice(doc.Hosts, func(i, j int) bool { return doc.Hosts[i].Host < doc.Hosts[j].Host })
+	return doc
+}
+
+func imageDoc(i ImageStatus) ImageDoc {
+	d := ImageDoc{
+		Runtime: i.Image.Runtime, Image: i.Image.Ref, State: i.State, PinnedDigest: i.Image.Pin.String(),
+		LocalDigest: i.Digest.String(), RemoteDigest: i.RemoteDigest.String(), ImageID: i.ImageID, SizeBytes: i.Size,
+		LastAttempt: tp(i.LastAttempt), LastSuccess: tp(i.LastSuccess), Attempts: i.Attempts,
+		LastDurationS: i.Duration.Seconds(), LastBytes: i.Bytes, LastErrorClass: string(i.LastClass), LastError: i.LastError,
+	}
+	if i.InFlight {
+		if d.State != StateWarm && d.State != StateStale {
+			d.State = StatePulling
+		}
+		d.Progress = &ProgressDoc{Phase: string(i.Progress.Phase), Bytes: i.Progress.Current, TotalBytes: i.Progress.Total, Layers: i.Progress.Layers, LayersDone: i.Progress.LayersDone}
+	} else if i.Due {
+		d.NextAttempt = tp(i.NextAttempt)
+	}
+	return d
+}

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/docker/go-units"
+
+	"github.com/molecule-ai/pull-agent/agent"
+)
+
+// Exit codes of 'pull-agent status'.
+const (
+	statusOK       = 0  // every image warm, configuration valid
+	statusDegraded = 1  // an image not warm (failed, stale, pending, pulling) or the config refused
+	statusDown     = 2  // the agent is not running or cannot be reached (saved state shown if any)
+	statusNoState  = 3  // no state at all
+	statusUsage    = 64 // bad flags
+)
+
+const statusHelp = `Usage: pull-agent status [--json | --quiet] [--wait [--timeout D]]
+
+Asks the running agent (its status socket) what is warm; when the agent does
+not answer, reads its last saved state and says how old it is.
+
+Exit codes:
+  0   every image warm and the configuration valid
+  1   degraded: an image failed, stale, pending or still pulling, or the last
+      configuration load failed (with --wait: not all warm by the timeout)
+  2   the agent is not running or cannot be reached (saved state shown if any)
+  3   no state at all
+  64  usage error
+
+Flags:
+`
+
+// runStatus is 'pull-agent status'.
+func runStatus(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, statusHelp)
+		fs.PrintDefaults()
+	}
+	socket := fs.String("status-socket", defaultStatusSocket, "the agent's status socket")
+	stateDir := fs.String("state-dir", "/var/lib/pull-agent", "the agent's state directory (state.json)")
+	asJSON := fs.Bool("json", false, "print the state document (schema in the README)")
+	quiet := fs.Bool("quiet", false, "print nothing; exit code only")
+	wait := fs.Bool("wait", false, "block until every image is warm")
+	timeout := fs.Duration("timeout", 30*time.Minute, "with --wait: give up after this long (exit 1)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return &exitError{code: 0}
+		}
+		return &exitError{code: statusUsage, err: err}
+	}
+	if fs.NArg() > 0 {
+		return &exitError{code: statusUsage, err: fmt.Errorf("status: unexpected argument %q", fs.Arg(0))}
+	}
+	if *asJSON && *quiet {
+		return &exitError{code: statusUsage, err: errors.New("status: --json and --quiet exclude each other")}
+	}
+	if *timeout <= 0 {
+		return &exitError{code: statusUsage, err: fmt.Errorf("--timeout %s: must be positive", *timeout)}
+	}
+	statePath := filepath.Join(*stateDir, agent.StateFileName)
+	color := isTerminal(stdout) && getenv("NO_COLOR") == "" && getenv("TERM") != "dumb"
+
+	if *wait {
+		deadline := time.Now().Add(*timeout)
+		for {
+			doc, err := queryStatus(ctx, *socket)
+			if err == nil && doc.Healthy() {
+				return report(doc, nil, statePath, *asJSON, *quiet, color, stdout)
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				rep := report(doc, err, statePath, *asJSON, *quiet, color, stdout)
+				if err == nil {
+					return &exitError{code: statusDegraded, err: fmt.Errorf("not every image warm after %s", *timeout)}
+				}
+				return rep
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}
+	doc, err := queryStatus(ctx, *socket)
+	return report(doc, err, statePath, *asJSON, *quiet, color, stdout)
+}
+
+// queryStatus asks the agent over its socket, within a second.
+func queryStatus(ctx context.Context, socket string) (agent.StateDoc, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://pull-agent/status", nil)
+	if err != nil {
+		return agent.StateDoc{}, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		var opErr *net.OpError
+		switch {
+		case errors.Is(err, os.ErrPermission):
+			return agent.StateDoc{}, fmt.Errorf("permission denied on %s (run as root or a member of its group)", socket)
+		case errors.Is(err, os.ErrNotExist):
+			return agent.StateDoc{}, fmt.Errorf("no status socket at %s", socket)
+		case errors.Is(err, context.DeadlineExceeded):
+			return agent.StateDoc{}, fmt.Errorf("the agent at %s did not answer within 1 s", socket)
+		case errors.As(err, &opErr):
+			return agent.StateDoc{}, fmt.Errorf("nothing answers on %s", socket)
+		}
+		return agent.StateDoc{}, fmt.Errorf("asking %s: %v", socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return agent.StateDoc{}, fmt.Errorf("the agent at %s answered %s", socket, resp.Status)
+	}
+	doc, err := agent.DecodeState(socket, resp.Body)
+	if err != nil {
+		if ctx.Err() != nil {
+			return agent.StateDoc{}, fmt.Errorf("the agent at %s did not answer within 1 s", socket)
+		}
+		return agent.StateDoc{}, err
+	}
+	return doc, nil
+}
+
+// report prints the live document, or, when the agent did not answer
+// (liveErr), the saved one, and returns the exit code.
+func report(doc agent.StateDoc, liveErr error, statePath string, asJSON, quiet, color bool, out io.Writer) error {
+	live := liveErr == nil
+	if !live {
+		var err error
+		doc, err = agent.ReadStateFile(statePath)
+		if err != nil {
+			msg := fmt.Sprintf("agent not running or unreachable (%v); no saved state: %v", liveErr, err)
+			if !errors.Is(err, agent.ErrNoState) {
+				msg = fmt.Sprintf("agent not running or unreachable (%v); saved state unusable: %v", liveErr, err)
+			}
+			return &exitError{code: statusNoState, err: errors.New(msg)}
+		}
+	}
+	if !quiet {
+		if asJSON {
+			enc := json.NewEncoder(out)
+			enc.SetIndent("", "  ")
+			if err := enc.Encode(doc); err != nil {
+				return err
+			}
+		} else {
+			printHuman(out, doc, live, liveErr, color, time.Now())
+		}
+	}
+	switch {
+	case !live:
+		return &exitError{code: statusDown}
+	case doc.Healthy():
+		return nil
+	default:
+		return &exitError{code: statusDegraded}
+	}
+}
+
+func printHuman(w io.Writer, doc agent.StateDoc, live bool, liveErr error, color bool, now time.Time) {
+	paint := func(code, s string) string {
+		if !color {
+			return s
+		}
+		return "\x1b[" + code + "m" + s + "\x1b[0m"
+	}
+	a := doc.Agent
+	state := "running"
+	switch {
+	case !live:
+		state = paint("31", fmt.Sprintf("NOT RUNNING (%v); saved state from %s ago", liveErr, age(now, doc.WrittenAt)))
+	case doc.Healthy():
+		state = paint("32", "running, all warm")
+	default:
+		state = paint("33", "running, degraded")
+	}
+	fmt.Fprintf(w, "agent:          %s (pid %d, version %s, up since %s)\n", state, a.PID, a.Version, a.StartedAt.Format(time.RFC3339))
+	fmt.Fprintf(w, "prefix:         %s\n", dash(a.Prefix))
+	fmt.Fprintf(w, "images warm:    %d/%d\n", a.Warm, a.Total)
+	for _, h := range doc.Hosts {
+		line := h.CredentialSource
+		if h.CooldownUntil != nil && h.CooldownUntil.After(now) {
+			line += fmt.Sprintf("; rate-limited, backing off until %s", h.CooldownUntil.Format(time.RFC3339))
+		}
+		fmt.Fprintf(w, "credentials:    %s: %s\n", h.Host, dash(line))
+	}
+	if a.LastReconcile != nil {
+		fmt.Fprintf(w, "last reconcile: %s ago\n", age(now, *a.LastReconcile))
+	} else {
+		fmt.Fprintf(w, "last reconcile: never\n")
+	}
+	if a.NextRefresh != nil {
+		fmt.Fprintf(w, "next refresh:   in %s\n", a.NextRefresh.Sub(now).Round(time.Second))
+	}
+	if !a.DockerUp {
+		fmt.Fprintf(w, "docker:         %s\n", paint("31", "unreachable"))
+	}
+	if a.ConfigError != "" {
+		fmt.Fprintf(w, "config error:   %s\n", paint("31", a.ConfigError))
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RUNTIME\tSTATE\tDIGEST\tSIZE\tAGE\tERROR")
+	for _, i := range doc.Images {
+		st := i.State
+		if i.Progress != nil && i.Progress.TotalBytes > 0 {
+			st += fmt.Sprintf(" %d%%", 100*i.Progress.Bytes/i.Progress.TotalBytes)
+		}
+		switch i.State {
+		case agent.StateWarm:
+			st = paint("32", st)
+		case agent.StateFailed, agent.StateStale:
+			st = paint("31", st)
+		}
+		dg := "-"
+		if i.LocalDigest != "" {
+			dg = strings.TrimPrefix(i.LocalDigest, "sha256:")[:12]
+		}
+		size := "-"
+		if i.SizeBytes > 0 {
+			size = units.HumanSize(float64(i.SizeBytes))
+		}
+		ago := "-"
+		if i.LastSuccess != nil {
+			ago = age(now, *i.LastSuccess)
+		}
+		errText := "-"
+		if i.LastError != "" {
+			errText = "[" + i.LastErrorClass + "] " + i.LastError
+			if len(errText) > 120 {
+				errText = errText[:117] + "..."
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", i.Runtime, st, dg, size, ago, errText)
+	}
+	tw.Flush()
+}
+
+func age(now, t time.Time) string {
+	d := now.Sub(t)
+	switch {
+	case d < time.Minute:
+		return d.Round(time.Second).String()
+	case d < time.Hour:
+		return d.Round(time.Minute).String()
+	default:
+		return d.Round(time.Hour).String()
+	}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
