@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -305,6 +307,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stopWatch()
 	go w.Run(wctx)
 
+	if a.opts.StateFile != "" {
+		// Temp files of a write cut short by a crash or kill -9.
+		left, _ := filepath.Glob(filepath.Join(filepath.Dir(a.opts.StateFile), ".state-*.tmp"))
+		for _, f := range left {
+			_ = os.Remove(f)
+		}
+	}
 	a.initialEnv()
 	a.loadConfig(true, false)
 	if a.engine != nil {

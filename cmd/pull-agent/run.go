@@ -10,10 +10,10 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
-	"time"
 	"os/signal"
+	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/auth"

@@ -1,0 +1,316 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/internal/testbed"
+)
+
+// statusOf runs 'pull-agent status' against the agent of p.
+func (p *agentProcess) status(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	return runCLI(t, nil, append([]string{"status", "--status-socket", filepath.Join(p.dir, "status.sock"), "--state-dir", filepath.Join(p.dir, "state")}, args...)...)
+}
+
+func statusJSON(t *testing.T, p *agentProcess) (agent.StateDoc, error) {
+	t.Helper()
+	_, out, errOut := p.status(t, "--json")
+	doc, err := agent.DecodeState("status --json", strings.NewReader(out))
+	if err != nil {
+		return doc, fmt.Errorf("%v: %s", err, errOut)
+	}
+	return doc, nil
+}
+
+func waitDoc(t *testing.T, p *agentProcess, what string, cond func(agent.StateDoc) bool) agent.StateDoc {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		doc, err := statusJSON(t, p)
+		if err == nil && cond(doc) {
+			return doc
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s: %+v", what, doc)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestStatusThroughTheAgentsLife(t *testing.T) {
+	b := bed.Get(t)
+	reg := b.Registry("main")
+	ctx := context.Background()
+	if _, err := b.Seed(ctx, reg, "status", []string{"codex"}, testbed.SeedOptions{LayerSize: 8 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	px, err := testbed.NewTCPProxy("status", reg.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(px.Close)
+	if err := px.Throttle(256); err != nil {
+		t.Fatal(err)
+	}
+	envFile := writeFile(t, agent.KeyRegistry+"="+px.Prefix("status")+"\n"+agent.KeyRuntimes+"=codex\n")
+	metricsPort, err := testbed.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startProcess(t, []string{"DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile, "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", metricsPort))
+
+	doc := waitDoc(t, p, "a pull in progress", func(d agent.StateDoc) bool {
+		return len(d.Images) == 1 && d.Images[0].State == agent.StatePulling && d.Images[0].Progress != nil && d.Images[0].Progress.Bytes > 0
+	})
+	t.Logf("pulling: %+v", *doc.Images[0].Progress)
+	if code, out, _ := p.status(t); code != statusDegraded || !strings.Contains(out, "pulling") {
+		t.Errorf("while pulling: exit %d\n%s", code, out)
+	}
+
+	px.Clear()
+	code, out, errOut := p.status(t, "--wait", "--timeout", "60s")
+	if code != statusOK || !strings.Contains(out, "running, all warm") {
+		t.Fatalf("--wait: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, out, errOut := p.status(t, "--quiet"); code != statusOK || out != "" || errOut != "" {
+		t.Errorf("--quiet: exit %d %q %q", code, out, errOut)
+	}
+
+	// Metrics after the pull.
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`pull_agent_images{state="warm"} 1`,
+		`pull_agent_pulls_total{class="",result="success"} 1`,
+		`pull_agent_config_loads_total{result="applied"} 1`,
+		`pull_agent_pull_duration_seconds_count 1`,
+		`pull_agent_last_reconcile_timestamp_seconds 1.`,
+	} {
+		if !bytes.Contains(metrics, []byte(want)) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
+	// JSON against the golden file, volatile fields normalised.
+	_, out, _ = p.status(t, "--json")
+	golden(t, "status-warm.json", normalise(out, reg.Addr, px.Addr))
+
+	// One image missing from the registry: exit 1, named, not-found.
+	if err := os.WriteFile(envFile, []byte(agent.KeyRegistry+"="+reg.Prefix("status")+"\n"+agent.KeyRuntimes+"=codex,hermes\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitDoc(t, p, "hermes failed", func(d agent.StateDoc) bool {
+		return len(d.Images) == 2 && d.Images[1].State == agent.StateFailed
+	})
+	code, out, _ = p.status(t)
+	if code != statusDegraded || !regexp.MustCompile(`hermes\s+failed .*\[not-found\]`).MatchString(out) {
+		t.Errorf("one image missing: exit %d\n%s", code, out)
+	}
+
+	// A bad env file: exit 1, the error shown, the last good configuration kept.
+	if err := os.WriteFile(envFile, []byte(agent.KeyRegistry+"=https://nope\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitDoc(t, p, "config error", func(d agent.StateDoc) bool { return d.Agent.ConfigError != "" })
+	code, out, _ = p.status(t)
+	if code != statusDegraded || !strings.Contains(out, "config error:   "+envFile+":1: MOLECULE_IMAGE_REGISTRY=\"https://nope\"") || !strings.Contains(out, "prefix:         "+reg.Prefix("status")) {
+		t.Errorf("bad env file: exit %d\n%s", code, out)
+	}
+
+	// Stopped: exit 2, the saved state and its age.
+	if _, err := p.terminate(t); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ = p.status(t)
+	if code != statusDown || !strings.Contains(out, "NOT RUNNING") || !strings.Contains(out, "saved state from") || !strings.Contains(out, "hermes") {
+		t.Errorf("agent stopped: exit %d\n%s", code, out)
+	}
+	if code, _, _ := p.status(t, "--wait", "--timeout", "1s"); code != statusDown {
+		t.Errorf("--wait with the agent down: exit %d, want 2", code)
+	}
+}
+
+var volatile = []struct {
+	re   *regexp.Regexp
+	with string
+}{
+	{regexp.MustCompile(`"\d{4}-\d\d-\d\dT[0-9:.]+Z"`), `"TIME"`},
+	{regexp.MustCompile(`sha256:[0-9a-f]{64}`), `sha256:DIGEST`},
+	{regexp.MustCompile(`"pid": \d+`), `"pid": 1`},
+	{regexp.MustCompile(`"version": "[^"]*"`), `"version": "VERSION"`},
+	{regexp.MustCompile(`"env_file": "[^"]*"`), `"env_file": "ENV_FILE"`},
+	{regexp.MustCompile(`"(last_duration_s)": [0-9.e-]+`), `"$1": 1`},
+	{regexp.MustCompile(`"(last_bytes|size_bytes)": \d+`), `"$1": 1`},
+}
+
+func normalise(s string, addrs ...string) string {
+	for i, a := range addrs {
+		s = strings.ReplaceAll(s, a, fmt.Sprintf("REGISTRY%d", i))
+	}
+	for _, v := range volatile {
+		s = v.re.ReplaceAllString(s, v.with)
+	}
+	return s
+}
+
+func TestStatusHumanGolden(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) *time.Time { t := now.Add(d); return &t }
+	doc := agent.StateDoc{
+		SchemaVersion: agent.SchemaVersion, WrittenAt: now,
+		Agent: agent.AgentDoc{Version: "v1.2.3", PID: 4242, StartedAt: now.Add(-time.Hour), EnvFile: "/etc/pull-agent/pull-agent.env",
+			Prefix: "123456789012.dkr.ecr.us-east-2.amazonaws.com/molecule-ai", ConfigLoadedAt: at(-time.Hour), ConfigOK: false,
+			ConfigError: `/etc/pull-agent/pull-agent.env:3: MOLECULE_IMAGE_REGISTRY="https://x": a prefix has no URL scheme`,
+			DockerUp:    true, LastReconcile: at(-2 * time.Minute), NextRefresh: at(13 * time.Minute), Warm: 1, Total: 4},
+		Hosts: []agent.HostDoc{{Host: "123456789012.dkr.ecr.us-east-2.amazonaws.com", CredentialSource: "ecr-login (instance role; token expires 2026-11-27T23:00:00Z)", CooldownUntil: at(time.Minute)}},
+		Images: []agent.ImageDoc{
+			{Runtime: "autogen", State: "warm", LocalDigest: "sha256:" + strings.Repeat("a", 64), SizeBytes: 4_500_000_000, LastSuccess: at(-2 * time.Minute)},
+			{Runtime: "claude-code", State: "pulling", Progress: &agent.ProgressDoc{Phase: "downloading", Bytes: 300, TotalBytes: 1000}},
+			{Runtime: "codex", State: "failed", LastErrorClass: "not-found", LastError: "manifest unknown"},
+			{Runtime: "crewai", State: "stale", LocalDigest: "sha256:" + strings.Repeat("b", 64), RemoteDigest: "sha256:" + strings.Repeat("c", 64), SizeBytes: 5_000_000_000, LastSuccess: at(-20 * time.Hour), LastErrorClass: "network", LastError: "connection refused"},
+		},
+	}
+	var live, down bytes.Buffer
+	printHuman(&live, doc, true, nil, false, now)
+	golden(t, "status-live.txt", live.String())
+	printHuman(&down, doc, false, fmt.Errorf("no status socket at /run/pull-agent/status.sock"), false, now.Add(90*time.Second))
+	golden(t, "status-down.txt", down.String())
+	var colored bytes.Buffer
+	printHuman(&colored, doc, true, nil, true, now)
+	if !strings.Contains(colored.String(), "\x1b[") || strings.Contains(live.String(), "\x1b[") {
+		t.Error("colour must appear only when asked for")
+	}
+}
+
+func TestStatusWithoutAnAgent(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "status.sock")
+	run := func() (int, string, string) {
+		return runCLI(t, nil, "status", "--status-socket", sock, "--state-dir", dir)
+	}
+	if code, _, errOut := run(); code != statusNoState || !strings.Contains(errOut, "no saved state") {
+		t.Errorf("nothing saved: exit %d %s", code, errOut)
+	}
+	for name, content := range map[string]string{
+		"corrupt":         `{"schema_version": 1, "agent": {`,
+		"foreign":         `{"hello": "world"}`,
+		"future schema":   `{"schema_version": 99}`,
+		"not json at all": "\x00\x01\x02",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, agent.StateFileName), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		code, out, errOut := run()
+		if code != statusNoState || strings.Count(errOut, "\n") > 1 || !strings.Contains(errOut, "saved state unusable") {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q", name, code, out, errOut)
+		}
+	}
+	// A socket that accepts and never answers: an answer within ~1 s.
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // hold it open, say nothing
+		}
+	}()
+	start := time.Now()
+	code, _, errOut := run()
+	if code != statusNoState || !strings.Contains(errOut, "did not answer within 1 s") {
+		t.Errorf("silent socket: exit %d %s", code, errOut)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("status took %s against a silent socket", d)
+	}
+	if code, _, errOut := runCLI(t, nil, "status", "--bogus"); code != statusUsage {
+		t.Errorf("usage: exit %d %s", code, errOut)
+	}
+}
+
+// kill -9 while the agent writes its state again and again must leave a
+// state.json that parses.
+func TestStateFileSurvivesKill9(t *testing.T) {
+	b := bed.Get(t)
+	reg := b.Registry("main")
+	rts := []string{"autogen", "codex", "crewai"}
+	for _, ns := range []string{"kill-a", "kill-b"} {
+		if _, err := b.Seed(context.Background(), reg, ns, rts, testbed.SeedOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 8 {
+		envFile := writeFile(t, agent.KeyRegistry+"="+reg.Prefix("kill-a")+"\n"+agent.KeyRuntimes+"=autogen,codex,crewai\n")
+		p := startProcess(t, []string{"DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile, "--debounce", "10ms")
+		// Flip between two prefixes as fast as the agent reacts: every
+		// flip rewrites the state several times.
+		stop := time.After(time.Duration(300+rand.IntN(1200)) * time.Millisecond)
+	flips:
+		for n := 0; ; n++ {
+			ns := []string{"kill-a", "kill-b"}[n%2]
+			_ = os.WriteFile(envFile, []byte(agent.KeyRegistry+"="+reg.Prefix(ns)+"\n"+agent.KeyRuntimes+"=autogen,codex,crewai\n"), 0o600)
+			select {
+			case <-stop:
+				break flips
+			case <-time.After(30 * time.Millisecond):
+			}
+		}
+		if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		<-p.exited
+		path := filepath.Join(p.dir, "state", agent.StateFileName)
+		doc, err := agent.ReadStateFile(path)
+		if err != nil {
+			data, _ := os.ReadFile(path)
+			t.Fatalf("round %d: state.json after kill -9: %v\n%s", i, err, data)
+		}
+		if doc.Agent.PID != p.cmd.Process.Pid {
+			t.Fatalf("round %d: state from pid %d, want %d", i, doc.Agent.PID, p.cmd.Process.Pid)
+		}
+		leftovers, _ := filepath.Glob(filepath.Join(p.dir, "state", ".state-*.tmp"))
+		t.Logf("round %d: valid state (%d images, %d warm), %d temp files left by the kill", i, len(doc.Images), doc.Agent.Warm, len(leftovers))
+		if i == 7 && len(leftovers) == 0 {
+			// Make sure the next start has one to clean.
+			_ = os.WriteFile(filepath.Join(p.dir, "state", ".state-123.tmp"), []byte("{"), 0o600)
+		}
+		if i == 7 {
+			again := startProcess(t, []string{"DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile, "--state-dir", filepath.Join(p.dir, "state"))
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				left, _ := filepath.Glob(filepath.Join(p.dir, "state", ".state-*.tmp"))
+				if len(left) == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("a restarted agent left %v", left)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			again.terminate(t)
+		}
+	}
+}
