@@ -607,3 +607,26 @@ func statusOf(s agent.Snapshot, runtime string) agent.ImageStatus {
 	}
 	return agent.ImageStatus{}
 }
+
+func TestAgentMarksStaleWhenTheRegistryMovedOnButThePullFails(t *testing.T) {
+	f := newFixture(t)
+	seed := f.seed(t, []string{"codex"})
+	path := plainFile(t, t.TempDir(), f.reg.Prefix(f.ns))
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: "codex"}, func(o *agent.Options) {
+		o.RefreshInterval = 2 * time.Second
+		o.Retry = agent.RetryPolicy{Initial: time.Minute, Max: time.Minute, Attempts: 1}
+	})
+	r.waitFor(t, "warm", 30*time.Second, warmOn(f.reg.Prefix(f.ns), seed))
+	moved, err := f.bed.Push(ctxT(t), f.reg, f.ns, "codex", testbed.SeedOptions{})
+	must(t, err)
+	must(t, f.reg.DeleteBlob(moved.Layers[1])) // the new image cannot be pulled
+	s := r.waitFor(t, "stale", 20*time.Second, func(s agent.Snapshot) bool { return len(s.Images) == 1 && s.Images[0].State == agent.StateStale })
+	i := s.Images[0]
+	if i.Digest != seed["codex"].Digest || i.RemoteDigest != moved.Digest {
+		t.Fatalf("stale image: local %s remote %s, want local %s remote %s", i.Digest, i.RemoteDigest, seed["codex"].Digest, moved.Digest)
+	}
+	doc := r.a.Document()
+	if doc.Images[0].State != agent.StateStale || doc.Healthy() {
+		t.Fatalf("document: %+v healthy=%v", doc.Images[0], doc.Healthy())
+	}
+}
