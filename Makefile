@@ -5,7 +5,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 TESTBED_DIR ?= /tmp/pull-agent-testbed
 FUZZTIME  ?= 5s
 
-.PHONY: all build testbedctl deps test fuzz bench demo testbed-up testbed-down clean
+.PHONY: all build testbedctl deps lint test fuzz bench demo testbed-up testbed-down clean
 
 all: build
 
@@ -22,7 +22,16 @@ deps:
 
 ## test: everything CI runs: vet, unit and integration tests (real dockerd
 ## and registries), a short run of every fuzz target, a static build check
-test: deps build
+## lint: shellcheck the scripts, systemd-analyze verify the unit
+lint: build
+	shellcheck install.sh scripts/*.sh .ci/run
+	@tmp=$$(mktemp -d) && \
+	sed 's#/usr/local/bin/pull-agent#$(CURDIR)/bin/pull-agent#g' systemd/pull-agent.service >$$tmp/pull-agent.service && \
+	out=$$(systemd-analyze verify $$tmp/pull-agent.service 2>&1); rc=$$?; rm -rf $$tmp; \
+	if [ $$rc -ne 0 ] || [ -n "$$out" ]; then echo "$$out" >&2; exit 1; fi; echo "systemd-analyze verify: clean"
+	systemd-analyze security --offline=yes systemd/pull-agent.service | tail -1
+
+test: deps build lint
 	@if ldd bin/pull-agent >/dev/null 2>&1; then echo "bin/pull-agent is not static" >&2; exit 1; fi
 	bin/pull-agent version
 	$(GO) vet ./...

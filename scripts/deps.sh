@@ -2,7 +2,8 @@
 # Installs the Debian packages the test bed runs: dockerd (docker.io), the
 # CNCF distribution registry (docker-registry) and Amazon's ECR credential
 # helper (amazon-ecr-credential-helper, a real docker-credential-ecr-login for
-# the credHelpers tests). Nothing happens when they are already there; without
+# the credHelpers tests), and for the systemd end-to-end test and the lint
+# step systemd-container, debootstrap, shellcheck and systemd-analyze. Nothing happens when they are already there; without
 # root it only says what is missing.
 set -euo pipefail
 
@@ -15,6 +16,12 @@ for tool in unshare nsenter; do
 	command -v "$tool" >/dev/null 2>&1 || missing+=(util-linux)
 done
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+[ -x /bin/kill ] || missing+=(procps)
 if [ ${#missing[@]} -eq 0 ]; then
 	exit 0
 fi

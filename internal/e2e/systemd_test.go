@@ -1,0 +1,265 @@
+// Package e2e runs pull-agent the way hosts run it: installed by install.sh
+// from a user-data script, as a systemd service, in a Debian 12 system
+// booted with systemd-nspawn, pulling into the test bed's Docker daemon.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/internal/testbed"
+)
+
+// repoRoot is the checkout this test belongs to.
+func repoRoot(t *testing.T) string {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatal("no caller")
+	}
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// container is a booted nspawn container.
+type container struct {
+	cmd    *exec.Cmd
+	exited chan error
+	leader int // PID of the container's systemd, as seen from here
+	log    *bytes.Buffer
+}
+
+// exec runs a command inside the container (all its namespaces).
+func (c *container) exec(t *testing.T, timeout time.Duration, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"-t", strconv.Itoa(c.leader), "-a", "--"}, args...)...)
+	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (c *container) must(t *testing.T, timeout time.Duration, args ...string) string {
+	t.Helper()
+	out, err := c.exec(t, timeout, args...)
+	if err != nil {
+		t.Fatalf("in the container, %q: %v\n%s", args, err, out)
+	}
+	return out
+}
+
+func boot(t *testing.T, rootfs, stage, dockerSock string) *container {
+	t.Helper()
+	c := &container{exited: make(chan error, 1), log: &bytes.Buffer{}}
+	c.cmd = exec.Command("systemd-nspawn", "--quiet", "-D", rootfs, "--ephemeral", "--boot", "--register=no", "--keep-unit",
+		"--console=pipe", "--bind-ro="+stage+":/opt/pa", "--bind="+dockerSock+":/run/docker.sock")
+	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { c.exited <- c.cmd.Wait() }()
+	t.Cleanup(func() { c.poweroff(t) })
+	deadline := time.Now().Add(60 * time.Second)
+	for c.leader == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the container's init never appeared:\n%s", c.log)
+		}
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", c.cmd.Process.Pid, c.cmd.Process.Pid))
+		if f := strings.Fields(string(data)); len(f) > 0 {
+			c.leader, _ = strconv.Atoi(f[0])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for {
+		out, _ := c.exec(t, 10*time.Second, "systemctl", "is-system-running")
+		s := strings.TrimSpace(out)
+		if s == "running" || s == "degraded" {
+			t.Logf("container booted: %s", s)
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the container did not boot (%q):\n%s", s, c.log)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// poweroff stops the container and makes sure nothing of it is left.
+func (c *container) poweroff(t *testing.T) {
+	select {
+	case <-c.exited:
+		return
+	default:
+	}
+	// systemd-nspawn turns SIGTERM into an orderly shutdown of the container.
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.exited:
+	case <-time.After(30 * time.Second):
+		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+		<-c.exited
+	}
+	if c.leader != 0 {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", c.leader)); err == nil {
+			_ = syscall.Kill(c.leader, syscall.SIGKILL)
+			t.Errorf("the container's init (pid %d) outlived systemd-nspawn", c.leader)
+		}
+	}
+}
+
+func TestInstalledServiceInABootedSystemd(t *testing.T) {
+	if err := testbed.Available(); err != nil {
+		testbed.SkipOrFail(t, err)
+	}
+	if _, err := exec.LookPath("systemd-nspawn"); err != nil {
+		testbed.SkipOrFail(t, errors.New("systemd-nspawn missing: run 'make deps'"))
+	}
+	root := repoRoot(t)
+	rootfs := os.Getenv("PULL_AGENT_ROOTFS")
+	if rootfs == "" {
+		rootfs = "/var/cache/pull-agent-test/rootfs-bookworm"
+	}
+	if out, err := exec.Command(filepath.Join(root, "scripts", "rootfs.sh"), rootfs).CombinedOutput(); err != nil {
+		testbed.SkipOrFail(t, fmt.Errorf("building the root filesystem: %v\n%s", err, out))
+	}
+
+	ctx := context.Background()
+	bed, err := testbed.Start(ctx, testbed.Options{Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bed.Stop() })
+	reg, err := bed.StartRegistry(ctx, "main", testbed.RegistryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range []string{"first", "second"} {
+		if _, err := bed.Seed(ctx, reg, ns, agent.KnownRuntimes(), testbed.SeedOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// What user-data would have: the binary, install.sh and the unit.
+	stage := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-X main.version=e2e", "-o", filepath.Join(stage, "pull-agent"), "./cmd/pull-agent")
+	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	must(os.MkdirAll(filepath.Join(stage, "systemd"), 0o755))
+	for _, f := range []string{"install.sh", "systemd/pull-agent.service", "systemd/pull-agent.env"} {
+		data, err := os.ReadFile(filepath.Join(root, f))
+		must(err)
+		must(os.WriteFile(filepath.Join(stage, f), data, 0o755))
+	}
+	prefixA, prefixB := reg.Prefix("first"), reg.Prefix("second")
+	userdata := "#!/bin/bash\nset -euo pipefail\n/opt/pa/install.sh --binary /opt/pa/pull-agent --registry " + prefixA + " --wait-warm 120\n"
+	must(os.WriteFile(filepath.Join(stage, "user-data.sh"), []byte(userdata), 0o755))
+
+	c := boot(t, rootfs, stage, strings.TrimPrefix(bed.DockerHost, "unix://"))
+
+	out := c.must(t, 3*time.Minute, "bash", "/opt/pa/user-data.sh")
+	t.Logf("user-data:\n%s", out)
+	if s := strings.TrimSpace(c.must(t, 10*time.Second, "systemctl", "is-active", "pull-agent")); s != "active" {
+		t.Fatalf("pull-agent is %s", s)
+	}
+	out = c.must(t, 10*time.Second, "pull-agent", "status")
+	if !strings.Contains(out, "images warm:    9/9") || !strings.Contains(out, "prefix:         "+prefixA) {
+		t.Fatalf("status after install:\n%s", out)
+	}
+	if v := c.must(t, 10*time.Second, "systemd-analyze", "verify", "/etc/systemd/system/pull-agent.service"); strings.TrimSpace(v) != "" {
+		t.Errorf("systemd-analyze verify in the booted system:\n%s", v)
+	}
+	journal := c.must(t, 10*time.Second, "journalctl", "-u", "pull-agent", "--no-pager")
+	if !strings.Contains(journal, "Started pull-agent") || !strings.Contains(journal, `msg="agent started"`) {
+		t.Errorf("journal lacks the READY (Started) or start lines:\n%s", journal)
+	}
+	if st := c.must(t, 10*time.Second, "systemctl", "show", "-p", "StatusText", "pull-agent"); !strings.Contains(st, "StatusText=9/9 images warm from "+prefixA) {
+		t.Errorf("STATUS= not seen by systemd: %s", st)
+	}
+	// install.sh again: nothing changes, nothing restarts.
+	pid1 := c.must(t, 10*time.Second, "systemctl", "show", "-p", "MainPID", "pull-agent")
+	c.must(t, 2*time.Minute, "bash", "/opt/pa/user-data.sh")
+	if pid2 := c.must(t, 10*time.Second, "systemctl", "show", "-p", "MainPID", "pull-agent"); pid2 != pid1 {
+		t.Errorf("a second install restarted the service: %s → %s", pid1, pid2)
+	}
+
+	// The prefix flipped in the env file: warm from B, no restart.
+	c.must(t, 10*time.Second, "sed", "-i", "s#^MOLECULE_IMAGE_REGISTRY=.*#MOLECULE_IMAGE_REGISTRY="+prefixB+"#", "/etc/pull-agent/pull-agent.env")
+	waitStatus(t, c, "warm from B", func(s string) bool {
+		return strings.Contains(s, "prefix:         "+prefixB) && strings.Contains(s, "images warm:    9/9")
+	})
+	if n := c.must(t, 10*time.Second, "systemctl", "show", "-p", "NRestarts", "pull-agent"); strings.TrimSpace(n) != "NRestarts=0" {
+		t.Errorf("the flip restarted the service: %s", n)
+	}
+
+	// systemctl reload: a re-read, logged.
+	c.must(t, 10*time.Second, "systemctl", "reload", "pull-agent")
+	waitJournal(t, c, `msg="reload requested"`)
+
+	// kill -9: systemd restarts it and it recovers.
+	c.must(t, 10*time.Second, "systemctl", "kill", "-s", "KILL", "pull-agent")
+	start := time.Now()
+	waitStatus(t, c, "recovered after kill -9", func(s string) bool {
+		return strings.Contains(s, "running, all warm") && strings.Contains(s, "prefix:         "+prefixB)
+	})
+	t.Logf("recovered %s after kill -9 (RestartSec=20)", time.Since(start).Round(time.Second))
+	if n := c.must(t, 10*time.Second, "systemctl", "show", "-p", "NRestarts", "pull-agent"); strings.TrimSpace(n) != "NRestarts=1" {
+		t.Errorf("after kill -9: %s", n)
+	}
+
+	// systemctl stop: within 10 s.
+	start = time.Now()
+	c.must(t, 30*time.Second, "systemctl", "stop", "pull-agent")
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("stop took %s", d)
+	}
+	if out, _ := c.exec(t, 10*time.Second, "pull-agent", "status"); !strings.Contains(out, "NOT RUNNING") {
+		t.Errorf("status after stop:\n%s", out)
+	}
+}
+
+func waitStatus(t *testing.T, c *container, what string, ok func(string) bool) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	var out string
+	for time.Now().Before(deadline) {
+		out, _ = c.exec(t, 10*time.Second, "pull-agent", "status")
+		if ok(out) {
+			return
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Fatalf("status never showed %s:\n%s", what, out)
+}
+
+func waitJournal(t *testing.T, c *container, want string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		out, _ := c.exec(t, 10*time.Second, "journalctl", "-u", "pull-agent", "--no-pager")
+		if strings.Contains(out, want) {
+			return
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Fatalf("the journal never showed %q", want)
+}
