@@ -3,8 +3,9 @@
 # CNCF distribution registry (docker-registry) and Amazon's ECR credential
 # helper (amazon-ecr-credential-helper, a real docker-credential-ecr-login for
 # the credHelpers tests), and for the systemd end-to-end test and the lint
-# step systemd-container, debootstrap, shellcheck and systemd-analyze. Nothing happens when they are already there; without
-# root it only says what is missing.
+# step systemd-container, debootstrap, shellcheck and systemd-analyze.
+# Nothing happens when they are already there; without root it only says
+# what is missing.
 set -euo pipefail
 
 missing=()
