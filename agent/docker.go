@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/client"
@@ -105,4 +106,52 @@ func encodeAuth(c auth.Credentials) (string, error) {
 		return "", fmt.Errorf("encoding registry credentials: %w", err)
 	}
 	return enc, nil
+}
+
+// ImageTag implements Engine.
+func (d *DockerEngine) ImageTag(ctx context.Context, source, target string) error {
+	return d.wrap(d.cli.ImageTag(ctx, source, target))
+}
+
+// ImageRemove implements Engine.
+func (d *DockerEngine) ImageRemove(ctx context.Context, ref string) (RemoveResult, error) {
+	res, err := d.cli.ImageRemove(ctx, ref, image.RemoveOptions{Force: false, PruneChildren: true})
+	if client.IsErrNotFound(err) {
+		return RemoveResult{}, fmt.Errorf("%s: %w", ref, ErrImageNotFound)
+	}
+	if err != nil {
+		return RemoveResult{}, d.wrap(err)
+	}
+	var out RemoveResult
+	for _, r := range res {
+		if r.Untagged != "" {
+			out.Untagged = append(out.Untagged, r.Untagged)
+		}
+		if r.Deleted != "" {
+			out.Deleted = append(out.Deleted, r.Deleted)
+		}
+	}
+	return out, nil
+}
+
+// ContainerImageIDs implements Engine.
+func (d *DockerEngine) ContainerImageIDs(ctx context.Context) (map[string]bool, error) {
+	cs, err := d.cli.ContainerList(ctx, container.ListOptions{All: true})
+	if err != nil {
+		return nil, d.wrap(err)
+	}
+	ids := make(map[string]bool, len(cs))
+	for _, c := range cs {
+		ids[c.ImageID] = true
+	}
+	return ids, nil
+}
+
+// RootDir implements Engine.
+func (d *DockerEngine) RootDir(ctx context.Context) (string, error) {
+	info, err := d.cli.Info(ctx)
+	if err != nil {
+		return "", d.wrap(err)
+	}
+	return info.DockerRootDir, nil
 }

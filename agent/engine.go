@@ -23,6 +23,22 @@ type Engine interface {
 	// DistributionInspect asks the registry, through the daemon, which
 	// manifest ref names now, without pulling.
 	DistributionInspect(ctx context.Context, ref string, creds auth.Credentials) (RemoteInfo, error)
+	// ImageTag gives the local image source the name target.
+	ImageTag(ctx context.Context, source, target string) error
+	// ImageRemove removes the name ref (and the image when that was its
+	// last name). It never forces: an image a container uses stays.
+	ImageRemove(ctx context.Context, ref string) (RemoveResult, error)
+	// ContainerImageIDs returns the IDs of the images of every container,
+	// running or stopped.
+	ContainerImageIDs(ctx context.Context) (map[string]bool, error)
+	// RootDir is the daemon's data root (docker info DockerRootDir).
+	RootDir(ctx context.Context) (string, error)
+}
+
+// RemoveResult is what ImageRemove did.
+type RemoveResult struct {
+	Untagged []string
+	Deleted  []string // image and layer IDs deleted
 }
 
 // RemoteInfo is what the registry serves for a reference.

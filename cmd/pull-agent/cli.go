@@ -57,6 +57,10 @@ Usage:
                                                           what is warm, what is not and why
                                                           (exit 0 all warm, 1 degraded, 2 agent down,
                                                           3 no state, 64 usage)
+  pull-agent check   [--prefix P] [--compare Q] [--json]
+                                                          is every image there and can this host
+                                                          authenticate? mirror parity before a flip
+                                                          (exit 0 ok, 1 not, 2 Docker unreachable)
   pull-agent version                                      print the version
 
 Run 'pull-agent COMMAND -h' for a command's flags.
@@ -81,6 +85,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runAgent(ctx, rest, getenv, stderr)
 	case "status":
 		return runStatus(ctx, rest, getenv, stdout, stderr)
+	case "check":
+		return runCheck(ctx, rest, getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/molecule-ai/pull-agent/agent"
+)
+
+// Exit codes of 'pull-agent check'.
+const (
+	checkOK          = 0
+	checkFailed      = 1
+	checkUnreachable = 2
+	checkUsage       = 64
+)
+
+// runCheck is 'pull-agent check': what the registry holds, before a flip.
+func runCheck(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c common
+	c.register(fs)
+	prefixFlag := fs.String("prefix", "", "prefix to check (default: the configured one)")
+	compare := fs.String("compare", "", "a second prefix to compare digests with (a mirror)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return &exitError{code: 0}
+		}
+		return &exitError{code: checkUsage, err: err}
+	}
+	if fs.NArg() > 0 {
+		return &exitError{code: checkUsage, err: fmt.Errorf("check: unexpected argument %q", fs.Arg(0))}
+	}
+	env, err := c.prepare(fs, getenv, stderr)
+	if err != nil {
+		var ee *exitError
+		if errors.As(err, &ee) && ee.code == exitUsage {
+			ee.code = checkUsage
+		}
+		return err
+	}
+	cfg := env.cfg
+	prefixes := []string{cfg.Prefix}
+	if *prefixFlag != "" {
+		p, err := agent.ParsePrefix(*prefixFlag)
+		if err != nil {
+			return &exitError{code: checkUsage, err: fmt.Errorf("--prefix %q: %v", *prefixFlag, err)}
+		}
+		prefixes[0] = p
+	}
+	if *compare != "" {
+		q, err := agent.ParsePrefix(*compare)
+		if err != nil {
+			return &exitError{code: checkUsage, err: fmt.Errorf("--compare %q: %v", *compare, err)}
+		}
+		prefixes = append(prefixes, q)
+	}
+	engine, err := agent.NewDockerEngine(cfg.DockerHost)
+	if err != nil {
+		return &exitError{code: checkUsage, err: err}
+	}
+	defer engine.Close()
+	if err := engine.Ping(ctx); err != nil {
+		return &exitError{code: checkUnreachable, err: err}
+	}
+	platform := cfg.Platform
+	if platform == "" {
+		platform = "linux/" + runtime.GOARCH
+	}
+	var reports []agent.CheckReport
+	for _, p := range prefixes {
+		pc := cfg
+		pc.Prefix = p
+		images, err := pc.Images()
+		if err != nil {
+			return &exitError{code: checkUsage, err: err}
+		}
+		sel, err := c.authorizer(pc, getenv, env.log)
+		if err != nil {
+			return err
+		}
+		puller, err := agent.NewPuller(engine, sel, env.log, agent.PullerOptions{})
+		if err != nil {
+			return err
+		}
+		reports = append(reports, agent.Check(ctx, puller, p, platform, images))
+	}
+	ok := true
+	for _, r := range reports {
+		ok = ok && r.OK()
+	}
+	var parity map[string]agent.Parity
+	if len(reports) == 2 {
+		parity = agent.Compare(reports[0], reports[1])
+		for _, p := range parity {
+			ok = ok && p == agent.ParitySame
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		doc := struct {
+			OK      bool                    `json:"ok"`
+			Reports []agent.CheckReport     `json:"reports"`
+			Parity  map[string]agent.Parity `json:"parity,omitempty"`
+		}{ok, reports, parity}
+		if err := enc.Encode(doc); err != nil {
+			return err
+		}
+	} else {
+		printCheck(stdout, reports, parity)
+	}
+	if !ok {
+		return &exitError{code: checkFailed}
+	}
+	return nil
+}
+
+func printCheck(w io.Writer, reports []agent.CheckReport, parity map[string]agent.Parity) {
+	for i, r := range reports {
+		label := "P"
+		if i == 1 {
+			label = "Q"
+		}
+		if len(reports) == 1 {
+			fmt.Fprintf(w, "prefix:   %s (platform %s)\n", r.Prefix, r.Platform)
+		} else {
+			fmt.Fprintf(w, "%s:        %s (platform %s)\n", label, r.Prefix, r.Platform)
+		}
+		for _, h := range r.Hosts {
+			state := "authentication ok"
+			if !h.AuthOK {
+				state = "AUTHENTICATION FAILED: " + h.Error
+			}
+			fmt.Fprintf(w, "  host %s: %s; %s\n", h.Host, h.Source, state)
+		}
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	head := []string{"RUNTIME"}
+	for i := range reports {
+		l := ""
+		if len(reports) == 2 {
+			l = []string{" P", " Q"}[i]
+		}
+		head = append(head, "STATUS"+l, "DIGEST"+l, "PLATFORMS"+l)
+	}
+	if parity != nil {
+		head = append(head, "PARITY")
+	}
+	fmt.Fprintln(tw, strings.Join(head, "\t"))
+	for n := range reports[0].Images {
+		row := []string{reports[0].Images[n].Runtime}
+		for _, r := range reports {
+			im := r.Images[n]
+			st, dg := "present", "-"
+			if !im.Present {
+				st = "MISSING"
+				if im.Class != "" && im.Class != agent.ClassNotFound {
+					st = "ERROR [" + string(im.Class) + "]"
+				}
+			} else {
+				dg = strings.TrimPrefix(im.Digest.String(), "sha256:")[:12]
+				if !im.PlatformOK {
+					st = "NO " + r.Platform
+				}
+			}
+			row = append(row, st, dg, dashJoin(im.Platforms))
+		}
+		if parity != nil {
+			row = append(row, string(parity[reports[0].Images[n].Runtime]))
+		}
+		fmt.Fprintln(tw, strings.Join(row, "\t"))
+	}
+	tw.Flush()
+}
+
+func dashJoin(s []string) string {
+	if len(s) == 0 {
+		return "-"
+	}
+	return strings.Join(s, ",")
+}
