@@ -63,6 +63,9 @@ type Options struct {
 	// StateFile is where the state document is saved on every change;
 	// empty saves nothing.
 	StateFile string
+	// PulledFile records what the agent pulled itself (the only images
+	// MOLECULE_PRUNE_PREVIOUS may remove); empty keeps it in memory.
+	PulledFile string
 }
 
 // DefaultOptions returns the defaults of every tunable.
@@ -112,6 +115,8 @@ type ImageStatus struct {
 	Due bool
 	// RemoteDigest is what the registry serves, when known.
 	RemoteDigest digest.Digest
+	// Alias is the alias name given to the image, when configured.
+	Alias string
 }
 
 // Snapshot is a copy of the agent's state.
@@ -190,6 +195,11 @@ type Agent struct {
 	lastReconcile time.Time
 	lastSaved     []byte
 	metrics       *Metrics
+	runCtx        context.Context
+	pulled        map[string]string // ref → image ID, pulled by this agent
+	previous      []string          // refs of the previous prefix, until pruned
+	pruning       bool
+	pruned        chan []string
 }
 
 // New returns an Agent. Zero fields of opts take DefaultOptions' values.
@@ -239,6 +249,8 @@ func New(opts Options) (*Agent, error) {
 		hostInfo: map[string]HostDoc{},
 		started:  time.Now(),
 		metrics:  NewMetrics(),
+		pulled:   map[string]string{},
+		pruned:   make(chan []string, 1),
 	}, nil
 }
 
@@ -314,6 +326,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			_ = os.Remove(f)
 		}
 	}
+	a.runCtx = ctx
+	a.loadPulled()
 	a.initialEnv()
 	a.loadConfig(true, false)
 	if a.engine != nil {
@@ -353,6 +367,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		case err := <-a.pingRes:
 			a.pinging = false
 			a.pinged(err)
+		case refs := <-a.pruned:
+			a.mu.Lock()
+			for _, r := range refs {
+				delete(a.pulled, r)
+			}
+			a.pruning = false
+			a.savePulledLocked()
+			a.mu.Unlock()
 		case <-timer.C:
 		case <-watchdog:
 			// Sent from the loop that does the work, so a wedged loop
@@ -470,7 +492,8 @@ func (a *Agent) applyLocked(cfg Config) {
 		a.refuseLocked(err)
 		return
 	}
-	puller, err := NewPuller(a.engine, authz, a.opts.Logger, PullerOptions{Concurrency: a.opts.Concurrency, Platform: cfg.Platform, Timeouts: a.opts.Timeouts})
+	puller, err := NewPuller(a.engine, authz, a.opts.Logger, PullerOptions{Concurrency: a.opts.Concurrency, Platform: cfg.Platform, Timeouts: a.opts.Timeouts,
+		DiskGuard: cfg.DiskMarginBytes >= 0, DiskMargin: max(cfg.DiskMarginBytes, 0)})
 	if err != nil {
 		a.refuseLocked(err)
 		return
@@ -481,6 +504,12 @@ func (a *Agent) applyLocked(cfg Config) {
 	attrs := []any{"prefix", cfg.Prefix, "images", len(images), "platform", cfg.Platform, "env_file", a.opts.EnvFile}
 	if prev != nil && prev.Prefix != cfg.Prefix {
 		attrs = append(attrs, "previous_prefix", prev.Prefix)
+		if old, err := prev.Images(); err == nil {
+			a.previous = a.previous[:0]
+			for _, img := range old {
+				a.previous = append(a.previous, img.Ref)
+			}
+		}
 	}
 	a.log.Info("configuration loaded", attrs...)
 	a.metrics.configLoad(true)
@@ -503,8 +532,11 @@ func (a *Agent) applyLocked(cfg Config) {
 	for _, img := range images {
 		st, ok := a.states[img.Ref]
 		if !ok {
-			a.states[img.Ref] = &imageState{ImageStatus: ImageStatus{Image: img, State: StatePending}, due: true}
+			a.states[img.Ref] = &imageState{ImageStatus: ImageStatus{Image: img, State: StatePending, Alias: cfg.AliasRef(img.Runtime)}, due: true}
 			continue
+		}
+		if alias := cfg.AliasRef(img.Runtime); alias != st.Alias {
+			st.Alias, st.due = alias, true // tag anew
 		}
 		// Credentials or platform may have changed: what failed gets a
 		// fresh try, and a new platform means new images.
@@ -579,7 +611,7 @@ func (a *Agent) startLocked(ctx context.Context, st *imageState) {
 	}
 	st.Progress = Progress{Phase: PhaseResolving}
 	a.inflight++
-	img, puller, wasWarm := st.Image, st.puller, st.State == StateWarm || st.State == StateStale
+	img, puller, wasWarm, alias, engine := st.Image, st.puller, st.State == StateWarm || st.State == StateStale, st.Alias, a.engine
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -587,6 +619,12 @@ func (a *Agent) startLocked(ctx context.Context, st *imageState) {
 		res, pulled := a.presentPin(pctx, img)
 		if !pulled {
 			res = puller.Pull(pctx, img, a)
+		}
+		if res.Err == nil && alias != "" {
+			// The alias follows the image every time it is verified.
+			if err := engine.ImageTag(pctx, res.ImageID, alias); err != nil {
+				a.log.Warn("tagging the alias failed", "image", img.Ref, "alias", alias, "error", err.Error())
+			}
 		}
 		d := pullDone{ref: img.Ref, res: res, st: st}
 		if c := ClassOf(res.Err); res.Err != nil && wasWarm && c != ClassCanceled && c != ClassDaemon {
@@ -667,6 +705,11 @@ func (a *Agent) finished(d pullDone) {
 		} else {
 			log.Info("image pulled", "digest", r.Digest.String(), "bytes", r.Bytes, "duration_s", r.Duration.Seconds())
 		}
+		if r.ImageID != "" && a.pulled[r.Image.Ref] != r.ImageID {
+			a.pulled[r.Image.Ref] = r.ImageID
+			a.savePulledLocked()
+		}
+		a.maybePruneLocked()
 		return
 	}
 	class := ClassOf(r.Err)
@@ -726,6 +769,113 @@ func (a *Agent) finished(d pullDone) {
 		delay := backoff(a.opts.Retry, st.Attempts)
 		st.due, st.NextAttempt = true, now.Add(delay)
 		log.Warn("pull failed; retry scheduled", "class", string(class), "attempt", st.Attempts, "delay_s", delay.Seconds(), "error", st.LastError)
+	}
+}
+
+// maybePruneLocked starts removing the previous prefix's images once
+// every current image is warm, if configured.
+func (a *Agent) maybePruneLocked() {
+	if a.cfg == nil || !a.cfg.PrunePrevious || len(a.previous) == 0 || a.pruning {
+		return
+	}
+	current := map[string]bool{}
+	for _, img := range a.images {
+		st := a.states[img.Ref]
+		if st == nil || st.State != StateWarm {
+			return
+		}
+		current[img.Ref] = true
+		if st.Alias != "" {
+			current[st.Alias] = true
+		}
+	}
+	var candidates []string
+	for _, ref := range a.previous {
+		if current[ref] {
+			continue // back in use, or an alias target
+		}
+		if _, mine := a.pulled[ref]; !mine {
+			a.log.Info("not pruning an image the agent did not pull", "image", ref)
+			continue
+		}
+		candidates = append(candidates, ref)
+	}
+	a.previous = nil
+	if len(candidates) == 0 {
+		return
+	}
+	a.pruning = true
+	engine, ctx := a.engine, a.runCtx
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.pruned <- a.prune(ctx, engine, candidates)
+	}()
+}
+
+// prune removes refs no container uses and returns the ones removed.
+func (a *Agent) prune(ctx context.Context, engine Engine, refs []string) []string {
+	inUse, err := engine.ContainerImageIDs(ctx)
+	if err != nil {
+		a.log.Warn("not pruning: cannot list containers", "error", err.Error())
+		return nil
+	}
+	var removed []string
+	var freed int64
+	for _, ref := range refs {
+		info, err := engine.ImageInspect(ctx, ref)
+		if err != nil {
+			continue
+		}
+		if inUse[info.ID] {
+			a.log.Info("not pruning an image a container uses", "image", ref, "image_id", info.ID)
+			continue
+		}
+		res, err := engine.ImageRemove(ctx, ref)
+		if err != nil {
+			a.log.Warn("pruning failed", "image", ref, "error", err.Error())
+			continue
+		}
+		removed = append(removed, ref)
+		for _, d := range res.Deleted {
+			if d == info.ID {
+				freed += info.Size
+			}
+		}
+	}
+	a.log.Info("previous prefix pruned", "images_removed", len(removed), "bytes_freed", freed)
+	return removed
+}
+
+func (a *Agent) loadPulled() {
+	if a.opts.PulledFile == "" {
+		return
+	}
+	data, err := os.ReadFile(a.opts.PulledFile)
+	if err != nil {
+		return
+	}
+	var rec struct {
+		Pulled map[string]string `json:"pulled"`
+	}
+	if err := json.Unmarshal(data, &rec); err != nil {
+		a.log.Warn("ignoring an unreadable record of pulled images", "file", a.opts.PulledFile, "error", err.Error())
+		return
+	}
+	for k, v := range rec.Pulled {
+		a.pulled[k] = v
+	}
+}
+
+func (a *Agent) savePulledLocked() {
+	if a.opts.PulledFile == "" {
+		return
+	}
+	data, _ := json.MarshalIndent(struct {
+		Pulled map[string]string `json:"pulled"`
+	}{a.pulled}, "", "  ")
+	if err := writeFileAtomic(a.opts.PulledFile, append(data, '\n'), 0o644); err != nil {
+		a.log.Warn("recording pulled images failed", "file", a.opts.PulledFile, "error", err.Error())
 	}
 }
 

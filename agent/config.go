@@ -8,6 +8,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/containerd/platforms"
@@ -26,6 +27,9 @@ const (
 	KeyGHCRUser   = "GHCR_USER"
 	KeyGHCRToken  = "GHCR_TOKEN"
 	KeyDockerHost = "DOCKER_HOST"
+	KeyAlias      = "MOLECULE_IMAGE_ALIAS_PREFIX"
+	KeyPrune      = "MOLECULE_PRUNE_PREVIOUS"
+	KeyDiskMargin = "MOLECULE_DISK_MARGIN_MB"
 )
 
 // DefaultPrefix is the registry prefix used when MOLECULE_IMAGE_REGISTRY is
@@ -63,7 +67,19 @@ type Config struct {
 	GHCRToken auth.Secret
 	// DockerHost is the Docker Engine API address.
 	DockerHost string
+	// AliasPrefix, if set, also names every pulled image
+	// <AliasPrefix>/workspace-template-<runtime>:latest.
+	AliasPrefix string
+	// PrunePrevious removes the previous prefix's images (those the agent
+	// pulled, no container uses, not alias targets) once the new set is warm.
+	PrunePrevious bool
+	// DiskMarginBytes is kept free beyond an image's compressed size before
+	// a pull starts; -1 turns the disk guard off.
+	DiskMarginBytes int64
 }
+
+// DefaultDiskMarginMB is the disk guard's default safety margin.
+const DefaultDiskMarginMB = 1024
 
 // ConfigError is one configuration value that was refused.
 type ConfigError struct {
@@ -157,6 +173,39 @@ func LoadConfig(file string, fileVars []EnvVar, getenv func(string) string) (Con
 	cfg.GHCRToken = auth.Secret(tok)
 	if (cfg.GHCRUser == "") != (tok == "") {
 		errs = append(errs, fmt.Errorf("%s and %s must be set together; only one of them is set", KeyGHCRUser, KeyGHCRToken))
+	}
+
+	if alias, src := l.get(KeyAlias); alias != "" {
+		a, err := ParsePrefix(alias)
+		switch {
+		case err != nil:
+			errs = append(errs, &ConfigError{Key: KeyAlias, Value: alias, Source: src, Reason: err.Error()})
+		case a == cfg.Prefix:
+			errs = append(errs, &ConfigError{Key: KeyAlias, Value: alias, Source: src, Reason: "is the image prefix itself; set it to the prefix other software still uses (the previous one)"})
+		default:
+			cfg.AliasPrefix = a
+		}
+	}
+	if v, src := l.get(KeyPrune); v != "" {
+		switch strings.ToLower(v) {
+		case "true", "yes", "1", "on":
+			cfg.PrunePrevious = true
+		case "false", "no", "0", "off":
+		default:
+			errs = append(errs, &ConfigError{Key: KeyPrune, Value: v, Source: src, Reason: "write true or false"})
+		}
+	}
+	cfg.DiskMarginBytes = DefaultDiskMarginMB << 20
+	if v, src := l.get(KeyDiskMargin); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		switch {
+		case err != nil || n < -1:
+			errs = append(errs, &ConfigError{Key: KeyDiskMargin, Value: v, Source: src, Reason: "write a number of MiB (0 or more), or -1 to turn the disk guard off"})
+		case n == -1:
+			cfg.DiskMarginBytes = -1
+		default:
+			cfg.DiskMarginBytes = n << 20
+		}
 	}
 
 	cfg.DockerHost, _ = l.get(KeyDockerHost)

@@ -31,6 +31,14 @@ func ImageRef(prefix, runtime string) string {
 	return prefix + "/workspace-template-" + runtime + ":latest"
 }
 
+// AliasRef is the alias name of runtime's image under alias, or "".
+func (c Config) AliasRef(runtime string) string {
+	if c.AliasPrefix == "" {
+		return ""
+	}
+	return ImageRef(c.AliasPrefix, runtime)
+}
+
 // Images resolves the configured image set, one image per runtime in
 // runtime order.
 func (c Config) Images() ([]Image, error) {

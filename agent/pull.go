@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -178,6 +179,10 @@ type PullerOptions struct {
 	Platform string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// DiskGuard refuses pulls that would not fit on the daemon's data
+	// root, keeping DiskMargin bytes free beyond the compressed size.
+	DiskGuard  bool
+	DiskMargin int64
 }
 
 // Puller pulls images into the Docker daemon, verifies them and reports.
@@ -186,6 +191,7 @@ type Puller struct {
 	auth   Authorizer
 	log    *slog.Logger
 	opts   PullerOptions
+	disk   *diskGuard
 }
 
 // NewPuller returns a Puller.
@@ -202,7 +208,15 @@ func NewPuller(engine Engine, authz Authorizer, logger *slog.Logger, opts Puller
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Puller{engine: engine, auth: authz, log: logger.With("component", "puller"), opts: opts}, nil
+	p := &Puller{engine: engine, auth: authz, log: logger.With("component", "puller"), opts: opts}
+	if opts.DiskGuard {
+		platform := opts.Platform
+		if platform == "" {
+			platform = "linux/" + runtime.GOARCH
+		}
+		p.disk = &diskGuard{margin: opts.DiskMargin, platform: platform}
+	}
+	return p, nil
 }
 
 // PullAll pulls every image, at most Concurrency at once, and returns the
@@ -261,6 +275,19 @@ func (p *Puller) Pull(ctx context.Context, img Image, obs Observer) PullResult {
 	res.Source, res.CredentialsExpire = sel.Source, sel.Expires
 	if err != nil {
 		return finish(&PullError{Class: ClassAuth, Err: fmt.Errorf("choosing credentials for %s: %w", img.Host(), err)})
+	}
+	if p.disk != nil {
+		// Only for an image the daemon does not hold: a refresh of a
+		// warm image must cost the registry no more than a HEAD.
+		if _, err := p.engine.ImageInspect(ctx, img.Ref); errors.Is(err, ErrImageNotFound) {
+			note, err := p.disk.check(ctx, p.engine, img, sel.Credentials)
+			if err != nil {
+				return finish(err)
+			}
+			if note != "" {
+				p.log.Debug(note, "image", img.Ref)
+			}
+		}
 	}
 	obs.PullStarted(img, sel.Source)
 

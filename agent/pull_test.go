@@ -30,7 +30,7 @@ func (f *fakeEngine) ImageRemove(context.Context, string) (RemoveResult, error) 
 	return RemoveResult{}, nil
 }
 func (f *fakeEngine) ContainerImageIDs(context.Context) (map[string]bool, error) { return nil, nil }
-func (f *fakeEngine) RootDir(context.Context) (string, error)                   { return "", nil }
+func (f *fakeEngine) RootDir(context.Context) (string, error)                    { return "", nil }
 
 func (f *fakeEngine) DistributionInspect(ctx context.Context, ref string, _ auth.Credentials) (RemoteInfo, error) {
 	return f.remote(ctx, ref)

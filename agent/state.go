@@ -61,6 +61,7 @@ type ImageDoc struct {
 	Image          string       `json:"image"`
 	State          string       `json:"state"`
 	PinnedDigest   string       `json:"pinned_digest,omitempty"`
+	Alias          string       `json:"alias,omitempty"`
 	LocalDigest    string       `json:"local_digest,omitempty"`
 	RemoteDigest   string       `json:"remote_digest,omitempty"`
 	ImageID        string       `json:"image_id,omitempty"`
@@ -115,6 +116,12 @@ func WriteStateFile(path string, doc StateDoc) error {
 	if err != nil {
 		return err
 	}
+	return writeFileAtomic(path, append(data, '\n'), 0o644)
+}
+
+// writeFileAtomic writes data to path through a temp file, fsync and
+// rename, then fsyncs the directory.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".state-*.tmp")
 	if err != nil {
@@ -122,11 +129,11 @@ func WriteStateFile(path string, doc StateDoc) error {
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // gone after a successful rename
-	if _, err := f.Write(append(data, '\n')); err != nil {
+	if _, err := f.Write(data); err != nil {
 		f.Close()
 		return fmt.Errorf("writing state: %w", err)
 	}
-	if err := f.Chmod(0o644); err != nil {
+	if err := f.Chmod(mode); err != nil {
 		f.Close()
 		return fmt.Errorf("writing state: %w", err)
 	}
@@ -229,7 +236,7 @@ func (a *Agent) Document() StateDoc {
 
 func imageDoc(i ImageStatus) ImageDoc {
 	d := ImageDoc{
-		Runtime: i.Image.Runtime, Image: i.Image.Ref, State: i.State, PinnedDigest: i.Image.Pin.String(),
+		Runtime: i.Image.Runtime, Image: i.Image.Ref, State: i.State, PinnedDigest: i.Image.Pin.String(), Alias: i.Alias,
 		LocalDigest: i.Digest.String(), RemoteDigest: i.RemoteDigest.String(), ImageID: i.ImageID, SizeBytes: i.Size,
 		LastAttempt: tp(i.LastAttempt), LastSuccess: tp(i.LastSuccess), Attempts: i.Attempts,
 		LastDurationS: i.Duration.Seconds(), LastBytes: i.Bytes, LastErrorClass: string(i.LastClass), LastError: i.LastError,

@@ -269,7 +269,8 @@ func runPull(ctx context.Context, args []string, getenv func(string) string, std
 	if err := engine.Ping(ctx); err != nil {
 		return &exitError{code: exitFailed, err: fmt.Errorf("no image can be pulled: %w", err)}
 	}
-	puller, err := agent.NewPuller(engine, sel, log, agent.PullerOptions{Concurrency: *concurrency, Platform: cfg.Platform, Timeouts: agent.DefaultPullTimeouts()})
+	puller, err := agent.NewPuller(engine, sel, log, agent.PullerOptions{Concurrency: *concurrency, Platform: cfg.Platform, Timeouts: agent.DefaultPullTimeouts(),
+		DiskGuard: cfg.DiskMarginBytes >= 0, DiskMargin: max(cfg.DiskMarginBytes, 0)})
 	if err != nil {
 		return err
 	}

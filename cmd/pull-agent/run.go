@@ -60,6 +60,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	o.EnvFile = c.envFile
 	o.StateFile = filepath.Join(c.stateDir, agent.StateFileName)
+	o.PulledFile = filepath.Join(c.stateDir, "pulled.json")
 	o.Version = version
 	o.Getenv = getenv
 	o.Logger = log
