@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -629,4 +632,146 @@ func TestAgentMarksStaleWhenTheRegistryMovedOnButThePullFails(t *testing.T) {
 	if doc.Images[0].State != agent.StateStale || doc.Healthy() {
 		t.Fatalf("document: %+v healthy=%v", doc.Images[0], doc.Healthy())
 	}
+}
+
+func TestAgentAliasFollowsTheImage(t *testing.T) {
+	f := newFixture(t)
+	regB := secondRegistry(t, f.bed)
+	rts := []string{"langgraph", "codex"}
+	seedA := f.seed(t, rts)
+	seedB, err := f.bed.Seed(ctxT(t), regB, f.ns, rts, testbed.SeedOptions{})
+	must(t, err)
+	prefixA, prefixB := f.reg.Prefix(f.ns), regB.Prefix(f.ns)
+	path := plainFile(t, t.TempDir(), prefixA)
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: strings.Join(rts, ",")}, func(o *agent.Options) { o.RefreshInterval = 2 * time.Second })
+	r.waitFor(t, "warm on A", 30*time.Second, warmOn(prefixA, seedA))
+	// The flip, with the old prefix as alias: software still asking for A finds B's images.
+	must(t, os.WriteFile(path, []byte(agent.KeyRegistry+"="+prefixB+"\n"+agent.KeyAlias+"="+prefixA+"\n"), 0o644))
+	s := r.waitFor(t, "warm on B", 20*time.Second, warmOn(prefixB, seedB))
+	aliasID := func() string {
+		info, err := f.engine.ImageInspect(ctxT(t), agent.ImageRef(prefixA, "langgraph"))
+		must(t, err)
+		return info.ID
+	}
+	if id := aliasID(); id != statusOf(s, "langgraph").ImageID {
+		t.Fatalf("%s resolves to %s, want B's image %s", agent.ImageRef(prefixA, "langgraph"), id, statusOf(s, "langgraph").ImageID)
+	}
+	if d := r.a.Document(); d.Images[0].Alias != agent.ImageRef(prefixA, d.Images[0].Runtime) {
+		t.Errorf("status does not show the alias: %+v", d.Images[0])
+	}
+	// B's tag moves: after the next refresh the alias follows.
+	moved, err := f.bed.Push(ctxT(t), regB, f.ns, "langgraph", testbed.SeedOptions{})
+	must(t, err)
+	s = r.waitFor(t, "the moved tag pulled", 20*time.Second, func(s agent.Snapshot) bool { return statusOf(s, "langgraph").Digest == moved.Digest })
+	deadline := time.Now().Add(5 * time.Second)
+	for aliasID() != statusOf(s, "langgraph").ImageID {
+		if time.Now().After(deadline) {
+			t.Fatalf("the alias did not follow the moved tag")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestAgentPrunesThePreviousPrefix(t *testing.T) {
+	f := newFixture(t)
+	regB := secondRegistry(t, f.bed)
+	rts := []string{"autogen", "codex", "crewai"}
+	seedA := f.seed(t, rts)
+	seedB, err := f.bed.Seed(ctxT(t), regB, f.ns+"-prune", rts, testbed.SeedOptions{})
+	must(t, err)
+	// An image on the daemon the agent never pulled, under the same prefix.
+	other, err := f.bed.Seed(ctxT(t), f.reg, f.ns, []string{"hermes"}, testbed.SeedOptions{})
+	must(t, err)
+	if rc, err := f.engine.ImagePull(ctxT(t), other["hermes"].Ref, agent.PullOptions{}); err == nil {
+		io.Copy(io.Discard, rc)
+		rc.Close()
+	}
+	prefixA, prefixB := f.reg.Prefix(f.ns), regB.Prefix(f.ns+"-prune")
+	dir := t.TempDir()
+	path := plainFile(t, dir, prefixA)
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: strings.Join(rts, ","), agent.KeyPrune: "true"},
+		func(o *agent.Options) { o.PulledFile = filepath.Join(dir, "pulled.json") })
+	r.waitFor(t, "warm on A", 30*time.Second, warmOn(prefixA, seedA))
+	// A stopped container uses A's codex image.
+	_, err = testbed.CreateContainer(ctxT(t), f.bed.DockerHost, agent.ImageRef(prefixA, "codex"))
+	must(t, err)
+	writeEnv(t, path, prefixB)
+	r.waitFor(t, "warm on B", 20*time.Second, warmOn(prefixB, seedB))
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(r.logs.String(), "previous prefix pruned") {
+		if time.Now().After(deadline) {
+			t.Fatal("no prune happened")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	present := func(ref string) bool {
+		_, err := f.engine.ImageInspect(ctxT(t), ref)
+		return err == nil
+	}
+	for _, rt := range []string{"autogen", "crewai"} {
+		if present(agent.ImageRef(prefixA, rt)) {
+			t.Errorf("%s was not pruned", agent.ImageRef(prefixA, rt))
+		}
+	}
+	if !present(agent.ImageRef(prefixA, "codex")) {
+		t.Error("the image a stopped container uses was pruned")
+	}
+	if !present(other["hermes"].Ref) {
+		t.Error("an image the agent never pulled was pruned")
+	}
+	for _, rt := range rts {
+		if !present(agent.ImageRef(prefixB, rt)) {
+			t.Errorf("the current image %s is gone", rt)
+		}
+	}
+	if !regexp.MustCompile(`msg="previous prefix pruned" component=agent images_removed=2 bytes_freed=[1-9]`).MatchString(r.logs.String()) {
+		t.Errorf("prune log:\n%s", r.logs.String())
+	}
+}
+
+func TestDiskGuardRefusesWhatCannotFit(t *testing.T) {
+	if err := testbed.Available(); err != nil {
+		testbed.SkipOrFail(t, err)
+	}
+	f := newFixture(t) // registry
+	small, err := testbed.Start(ctxT(t), testbed.Options{Logf: t.Logf, DataRootSize: "64m"})
+	must(t, err)
+	t.Cleanup(func() { small.Stop() })
+	_, err = f.bed.Seed(ctxT(t), f.reg, f.ns, []string{"codex", "hermes"}, testbed.SeedOptions{})
+	must(t, err)
+	_, err = f.bed.Seed(ctxT(t), f.reg, f.ns, []string{"crewai"}, testbed.SeedOptions{BaseSize: 256 << 10, LayerSize: 96 << 20})
+	must(t, err)
+	engine, err := agent.NewDockerEngine(small.DockerHost)
+	must(t, err)
+	root, err := engine.RootDir(ctxT(t))
+	must(t, err)
+	free := func() int64 {
+		var st syscall.Statfs_t
+		must(t, syscall.Statfs(root, &st))
+		return int64(st.Bavail) * int64(st.Bsize)
+	}
+	before := free()
+	cfg, err := agent.LoadConfig("t", nil, func(k string) string {
+		return map[string]string{agent.KeyRegistry: f.reg.Prefix(f.ns), agent.KeyRuntimes: "codex,crewai,hermes"}[k]
+	})
+	must(t, err)
+	imgs, err := cfg.Images()
+	must(t, err)
+	sel, _ := auth.NewSelector(auth.Options{})
+	p, err := agent.NewPuller(engine, sel, slog.New(slog.NewTextHandler(io.Discard, nil)), agent.PullerOptions{DiskGuard: true, DiskMargin: 1 << 20, Concurrency: 1})
+	must(t, err)
+	big := p.Pull(ctxT(t), imgs[1], nil)
+	if agent.ClassOf(big.Err) != agent.ClassDisk || !strings.Contains(big.Err.Error(), "only") {
+		t.Fatalf("a 96 MiB image on a 64 MiB disk: %v (%s)", big.Err, agent.ClassOf(big.Err))
+	}
+	t.Logf("refused: %v", big.Err)
+	if after := free(); before-after > 1<<20 {
+		t.Errorf("the refused pull wrote %d bytes", before-after)
+	}
+	for _, i := range []int{0, 2} {
+		if r := p.Pull(ctxT(t), imgs[i], nil); r.Err != nil {
+			t.Errorf("%s: %v", imgs[i].Runtime, r.Err)
+		}
+	}
+	must(t, engine.Ping(ctxT(t)))
 }

@@ -171,3 +171,24 @@ func (b *Bed) Push(ctx context.Context, r *Registry, ns, rt string, opts SeedOpt
 	}
 	return s, nil
 }
+
+// Copy copies the image at src to dst (references with registry), so that
+// both serve the same manifest digest: a complete mirror.
+func Copy(ctx context.Context, src, dst string) error {
+	s, err := name.ParseReference(src, name.Insecure)
+	if err != nil {
+		return err
+	}
+	d, err := name.ParseReference(dst, name.Insecure)
+	if err != nil {
+		return err
+	}
+	img, err := remote.Image(s, remote.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", src, err)
+	}
+	if err := remote.Write(d, img, remote.WithContext(ctx)); err != nil {
+		return fmt.Errorf("writing %s: %w", dst, err)
+	}
+	return nil
+}

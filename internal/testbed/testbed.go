@@ -59,6 +59,9 @@ type Options struct {
 	// the machine's (which is never touched). An ECR-shaped name can then
 	// point at a local registry.
 	Hosts map[string]string
+	// DataRootSize, if set (e.g. "64m"), puts the daemon's data root on a
+	// tmpfs of that size: a small disk for disk-full tests.
+	DataRootSize string
 	// PrivateNetwork runs the daemon in a network namespace of its own
 	// (loopback only). Registries started with RegistryOptions.InBedNetwork
 	// join it, so a registry can answer on port 80 as a real host name
@@ -142,6 +145,17 @@ func (b *Bed) StartDockerd(ctx context.Context) error {
 	cfg := filepath.Join(b.Dir, "daemon.json")
 	if err := os.WriteFile(cfg, []byte("{}\n"), 0o644); err != nil {
 		return err
+	}
+	if b.opts.DataRootSize != "" {
+		dr := filepath.Join(b.Dir, "docker-data")
+		if err := os.MkdirAll(dr, 0o711); err != nil {
+			return err
+		}
+		if !isMountpoint(dr) {
+			if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+b.opts.DataRootSize, "tmpfs", dr).CombinedOutput(); err != nil {
+				return fmt.Errorf("mounting a %s tmpfs on %s: %v %s", b.opts.DataRootSize, dr, err, out)
+			}
+		}
 	}
 	args := []string{
 		"--config-file", cfg,
@@ -259,6 +273,19 @@ func alive(pid int) bool {
 	s := string(data)
 	i := strings.LastIndexByte(s, ')')
 	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+func isMountpoint(dir string) bool {
+	data, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[1] == dir {
+			return true
+		}
+	}
+	return false
 }
 
 func unmountUnder(dir string) {
