@@ -90,7 +90,7 @@ func TestInstallIntoARootIsIdempotent(t *testing.T) {
 	}
 	t.Logf("installed tree:\n%s", first)
 	for path, mode := range map[string]os.FileMode{
-		"usr/local/bin/pull-agent":               0o755,
+		"usr/local/bin/pull-agent":              0o755,
 		"etc/systemd/system/pull-agent.service": 0o644,
 		"etc/pull-agent/pull-agent.env":         0o600,
 	} {
