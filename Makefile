@@ -45,9 +45,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRuntimesAndPins$$' -fuzztime $(FUZZTIME) ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeStream$$' -fuzztime $(FUZZTIME) ./agent
 
-## bench: the agent's reaction time and idle cost against the test bed (not part of test)
+## bench: pull-agent against a docker pull loop, xargs -P 3 and itself, on a
+## shaped link (PROFILE=wan|lan); writes docs/BENCHMARKS.md and docs/benchmarks.json
+PROFILE ?= wan
 bench: deps build
-	$(GO) run ./bench/agentbench
+	$(GO) run ./bench/harness --profile $(PROFILE)
 
 ## demo: sandbox daemon + registries, pull the nine images, show them (KEEP=1 keeps it)
 demo: deps build testbedctl

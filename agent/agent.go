@@ -143,6 +143,7 @@ func (s Snapshot) Warm() int {
 
 type imageState struct {
 	ImageStatus
+	fresh  bool // the running pull is not a refresh of a warm image
 	due    bool
 	cancel context.CancelCauseFunc
 	puller *Puller
@@ -171,23 +172,25 @@ type Agent struct {
 	pingRes chan error
 	baseEnv func(string) string
 
-	mu        sync.Mutex
-	cfg       *Config
-	cfgErr    error
-	cfgAt     time.Time
-	engine    Engine
-	puller    *Puller
-	images    []Image
-	states    map[string]*imageState
-	hosts     map[string]*hostState
-	inflight  int
-	daemonUp  bool
-	pinging   bool
-	pingFails int
-	nextPing  time.Time
-	refreshAt time.Time
-	status    string
-	wg        sync.WaitGroup
+	mu       sync.Mutex
+	cfg      *Config
+	cfgErr   error
+	cfgAt    time.Time
+	engine   Engine
+	puller   *Puller
+	images   []Image
+	states   map[string]*imageState
+	hosts    map[string]*hostState
+	inflight int
+	// inflightFresh counts pulls of images not yet warm (downloads).
+	inflightFresh int
+	daemonUp      bool
+	pinging       bool
+	pingFails     int
+	nextPing      time.Time
+	refreshAt     time.Time
+	status        string
+	wg            sync.WaitGroup
 
 	started       time.Time
 	authz         Authorizer
@@ -588,11 +591,16 @@ func (a *Agent) step(ctx context.Context) {
 		return
 	}
 	for _, img := range a.images {
-		if a.inflight >= a.opts.Concurrency {
+		if a.inflight >= a.opts.Concurrency*RefreshConcurrencyFactor {
 			return
 		}
 		st := a.states[img.Ref]
 		if st == nil || !st.due || st.cancel != nil || now.Before(st.NextAttempt) {
+			continue
+		}
+		// A refresh of a warm image is a manifest HEAD unless its tag
+		// moved: a wider limit; anything else keeps to Concurrency.
+		if st.State != StateWarm && a.inflightFresh >= a.opts.Concurrency {
 			continue
 		}
 		if hs := a.hosts[img.Host()]; hs != nil && now.Before(hs.until) {
@@ -611,6 +619,10 @@ func (a *Agent) startLocked(ctx context.Context, st *imageState) {
 	}
 	st.Progress = Progress{Phase: PhaseResolving}
 	a.inflight++
+	st.fresh = st.State != StateWarm
+	if st.fresh {
+		a.inflightFresh++
+	}
 	img, puller, wasWarm, alias, engine := st.Image, st.puller, st.State == StateWarm || st.State == StateStale, st.Alias, a.engine
 	a.wg.Add(1)
 	go func() {
@@ -679,6 +691,9 @@ func (a *Agent) finished(d pullDone) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.inflight--
+	if d.st.fresh {
+		a.inflightFresh--
+	}
 	st := a.states[d.ref]
 	if st != d.st {
 		return // the image left the set (or came back as a new entry)

@@ -19,6 +19,11 @@ import (
 // DefaultConcurrency is how many pulls run at once unless configured.
 const DefaultConcurrency = 3
 
+// RefreshConcurrencyFactor widens the concurrency for refreshes of images
+// the daemon already holds (latency-bound manifest HEADs, no download
+// unless the tag moved).
+const RefreshConcurrencyFactor = 3
+
 // Authorizer chooses the credentials for a registry host.
 type Authorizer interface {
 	Select(ctx context.Context, host string) (auth.Selection, error)
@@ -226,27 +231,47 @@ func (p *Puller) PullAll(ctx context.Context, images []Image, obs Observer) []Pu
 		obs = NopObserver{}
 	}
 	results := make([]PullResult, len(images))
-	next := make(chan int)
+	// Images the daemon already holds are refreshes: a manifest HEAD each
+	// unless the tag moved, bound by round trips rather than bandwidth, so
+	// they get a wider pool of their own.
+	var fresh, held []int
+	for i, img := range images {
+		if _, err := p.engine.ImageInspect(ctx, img.Ref); err == nil {
+			held = append(held, i)
+		} else {
+			fresh = append(fresh, i)
+		}
+	}
 	var wg sync.WaitGroup
-	for range min(p.opts.Concurrency, len(images)) {
+	for _, q := range []struct {
+		idx     []int
+		workers int
+	}{{fresh, p.opts.Concurrency}, {held, p.opts.Concurrency * RefreshConcurrencyFactor}} {
+		next := make(chan int)
+		for range min(q.workers, len(q.idx)) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range next {
+					results[i] = p.Pull(ctx, images[i], obs)
+				}
+			}()
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := range next {
-				results[i] = p.Pull(ctx, images[i], obs)
+			defer close(next)
+			// Images start in the order given, so the first runtimes warm first.
+			for _, i := range q.idx {
+				select {
+				case next <- i:
+				case <-ctx.Done():
+					results[i] = PullResult{Image: images[i], Started: p.opts.Now(), Err: &PullError{Class: ClassCanceled, Err: fmt.Errorf("pull of %s not started: %w", images[i].Ref, ctx.Err())}}
+					obs.PullFinished(results[i])
+				}
 			}
 		}()
 	}
-	// Images start in the order given, so the first runtimes warm first.
-	for i, img := range images {
-		select {
-		case next <- i:
-		case <-ctx.Done():
-			results[i] = PullResult{Image: img, Started: p.opts.Now(), Err: &PullError{Class: ClassCanceled, Err: fmt.Errorf("pull of %s not started: %w", img.Ref, ctx.Err())}}
-			obs.PullFinished(results[i])
-		}
-	}
-	close(next)
 	wg.Wait()
 	return results
 }

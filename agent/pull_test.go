@@ -227,6 +227,18 @@ func TestPullConcurrencyIsBoundedAndFailuresIsolated(t *testing.T) {
 			e := goodEngine()
 			var mu sync.Mutex
 			var order []string
+			// The daemon holds nothing until it is pulled: every pull is a download.
+			pulled := map[string]bool{}
+			good := e.inspect
+			e.inspect = func(ctx context.Context, ref string) (ImageInfo, error) {
+				mu.Lock()
+				ok := pulled[ref]
+				mu.Unlock()
+				if !ok {
+					return ImageInfo{}, ErrImageNotFound
+				}
+				return good(ctx, ref)
+			}
 			e.pull = func(ctx context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
 				cur := inFlight.Add(1)
 				defer inFlight.Add(-1)
@@ -238,6 +250,7 @@ func TestPullConcurrencyIsBoundedAndFailuresIsolated(t *testing.T) {
 				}
 				mu.Lock()
 				order = append(order, ref)
+				pulled[ref] = true
 				mu.Unlock()
 				<-release
 				if strings.Contains(ref, "crewai") {
@@ -358,5 +371,42 @@ func TestPullStalledStreamIsCut(t *testing.T) {
 	p = newTestPuller(t, e, auth.Options{}, PullerOptions{Timeouts: PullTimeouts{Stall: time.Hour}})
 	if r := p.Pull(ctx, img, nil); ClassOf(r.Err) != ClassCanceled {
 		t.Fatalf("got %v (%s), want canceled", r.Err, ClassOf(r.Err))
+	}
+}
+
+func TestRefreshesOfHeldImagesGetAWiderPool(t *testing.T) {
+	var inFlight, peak atomic.Int32
+	release := make(chan struct{})
+	e := goodEngine() // the daemon holds every image: all refreshes
+	e.pull = func(ctx context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
+		cur := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for {
+			p := peak.Load()
+			if cur <= p || peak.CompareAndSwap(p, cur) {
+				break
+			}
+		}
+		<-release
+		return okStream(digestOf(ref)), nil
+	}
+	done := make(chan []PullResult)
+	go func() {
+		done <- newTestPuller(t, e, auth.Options{}, PullerOptions{Concurrency: 2}).PullAll(context.Background(), testImages(t, "ghcr.io/x"), nil)
+	}()
+	want := int32(2 * RefreshConcurrencyFactor)
+	deadline := time.Now().Add(5 * time.Second)
+	for inFlight.Load() < want && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond)
+	close(release)
+	for _, r := range <-done {
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	if got := peak.Load(); got != want {
+		t.Fatalf("peak %d refreshes at once, want %d (concurrency 2 × %d)", got, want, RefreshConcurrencyFactor)
 	}
 }

@@ -45,6 +45,18 @@ func (t *TCPProxy) Throttle(kbps int) error {
 	return t.add(fmt.Sprintf(`{"name":"throttle","type":"bandwidth","stream":"downstream","toxicity":1,"attributes":{"rate":%d}}`, kbps))
 }
 
+// Shape adds latencyMs of latency in each direction and limits each
+// connection to mbit Mbit/s from the registry: a CDN-backed registry seen
+// over a WAN.
+func (t *TCPProxy) Shape(latencyMs, mbit int) error {
+	for _, dir := range []string{"upstream", "downstream"} {
+		if err := t.add(fmt.Sprintf(`{"name":"latency-%s","type":"latency","stream":%q,"toxicity":1,"attributes":{"latency":%d}}`, dir, dir, latencyMs)); err != nil {
+			return err
+		}
+	}
+	return t.add(fmt.Sprintf(`{"name":"bandwidth","type":"bandwidth","stream":"downstream","toxicity":1,"attributes":{"rate":%d}}`, mbit*1000/8))
+}
+
 // Stall stops forwarding anything from the registry, keeping every
 // connection open: a pull in progress hangs mid-blob.
 func (t *TCPProxy) Stall() error {

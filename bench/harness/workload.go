@@ -1,0 +1,144 @@
+package main
+
+import (
+	"archive/tar"
+	"compress/gzip"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// workload is a set of images like the real ones, scaled down: one shared
+// base layer and a unique layer per image, random (incompressible) bytes.
+// The layers are generated once and cached as .tar.gz outside the checkout.
+type workload struct {
+	dir        string
+	baseSize   int64
+	uniqueSize int64
+	count      int
+}
+
+func (w workload) spec() string {
+	return fmt.Sprintf("base%dM-unique%dM-x%d", w.baseSize>>20, w.uniqueSize>>20, w.count)
+}
+
+// layers returns the cached base and unique layers, generating what is
+// missing.
+func (w workload) layers() (v1.Layer, []v1.Layer, error) {
+	dir := filepath.Join(w.dir, fmt.Sprintf("base%dM-unique%dM", w.baseSize>>20, w.uniqueSize>>20))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, nil, err
+	}
+	base, err := cachedLayer(filepath.Join(dir, "base.tar.gz"), w.baseSize)
+	if err != nil {
+		return nil, nil, err
+	}
+	uniq := make([]v1.Layer, w.count)
+	errs := make([]error, w.count)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.NumCPU())
+	for i := range w.count {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			uniq[i], errs[i] = cachedLayer(filepath.Join(dir, fmt.Sprintf("unique-%03d.tar.gz", i)), w.uniqueSize)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	return base, uniq, nil
+}
+
+func cachedLayer(path string, size int64) (v1.Layer, error) {
+	if _, err := os.Stat(path); err != nil {
+		tmp := path + ".tmp"
+		f, err := os.Create(tmp)
+		if err != nil {
+			return nil, err
+		}
+		gz, _ := gzip.NewWriterLevel(f, gzip.BestSpeed)
+		tw := tar.NewWriter(gz)
+		if err := tw.WriteHeader(&tar.Header{Name: "payload.bin", Mode: 0o644, Size: size, Typeflag: tar.TypeReg}); err != nil {
+			return nil, err
+		}
+		if _, err := io.CopyN(tw, rand.Reader, size); err != nil {
+			return nil, err
+		}
+		if err := tw.Close(); err != nil {
+			return nil, err
+		}
+		if err := gz.Close(); err != nil {
+			return nil, err
+		}
+		if err := f.Close(); err != nil {
+			return nil, err
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return nil, err
+		}
+	}
+	return tarball.LayerFromFile(path)
+}
+
+// push writes the workload to <registry>/<ns>/workspace-template-<rt>:latest
+// for each runtime.
+func (w workload) push(ctx context.Context, registry, ns string, runtimes []string) error {
+	base, uniq, err := w.layers()
+	if err != nil {
+		return err
+	}
+	errs := make([]error, len(runtimes))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 4)
+	for i, rt := range runtimes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			cf, _ := empty.Image.ConfigFile()
+			cf = cf.DeepCopy()
+			cf.OS, cf.Architecture = "linux", runtime.GOARCH
+			cf.Config.Cmd = []string{"/bin/true"}
+			img, err := mutate.ConfigFile(empty.Image, cf)
+			if err == nil {
+				img, err = mutate.AppendLayers(img, base, uniq[i%len(uniq)])
+			}
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			ref, err := name.NewTag(registry+"/"+ns+"/workspace-template-"+rt+":latest", name.Insecure)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			errs[i] = remote.Write(ref, img, remote.WithContext(ctx))
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
