@@ -103,8 +103,20 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	cache := fs.String("cache", "/var/cache/pull-agent-bench", "where generated layers are kept between runs")
 	doc := fs.String("doc", "docs/BENCHMARKS.md", "markdown output")
 	jsonOut := fs.String("json", "docs/benchmarks.json", "JSON output")
+	rerender := fs.Bool("render", false, "only rewrite the markdown from the JSON of an earlier run")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *rerender {
+		data, err := os.ReadFile(*jsonOut)
+		if err != nil {
+			return err
+		}
+		var r Results
+		if err := json.Unmarshal(data, &r); err != nil {
+			return err
+		}
+		return os.WriteFile(*doc, []byte(render(r)), 0o644)
 	}
 	if *profile != "wan" && *profile != "lan" {
 		return fmt.Errorf("--profile %q: wan or lan", *profile)
@@ -396,6 +408,23 @@ func render(r Results) string {
 		b.WriteString(" (20 ms added latency each way and 200 Mbit/s per connection, by toxiproxy between dockerd and the registry)")
 	}
 	fmt.Fprintf(&b, ".\nReproduce: `%s`. Raw numbers: `docs/benchmarks.json`.\n\nWorkload: %s. Docker 20.10 (vfs), distribution 2.8, both real, from the test bed.\n\n", r.Command, r.Workload)
+	seqCold := median(r.Cold["sequential docker pull"])
+	agentCold, xargsCold := median(r.Cold["pull-agent pull"]), median(r.Cold["xargs -P 3 docker pull"])
+	st := r.Steady["pull-agent pull"]
+	mark := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "**missed**"
+	}
+	b.WriteString("## Targets\n\n| target | measured | |\n| --- | --- | --- |\n")
+	fmt.Fprintf(&b, "| cold warm-up ≤ 0.6 × the sequential loop | %.2f × | %s |\n", agentCold/seqCold, mark(agentCold/seqCold <= 0.6))
+	fmt.Fprintf(&b, "| cold warm-up within 5 %% of `xargs -P 3` | %+.1f %% | %s |\n", 100*(agentCold/xargsCold-1), mark(agentCold <= xargsCold*1.05))
+	fmt.Fprintf(&b, "| refresh: no blob bytes, ≤ 2 requests per image | %d blob GETs, %.2f requests/image | %s |\n", st.BlobGets, st.RequestsPerImage, mark(st.BlobGets == 0 && st.RequestsPerImage <= 2))
+	fmt.Fprintf(&b, "| refresh ≤ 0.2 × the sequential loop's wall time | %.2f × | %s |\n", st.Seconds/r.Steady["sequential docker pull"].Seconds, mark(st.Seconds <= 0.2*r.Steady["sequential docker pull"].Seconds))
+	fmt.Fprintf(&b, "| reaction p50 ≤ 300 ms | %.0f ms | %s |\n", r.Reaction.AgentP50, mark(r.Reaction.AgentP50 <= 300))
+	perMin := r.Idle.AgentCPU / r.Idle.Seconds * 60
+	fmt.Fprintf(&b, "| idle RSS ≤ 30 MB, CPU ≤ 0.1 s per minute | %.1f MiB, %.3f s/min | %s |\n\n", r.Idle.AgentRSSMiB, perMin, mark(r.Idle.AgentRSSMiB*1.048576 <= 30 && perMin <= 0.1))
 	b.WriteString("## Cold warm-up (empty daemon → nine images present)\n\nEach contender starts from an empty daemon; runs interleaved.\n\n| contender | median s | min–max s | × sequential loop |\n| --- | ---: | ---: | ---: |\n")
 	seq := median(r.Cold["sequential docker pull"])
 	for _, name := range []string{"pull-agent pull", "sequential docker pull", "xargs -P 3 docker pull", "pull-agent run (cold start)"} {
