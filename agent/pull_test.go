@@ -240,14 +240,7 @@ func TestPullConcurrencyIsBoundedAndFailuresIsolated(t *testing.T) {
 				return good(ctx, ref)
 			}
 			e.pull = func(ctx context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
-				cur := inFlight.Add(1)
-				defer inFlight.Add(-1)
-				for {
-					p := peak.Load()
-					if cur <= p || peak.CompareAndSwap(p, cur) {
-						break
-					}
-				}
+				defer enter(&inFlight, &peak)()
 				mu.Lock()
 				order = append(order, ref)
 				pulled[ref] = true
@@ -379,14 +372,7 @@ func TestRefreshesOfHeldImagesGetAWiderPool(t *testing.T) {
 	release := make(chan struct{})
 	e := goodEngine() // the daemon holds every image: all refreshes
 	e.pull = func(ctx context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
-		cur := inFlight.Add(1)
-		defer inFlight.Add(-1)
-		for {
-			p := peak.Load()
-			if cur <= p || peak.CompareAndSwap(p, cur) {
-				break
-			}
-		}
+		defer enter(&inFlight, &peak)()
 		<-release
 		return okStream(digestOf(ref)), nil
 	}
@@ -409,4 +395,17 @@ func TestRefreshesOfHeldImagesGetAWiderPool(t *testing.T) {
 	if got := peak.Load(); got != want {
 		t.Fatalf("peak %d refreshes at once, want %d (concurrency 2 × %d)", got, want, RefreshConcurrencyFactor)
 	}
+}
+
+// enter counts a call in flight and records the peak; call the result on
+// the way out.
+func enter(inFlight, peak *atomic.Int32) (leave func()) {
+	cur := inFlight.Add(1)
+	for {
+		p := peak.Load()
+		if cur <= p || peak.CompareAndSwap(p, cur) {
+			break
+		}
+	}
+	return func() { inFlight.Add(-1) }
 }

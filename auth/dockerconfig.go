@@ -116,13 +116,21 @@ func runHelper(ctx context.Context, helper, server string, timeout time.Duration
 	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	prog := func(args ...string) client.Program { return &helperProgram{ctx: hctx, bin: bin, args: args} }
+	c, err := helperGet(prog, bin, server)
+	if err != nil && hctx.Err() != nil && ctx.Err() == nil {
+		return Credentials{}, fmt.Errorf("credential helper %s did not answer within %s; it was killed", bin, timeout)
+	}
+	return c, err
+}
+
+// helperGet runs 'get' through the credential-helper protocol and turns
+// the helper's answer into Credentials. bin names the helper in errors.
+func helperGet(prog client.ProgramFunc, bin, server string) (Credentials, error) {
 	c, err := client.Get(prog, server)
 	switch {
 	case err == nil:
 	case credentials.IsErrCredentialsNotFound(err):
 		return Credentials{}, ErrNoCredentials
-	case hctx.Err() != nil && ctx.Err() == nil:
-		return Credentials{}, fmt.Errorf("credential helper %s did not answer within %s; it was killed", bin, timeout)
 	case !strings.HasPrefix(err.Error(), "error getting credentials"):
 		// The helper exited 0 but its output did not decode; the output
 		// is not repeated here, it may hold a secret.

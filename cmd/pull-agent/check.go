@@ -31,14 +31,8 @@ func runCheck(ctx context.Context, args []string, getenv func(string) string, st
 	prefixFlag := fs.String("prefix", "", "prefix to check (default: the configured one)")
 	compare := fs.String("compare", "", "a second prefix to compare digests with (a mirror)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return &exitError{code: 0}
-		}
-		return &exitError{code: checkUsage, err: err}
-	}
-	if fs.NArg() > 0 {
-		return &exitError{code: checkUsage, err: fmt.Errorf("check: unexpected argument %q", fs.Arg(0))}
+	if err := parseFlagsCode(fs, args, checkUsage); err != nil {
+		return err
 	}
 	env, err := c.prepare(fs, getenv, stderr)
 	if err != nil {

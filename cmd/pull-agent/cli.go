@@ -112,14 +112,20 @@ func (c *common) register(fs *flag.FlagSet) {
 }
 
 func parseFlags(fs *flag.FlagSet, args []string) error {
+	return parseFlagsCode(fs, args, exitUsage)
+}
+
+// parseFlagsCode parses args; a bad flag or a stray argument exits with
+// code (commands used in shell ifs reserve 2 for other meanings).
+func parseFlagsCode(fs *flag.FlagSet, args []string, code int) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return &exitError{code: 0}
 		}
-		return usageErr(err)
+		return &exitError{code: code, err: err}
 	}
 	if fs.NArg() > 0 {
-		return usageErr(fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0)))
+		return &exitError{code: code, err: fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
 	}
 	return nil
 }

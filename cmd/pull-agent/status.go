@@ -59,14 +59,8 @@ func runStatus(ctx context.Context, args []string, getenv func(string) string, s
 	quiet := fs.Bool("quiet", false, "print nothing; exit code only")
 	wait := fs.Bool("wait", false, "block until every image is warm")
 	timeout := fs.Duration("timeout", 30*time.Minute, "with --wait: give up after this long (exit 1)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return &exitError{code: 0}
-		}
-		return &exitError{code: statusUsage, err: err}
-	}
-	if fs.NArg() > 0 {
-		return &exitError{code: statusUsage, err: fmt.Errorf("status: unexpected argument %q", fs.Arg(0))}
+	if err := parseFlagsCode(fs, args, statusUsage); err != nil {
+		return err
 	}
 	if *asJSON && *quiet {
 		return &exitError{code: statusUsage, err: errors.New("status: --json and --quiet exclude each other")}

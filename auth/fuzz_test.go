@@ -1,0 +1,76 @@
+package auth
+
+import (
+	"errors"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/docker/docker-credential-helpers/client"
+)
+
+// cannedHelper is a helper program that answers with fixed output.
+type cannedHelper struct {
+	out  []byte
+	fail bool
+}
+
+func (c *cannedHelper) Input(io.Reader) {}
+func (c *cannedHelper) Output() ([]byte, error) {
+	if c.fail {
+		return c.out, &exec.ExitError{}
+	}
+	return c.out, nil
+}
+
+// FuzzHelperOutput feeds arbitrary helper output to the parser: it never
+// panics, never echoes undecodable output, and a decoded answer is kept.
+func FuzzHelperOutput(f *testing.F) {
+	f.Add([]byte(`{"ServerURL":"h","Username":"u","Secret":"s"}`), false)
+	f.Add([]byte(`{"Username":"<token>","Secret":"t"}`), false)
+	f.Add([]byte("credentials not found in native keychain"), true)
+	f.Add([]byte("<<<garbage>>>"), false)
+	f.Add([]byte(""), false)
+	f.Fuzz(func(t *testing.T, out []byte, fail bool) {
+		prog := func(...string) client.Program { return &cannedHelper{out: out, fail: fail} }
+		c, err := helperGet(prog, "docker-credential-fuzz", "h.test")
+		if err != nil {
+			if !errors.Is(err, ErrNoCredentials) && !strings.Contains(err.Error(), "docker-credential-fuzz") {
+				t.Fatalf("error does not name the helper: %v", err)
+			}
+			if !fail && len(out) > 8 && strings.Contains(err.Error(), string(out)) {
+				t.Fatalf("undecodable output echoed: %v", err)
+			}
+			return
+		}
+		if fail {
+			t.Fatalf("a failing helper yielded credentials %+v", c)
+		}
+	})
+}
+
+// FuzzParseDockerConfig: any config.json either parses with valid helper
+// names or is refused naming the file; never a panic.
+func FuzzParseDockerConfig(f *testing.F) {
+	for _, s := range []string{`{}`, `{"auths":{"a":{"auth":"dTpw"}}}`, `{"credHelpers":{"h":"ecr-login"}}`, `{"credsStore":"a b"}`, `{"auths":`, `[]`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cf, err := ParseDockerConfig("config.json", strings.NewReader(string(data)))
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "config.json") {
+				t.Fatalf("error does not name the file: %v", err)
+			}
+			return
+		}
+		for _, h := range cf.CredentialHelpers {
+			if ValidHelperName(h) != nil {
+				t.Fatalf("accepted helper %q", h)
+			}
+		}
+		if cf.CredentialsStore != "" && ValidHelperName(cf.CredentialsStore) != nil {
+			t.Fatalf("accepted credsStore %q", cf.CredentialsStore)
+		}
+	})
+}
