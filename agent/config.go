@@ -265,9 +265,16 @@ func ParsePrefix(s string) (string, error) {
 			return "", fmt.Errorf("path segment %q contains ':' (a tag?); the prefix cannot carry a tag, images always use :latest or a pin", seg)
 		}
 	}
-	if len(segs) == 1 && strings.Contains(p, ":") {
+	if len(segs) == 1 && strings.Contains(p, ":") && !strings.HasPrefix(p, "[") {
 		if _, port, _ := strings.Cut(p, ":"); strings.Trim(port, "0123456789") != "" {
 			return "", fmt.Errorf("%q is neither a host:port nor a path: a prefix cannot carry a tag", p)
+		}
+	}
+	if i := strings.LastIndex(segs[0], ":"); i >= 0 && !strings.HasSuffix(segs[0], "]") {
+		if port := segs[0][i+1:]; port != "" && strings.Trim(port, "0123456789") == "" {
+			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+				return "", fmt.Errorf("port %s of registry host %q is out of range (1-65535)", port, segs[0])
+			}
 		}
 	}
 	// The prefix is valid when every image name built from it is.

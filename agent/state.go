@@ -9,6 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
 )
 
@@ -250,4 +253,26 @@ func imageDoc(i ImageStatus) ImageDoc {
 		d.NextAttempt = tp(i.NextAttempt)
 	}
 	return d
+}
+
+// LockStateDir takes an exclusive lock on dir/lock for the life of the
+// process, so that two agents never share a state directory. It fails,
+// naming the holder, when another process has it.
+func LockStateDir(dir string) (release func(), err error) {
+	path := filepath.Join(dir, "lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("locking the state directory: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := io.ReadAll(io.LimitReader(f, 32))
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another pull-agent (pid %s) is running with the state directory %s; stop it first, or give this one its own --state-dir", strings.TrimSpace(string(holder)), dir)
+		}
+		return nil, fmt.Errorf("locking the state directory: %w", err)
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return func() { f.Close() }, nil
 }

@@ -58,6 +58,11 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	if err := os.MkdirAll(c.stateDir, 0o755); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
+	unlock, err := agent.LockStateDir(c.stateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	o.EnvFile = c.envFile
 	o.StateFile = filepath.Join(c.stateDir, agent.StateFileName)
 	o.PulledFile = filepath.Join(c.stateDir, "pulled.json")

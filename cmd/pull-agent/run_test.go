@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -235,4 +236,32 @@ func TestRunSIGTERMDuringPullExitsZero(t *testing.T) {
 		t.Errorf("exit took %s, want under 10 s", took)
 	}
 	t.Logf("exited 0 %s after SIGTERM mid-pull", took.Round(time.Millisecond))
+}
+
+func TestASecondAgentOnTheSameStateDirRefuses(t *testing.T) {
+	b := bed.Get(t)
+	envFile := writeFile(t, agent.KeyRegistry+"="+b.Registry("main").Prefix("lock")+"\n"+agent.KeyRuntimes+"=codex\n")
+	first := startProcess(t, []string{"DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile)
+	n := 0
+	for {
+		if _, err := os.Stat(filepath.Join(first.dir, "status.sock")); err == nil {
+			break
+		}
+		if n++; n > 200 {
+			t.Fatal("the first agent never came up")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	second := startProcess(t, []string{"DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile, "--state-dir", filepath.Join(first.dir, "state"))
+	select {
+	case err := <-second.exited:
+		if err == nil || !strings.Contains(second.stderr.String(), "another pull-agent (pid "+strconv.Itoa(first.cmd.Process.Pid)+") is running with the state directory") {
+			t.Fatalf("second agent: %v\n%s", err, second.stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second agent did not refuse")
+	}
+	if _, err := first.terminate(t); err != nil {
+		t.Fatalf("the first agent: %v", err)
+	}
 }

@@ -1,0 +1,101 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/distribution/reference"
+)
+
+// Hostile and odd prefixes: each is accepted exactly as the reference
+// grammar allows, or refused with a message of its own; whatever is
+// accepted builds references that parse back to the same name.
+func TestHostilePrefixes(t *testing.T) {
+	tests := []struct {
+		in   string
+		ok   bool
+		want string // in the error
+	}{
+		{"ghcr.io/molecule-ai", true, ""},
+		{"https://ghcr.io/molecule-ai", false, "no URL scheme"},
+		{"http://127.0.0.1:5000/x", false, "no URL scheme"},
+		{"ftp://x/y", false, "no URL scheme"},
+		{"user:pass@ghcr.io/molecule-ai", false, "contains a digest ('@')"},
+		{"ghcr.io:99999/x", false, "out of range"},
+		{"ghcr.io:0/x", false, "out of range"},
+		{"ghcr.io:65535/x", true, ""},
+		{"ghcr.io:/x", false, "does not form a valid image name"},
+		{"ghcr.io:-1/x", false, "does not form a valid image name"},
+		{"[::1]:5000/x", true, ""},
+		{"[::1]/x", true, ""},
+		{"[fe80::1%eth0]:5000/x", false, "does not form a valid image name"},
+		{"ɡhcr.io/molecule-ai", false, "does not form a valid image name"}, // U+0261 look-alike
+		{"ghcr.io/molecule‐ai", false, "does not form a valid image name"}, // U+2010 hyphen
+		{"ghcr.io/mоlecule", false, "does not form a valid image name"},    // Cyrillic o
+		{"ghcr.io/../etc", false, "does not form a valid image name"},
+		{"ghcr.io/./x", false, "does not form a valid image name"},
+		{"ghcr.io/x/..", false, "does not form a valid image name"},
+		{"ghcr.io/" + strings.Repeat("a", 256), false, "does not form a valid image name"},
+		{"ghcr.io/" + strings.Repeat("a/", 130), false, "does not form a valid image name"},
+		{strings.Repeat("a", 300), false, "does not form a valid image name"},
+		{"ghcr.io./x", false, "does not form a valid image name"},
+		{"ghcr.io/x.", false, "does not form a valid image name"},
+		{"GHCR.IO/x", false, "upper-case"},
+		{"ghcr.io/X", false, "upper-case"},
+		{" ghcr.io/x", false, "white space"},
+		{"ghcr.io/x ", false, "white space"},
+		{"ghcr.io/\tx", false, "white space"},
+		{"ghcr.io/x\n", false, "white space"},
+		{"ghcr.io/x\x00", false, "does not form a valid image name"},
+		{"ghcr.io/x\x1b[31m", false, "does not form a valid image name"},
+		{"ghcr.io/x;rm -rf /", false, "white space"},
+		{"ghcr.io/x;id", false, "does not form a valid image name"},
+		{"ghcr.io/$(id)", false, "does not form a valid image name"},
+		{"ghcr.io/`id`", false, "does not form a valid image name"},
+		{"ghcr.io/x|y", false, "does not form a valid image name"},
+		{"ghcr.io/x&&y", false, "does not form a valid image name"},
+		{"ghcr.io/x*", false, "does not form a valid image name"},
+		{"ghcr.io/x?y=1", false, "does not form a valid image name"},
+		{"ghcr.io/x#frag", false, "does not form a valid image name"},
+		{"ghcr.io/x:latest", false, "cannot carry a tag"},
+		{"ghcr.io/x@sha256:" + strings.Repeat("0", 64), false, "contains a digest"},
+		{"ghcr.io//x", false, "empty path segment"},
+		{"/ghcr.io/x", false, "empty path segment"},
+		{"ghcr.io/x///", true, ""},
+		{"localhost/x", true, ""},
+		{"localhost:5000", true, ""},
+		{"a_b/c", true, ""},
+		{"ghcr.io/a__b", true, ""},
+		{"ghcr.io/a___b", false, "does not form a valid image name"},
+		{"ghcr.io/-x", false, "does not form a valid image name"},
+		{"ghcr.io/x-", false, "does not form a valid image name"},
+		{"123456789012.dkr.ecr.us-east-2.amazonaws.com/molecule-ai", true, ""},
+	}
+	if len(tests) < 40 {
+		t.Fatalf("only %d cases", len(tests))
+	}
+	for _, tt := range tests {
+		p, err := ParsePrefix(tt.in)
+		if (err == nil) != tt.ok {
+			t.Errorf("ParsePrefix(%q) = %q, %v; want ok=%v", tt.in, p, err, tt.ok)
+			continue
+		}
+		if err != nil {
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("ParsePrefix(%q): %v; want %q", tt.in, err, tt.want)
+			}
+			continue
+		}
+		// What is accepted reaches the daemon as exactly what was validated.
+		cfg := Config{Prefix: p, Runtimes: []string{"codex"}}
+		imgs, err := cfg.Images()
+		if err != nil {
+			t.Errorf("%q accepted but %v", tt.in, err)
+			continue
+		}
+		back, err := reference.ParseNormalizedNamed(imgs[0].Ref)
+		if err != nil || reference.FamiliarString(back) != strings.TrimPrefix(imgs[0].Ref, "docker.io/") {
+			t.Errorf("%q: reference %q does not round-trip (%v, %v)", tt.in, imgs[0].Ref, back, err)
+		}
+	}
+}
