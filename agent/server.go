@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 )
 
@@ -52,6 +53,10 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener, log *slog.Logger) {
 		_ = enc.Encode(a.Document())
 	})
 	mux.Handle("GET /metrics", a.metrics.Handler())
+	mux.HandleFunc("GET /debug/counts", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(ProcessCounts())
+	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
@@ -62,4 +67,21 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener, log *slog.Logger) {
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Error("status server stopped", "error", err.Error())
 	}
+}
+
+// Counts are the process's goroutines and open file descriptors, for leak
+// checks (GET /debug/counts on the status socket).
+type Counts struct {
+	Goroutines int `json:"goroutines"`
+	FDs        int `json:"fds"`
+}
+
+// ProcessCounts reads the current counts (file descriptors from
+// /proc/self/fd; -1 where that cannot be read).
+func ProcessCounts() Counts {
+	c := Counts{Goroutines: runtime.NumGoroutine(), FDs: -1}
+	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
+		c.FDs = len(ents)
+	}
+	return c
 }
