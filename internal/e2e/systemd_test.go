@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,7 +37,51 @@ type container struct {
 	cmd    *exec.Cmd
 	exited chan error
 	leader int // PID of the container's systemd, as seen from here
-	log    *bytes.Buffer
+	log    *lockedBuffer
+}
+
+// lockedBuffer collects systemd-nspawn's output, written by exec's copying
+// goroutines and read by the test.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// findInit returns the PID of the container's systemd: the first process
+// named systemd among the descendants of pid (nspawn forks helpers first).
+func findInit(pid int) int {
+	queue := []int{pid}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		if p != pid {
+			if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p)); strings.TrimSpace(string(comm)) == "systemd" {
+				return p
+			}
+		}
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
+		for _, tk := range tasks {
+			data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", p, tk.Name()))
+			for _, f := range strings.Fields(string(data)) {
+				if c, err := strconv.Atoi(f); err == nil {
+					queue = append(queue, c)
+				}
+			}
+		}
+	}
+	return 0
 }
 
 // exec runs a command inside the container (all its namespaces).
@@ -61,7 +106,7 @@ func (c *container) must(t *testing.T, timeout time.Duration, args ...string) st
 
 func boot(t *testing.T, rootfs, stage, dockerSock string) *container {
 	t.Helper()
-	c := &container{exited: make(chan error, 1), log: &bytes.Buffer{}}
+	c := &container{exited: make(chan error, 1), log: &lockedBuffer{}}
 	c.cmd = exec.Command("systemd-nspawn", "--quiet", "-D", rootfs, "--ephemeral", "--boot", "--register=no", "--keep-unit",
 		"--console=pipe", "--bind-ro="+stage+":/opt/pa", "--bind="+dockerSock+":/run/docker.sock")
 	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
@@ -71,18 +116,17 @@ func boot(t *testing.T, rootfs, stage, dockerSock string) *container {
 	}
 	go func() { c.exited <- c.cmd.Wait() }()
 	t.Cleanup(func() { c.poweroff(t) })
-	deadline := time.Now().Add(60 * time.Second)
-	for c.leader == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the container's init never appeared:\n%s", c.log)
-		}
-		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", c.cmd.Process.Pid, c.cmd.Process.Pid))
-		if f := strings.Fields(string(data)); len(f) > 0 {
-			c.leader, _ = strconv.Atoi(f[0])
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	deadline := time.Now().Add(90 * time.Second)
 	for {
+		// Look for init again each round: the first process seen may be
+		// one of nspawn's short-lived helpers.
+		if c.leader = findInit(c.cmd.Process.Pid); c.leader == 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("the container's init never appeared:\n%s", c.log)
+			}
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
 		out, _ := c.exec(t, 10*time.Second, "systemctl", "is-system-running")
 		s := strings.TrimSpace(out)
 		if s == "running" || s == "degraded" {
