@@ -22,27 +22,9 @@ import (
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
-// syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 type running struct {
 	a       *agent.Agent
-	logs    *syncBuffer
+	logs    *testbed.Buffer
 	envFile string
 	stop    func() error
 }
@@ -63,7 +45,7 @@ func fastOptions() agent.Options {
 // startAgent runs an agent on envFile against dockerHost until the test ends.
 func startAgent(t *testing.T, dockerHost, envFile string, env map[string]string, mod func(*agent.Options)) *running {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testbed.Buffer{}
 	o := fastOptions()
 	o.EnvFile = envFile
 	if env == nil {

@@ -88,7 +88,7 @@ func TestAuthBasicViaConfigJSONAuths(t *testing.T) {
 	t.Cleanup(func() { reg.Stop() })
 	seed, err := f.bed.Seed(ctxT(t), reg, "p", []string{"codex"}, testbed.SeedOptions{Username: "puller", Password: "basic-s3cret"})
 	must(t, err)
-	logs := &syncBuffer{}
+	logs := &testbed.Buffer{}
 	secrets := []string{"basic-s3cret", "wrong-s3cret", base64.StdEncoding.EncodeToString([]byte("puller:basic-s3cret"))}
 
 	ok := pullOne(t, f.engine, reg.Prefix("p"), []string{"codex"}, auth.Options{DockerConfigDir: dockerConfig(t, map[string]any{"auths": map[string]any{reg.Addr: basic("puller", "basic-s3cret")}})}, logs)
@@ -121,7 +121,7 @@ func TestAuthCredentialHelpersAgainstARegistry(t *testing.T) {
 	t.Cleanup(func() { reg.Stop() })
 	_, err = f.bed.Seed(ctxT(t), reg, "h", []string{"codex", "hermes"}, testbed.SeedOptions{Username: "helped", Password: "helper-s3cret"})
 	must(t, err)
-	logs := &syncBuffer{}
+	logs := &testbed.Buffer{}
 
 	for _, tc := range []struct {
 		name string
@@ -171,7 +171,7 @@ func TestAuthTokenFlowLikeGHCR(t *testing.T) {
 	reg, err := f.bed.StartRegistry(ctxT(t), "tok", testbed.RegistryOptions{Token: ts.Auth(), Root: plain.Root})
 	must(t, err)
 	t.Cleanup(func() { reg.Stop() })
-	logs := &syncBuffer{}
+	logs := &testbed.Buffer{}
 	cfgFor := func(user, pass string) string {
 		return dockerConfig(t, map[string]any{"auths": map[string]any{reg.Addr: basic(user, pass)}})
 	}
@@ -263,7 +263,7 @@ func TestAuthECREndToEnd(t *testing.T) {
 	must(t, err)
 	_, port, _ := strings.Cut(reg.Addr, ":")
 	prefix := ecrHost + ":" + port + "/molecule-ai"
-	logs := &syncBuffer{}
+	logs := &testbed.Buffer{}
 	auth.RouteECRLogs(slog.New(slog.NewTextHandler(logs, nil)))
 	opts := auth.Options{ECRCacheDir: t.TempDir(), GHCRUser: "gh-bot", GHCRToken: "gh-s3cret"}
 
@@ -318,7 +318,7 @@ func TestAuthGHCRUnderItsRealName(t *testing.T) {
 	must(t, err)
 	engine, err := agent.NewDockerEngine(own.DockerHost)
 	must(t, err)
-	logs := &syncBuffer{}
+	logs := &testbed.Buffer{}
 	rs := pullOne(t, engine, "ghcr.io/molecule-ai", []string{"codex"}, auth.Options{GHCRUser: "gh-bot", GHCRToken: "gh-token-s3cret"}, logs)
 	if rs[0].Err != nil || rs[0].Digest != seed["codex"].Digest || rs[0].Source != auth.SourceGHCREnv {
 		t.Fatalf("ghcr.io with GHCR_USER/GHCR_TOKEN: %+v", rs[0])

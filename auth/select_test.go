@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
@@ -218,9 +217,8 @@ func TestECRTokensCachedRefreshedAndExpired(t *testing.T) {
 	}
 	defer api.Close()
 	awsEnv(t, api.URL)
-	var logs bytes.Buffer
-	var mu sync.Mutex
-	log := slog.New(slog.NewTextHandler(&lockedBuf{b: &logs, mu: &mu}, nil))
+	logs := &testbed.Buffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
 	RouteECRLogs(log)
 	s, _ := NewSelector(Options{ECRCacheDir: t.TempDir(), Logger: log})
 	ctx := context.Background()
@@ -248,9 +246,7 @@ func TestECRTokensCachedRefreshedAndExpired(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "expired at") {
 		t.Fatalf("an expired cached token was offered: %v", err)
 	}
-	mu.Lock()
 	out := logs.String()
-	mu.Unlock()
 	if !strings.Contains(out, "ServerException") {
 		t.Errorf("the ECR API's failure is not in the log:\n%s", out)
 	}
@@ -275,15 +271,4 @@ func TestECRAPIFailureIsAnAuthErrorWithCause(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "ThrottlingException") {
 		t.Fatalf("got %v", err)
 	}
-}
-
-type lockedBuf struct {
-	b  *bytes.Buffer
-	mu *sync.Mutex
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
 }

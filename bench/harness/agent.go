@@ -3,10 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -95,59 +92,6 @@ func rss(pid int) int64 {
 	return 0
 }
 
-type notifySock struct {
-	path string
-	conn *net.UnixConn
-	mu   sync.Mutex
-	msgs []string
-}
-
-func listenNotify(path string) (*notifySock, error) {
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		return nil, err
-	}
-	n := &notifySock{path: path, conn: c}
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, err := c.Read(buf)
-			if err != nil {
-				return
-			}
-			n.mu.Lock()
-			n.msgs = append(n.msgs, strings.Split(strings.TrimSpace(string(buf[:k])), "\n")...)
-			n.mu.Unlock()
-		}
-	}()
-	return n, nil
-}
-
-func (n *notifySock) Close() error { return n.conn.Close() }
-
-func (n *notifySock) reset() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.msgs = nil
-}
-
-func (n *notifySock) wait(ctx context.Context, msg string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		n.mu.Lock()
-		found := slices.Contains(n.msgs, msg)
-		n.mu.Unlock()
-		if found {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return errors.New("timed out waiting for " + msg)
-}
-
 // reactionAndIdle runs the agent against two seeded registries: the
 // reaction time over flips between them, then its footprint at rest.
 func (e *env) reactionAndIdle(ctx context.Context, flips int, idle time.Duration) (Reaction, Idle, error) {
@@ -177,14 +121,14 @@ func (e *env) reactionAndIdle(ctx context.Context, flips int, idle time.Duration
 	if err := writeEnv(regs["a"].Prefix("molecule-ai")); err != nil {
 		return Reaction{}, Idle{}, err
 	}
-	notify, err := listenNotify(filepath.Join(e.dir, "notify.sock"))
+	notify, err := testbed.ListenNotify(filepath.Join(e.dir, "notify.sock"))
 	if err != nil {
 		return Reaction{}, Idle{}, err
 	}
 	defer notify.Close()
 	cmd := exec.CommandContext(ctx, e.bin, "run", "--env-file", envFile, "--log-level", "warn",
 		"--state-dir", filepath.Join(dir, "state"), "--status-socket", filepath.Join(dir, "status.sock"))
-	cmd.Env = append(os.Environ(), "DOCKER_HOST="+e.bed.DockerHost, "NOTIFY_SOCKET="+notify.path)
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+e.bed.DockerHost, "NOTIFY_SOCKET="+notify.Path)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return Reaction{}, Idle{}, err
@@ -193,8 +137,11 @@ func (e *env) reactionAndIdle(ctx context.Context, flips int, idle time.Duration
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
 	}()
-	warm := func(prefix string) string { return "STATUS=9/9 images warm from " + prefix }
-	if err := notify.wait(ctx, warm(regs["a"].Prefix("molecule-ai")), 2*time.Minute); err != nil {
+	waitWarm := func(prefix string, d time.Duration) error {
+		want := "STATUS=9/9 images warm from " + prefix
+		return notify.Wait(ctx, want, d, func(m string) bool { return m == want })
+	}
+	if err := waitWarm(regs["a"].Prefix("molecule-ai"), 2*time.Minute); err != nil {
 		return Reaction{}, Idle{}, err
 	}
 	engine, err := agent.NewDockerEngine(e.bed.DockerHost)
@@ -204,12 +151,12 @@ func (e *env) reactionAndIdle(ctx context.Context, flips int, idle time.Duration
 	var agentLat, directLat []time.Duration
 	for i := range flips {
 		r := regs[[]string{"b", "a"}[i%2]]
-		notify.reset()
+		notify.Reset()
 		t0 := time.Now()
 		if err := writeEnv(r.Prefix("molecule-ai")); err != nil {
 			return Reaction{}, Idle{}, err
 		}
-		if err := notify.wait(ctx, warm(r.Prefix("molecule-ai")), time.Minute); err != nil {
+		if err := waitWarm(r.Prefix("molecule-ai"), time.Minute); err != nil {
 			return Reaction{}, Idle{}, err
 		}
 		first, err := firstManifestRequest(r.LogPath, t0)

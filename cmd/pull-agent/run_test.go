@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,78 +15,35 @@ import (
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
-// notifyListener is a NOTIFY_SOCKET: it collects every sd_notify datagram.
-type notifyListener struct {
-	path string
-	conn *net.UnixConn
-	mu   sync.Mutex
-	msgs []string
-}
-
-func listenNotify(t *testing.T) *notifyListener {
+// listenNotify opens a NOTIFY_SOCKET for the test.
+func listenNotify(t *testing.T) *testbed.NotifySocket {
 	t.Helper()
-	// Short path: unix socket paths are limited to 108 bytes.
-	dir, err := os.MkdirTemp("/tmp", "pa-notify-")
+	dir, err := os.MkdirTemp("/tmp", "pa-notify-") // short: socket paths are limited
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	n := &notifyListener{path: filepath.Join(dir, "notify.sock")}
-	n.conn, err = net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
+	n, err := testbed.ListenNotify(filepath.Join(dir, "notify.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { n.conn.Close() })
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, err := n.conn.Read(buf)
-			if err != nil {
-				return
-			}
-			n.mu.Lock()
-			n.msgs = append(n.msgs, strings.Split(strings.TrimSpace(string(buf[:k])), "\n")...)
-			n.mu.Unlock()
-		}
-	}()
+	t.Cleanup(func() { n.Close() })
 	return n
 }
 
-func (n *notifyListener) all() []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return append([]string(nil), n.msgs...)
-}
-
-func (n *notifyListener) count(prefix string) int {
-	c := 0
-	for _, m := range n.all() {
-		if strings.HasPrefix(m, prefix) {
-			c++
-		}
-	}
-	return c
-}
-
-func (n *notifyListener) wait(t *testing.T, what string, timeout time.Duration, cond func(msg string) bool) {
+// waitNotify fails the test unless a message satisfying cond arrives.
+func waitNotify(t *testing.T, n *testbed.NotifySocket, what string, timeout time.Duration, cond func(string) bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		for _, m := range n.all() {
-			if cond(m) {
-				return
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := n.Wait(context.Background(), what, timeout, cond); err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no sd_notify message %s within %s; got %q", what, timeout, n.all())
 }
 
 // agentProcess runs this test binary as 'pull-agent run' (see TestMain).
 type agentProcess struct {
 	dir    string // holds status.sock and state/
 	cmd    *exec.Cmd
-	stderr *bytes.Buffer
+	stderr *testbed.Buffer
 	exited chan error
 }
 
@@ -103,8 +57,8 @@ func startProcess(t *testing.T, env []string, args ...string) *agentProcess {
 	args = append([]string{"--status-socket", filepath.Join(dir, "status.sock"), "--state-dir", filepath.Join(dir, "state")}, args...)
 	cmd := exec.Command(os.Args[0], append([]string{"run"}, args...)...)
 	cmd.Env = append(os.Environ(), append([]string{"PULL_AGENT_TEST_MAIN=1"}, env...)...)
-	p := &agentProcess{cmd: cmd, stderr: &bytes.Buffer{}, exited: make(chan error, 1), dir: dir}
-	cmd.Stderr = &lockedWriter{w: p.stderr}
+	p := &agentProcess{cmd: cmd, stderr: &testbed.Buffer{}, exited: make(chan error, 1), dir: dir}
+	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -116,17 +70,6 @@ func startProcess(t *testing.T, env []string, args ...string) *agentProcess {
 		}
 	})
 	return p
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 // terminate sends SIGTERM and returns how long the process took to exit
@@ -159,15 +102,15 @@ func TestRunNotifiesSystemdAndRereadsOnSIGHUP(t *testing.T) {
 	}
 	envFile := writeFile(t, agent.KeyRegistry+"="+reg.Prefix("notify-a")+"\n"+agent.KeyRuntimes+"=codex,hermes\n")
 	n := listenNotify(t)
-	p := startProcess(t, []string{"NOTIFY_SOCKET=" + n.path, "WATCHDOG_USEC=400000", "DOCKER_HOST=" + b.DockerHost},
+	p := startProcess(t, []string{"NOTIFY_SOCKET=" + n.Path, "WATCHDOG_USEC=400000", "DOCKER_HOST=" + b.DockerHost},
 		"--env-file", envFile, "--debounce", "1m", "--log-format", "json")
 
-	n.wait(t, "READY=1", 15*time.Second, func(m string) bool { return m == "READY=1" })
-	n.wait(t, "STATUS= with every image warm from A", 30*time.Second, func(m string) bool {
+	waitNotify(t, n, "READY=1", 15*time.Second, func(m string) bool { return m == "READY=1" })
+	waitNotify(t, n, "STATUS= with every image warm from A", 30*time.Second, func(m string) bool {
 		return m == "STATUS=2/2 images warm from "+reg.Prefix("notify-a")
 	})
 	time.Sleep(time.Second)
-	if c := n.count("WATCHDOG=1"); c < 3 {
+	if c := n.Count("WATCHDOG=1"); c < 3 {
 		t.Errorf("%d WATCHDOG=1 in 1 s with WATCHDOG_USEC=0.4 s, want one every 0.2 s", c)
 	}
 
@@ -178,7 +121,7 @@ func TestRunNotifiesSystemdAndRereadsOnSIGHUP(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	n.wait(t, "STATUS= with every image warm from B after SIGHUP", 15*time.Second, func(m string) bool {
+	waitNotify(t, n, "STATUS= with every image warm from B after SIGHUP", 15*time.Second, func(m string) bool {
 		return m == "STATUS=2/2 images warm from "+reg.Prefix("notify-b")
 	})
 
@@ -186,7 +129,7 @@ func TestRunNotifiesSystemdAndRereadsOnSIGHUP(t *testing.T) {
 	if err != nil {
 		t.Fatalf("exit after SIGTERM: %v", err)
 	}
-	n.wait(t, "STOPPING=1", time.Second, func(m string) bool { return m == "STOPPING=1" })
+	waitNotify(t, n, "STOPPING=1", time.Second, func(m string) bool { return m == "STOPPING=1" })
 	t.Logf("exited %s after SIGTERM", took.Round(time.Millisecond))
 	if !strings.Contains(p.stderr.String(), `"msg":"configuration loaded"`) {
 		t.Errorf("--log-format json did not give JSON lines:\n%s", p.stderr.String())
@@ -225,8 +168,8 @@ func TestRunSIGTERMDuringPullExitsZero(t *testing.T) {
 	}
 	envFile := writeFile(t, agent.KeyRegistry+"="+px.Prefix("sigterm")+"\n"+agent.KeyRuntimes+"=codex\n")
 	n := listenNotify(t)
-	p := startProcess(t, []string{"NOTIFY_SOCKET=" + n.path, "DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile)
-	n.wait(t, "STATUS= with a pull in flight", 15*time.Second, func(m string) bool { return strings.Contains(m, "; pulling 1") })
+	p := startProcess(t, []string{"NOTIFY_SOCKET=" + n.Path, "DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile)
+	waitNotify(t, n, "STATUS= with a pull in flight", 15*time.Second, func(m string) bool { return strings.Contains(m, "; pulling 1") })
 	time.Sleep(500 * time.Millisecond) // bytes are flowing
 	took, err := p.terminate(t)
 	if err != nil {

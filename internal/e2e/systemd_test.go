@@ -4,7 +4,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -37,26 +35,7 @@ type container struct {
 	cmd    *exec.Cmd
 	exited chan error
 	leader int // PID of the container's systemd, as seen from here
-	log    *lockedBuffer
-}
-
-// lockedBuffer collects systemd-nspawn's output, written by exec's copying
-// goroutines and read by the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	log    *testbed.Buffer
 }
 
 // findInit returns the PID of the container's systemd: the first process
@@ -106,7 +85,7 @@ func (c *container) must(t *testing.T, timeout time.Duration, args ...string) st
 
 func boot(t *testing.T, rootfs, stage, dockerSock string) *container {
 	t.Helper()
-	c := &container{exited: make(chan error, 1), log: &lockedBuffer{}}
+	c := &container{exited: make(chan error, 1), log: &testbed.Buffer{}}
 	c.cmd = exec.Command("systemd-nspawn", "--quiet", "-D", rootfs, "--ephemeral", "--boot", "--register=no", "--keep-unit",
 		"--console=pipe", "--bind-ro="+stage+":/opt/pa", "--bind="+dockerSock+":/run/docker.sock")
 	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log

@@ -72,16 +72,25 @@ func NewFakeECRTLS(addr, apiHost, registryHost, password string, ttl time.Durati
 	return f, caPEM, nil
 }
 
-// selfSignedTLS makes a CA and a server certificate for host signed by it.
-func selfSignedTLS(host string) (tls.Certificate, []byte, error) {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+// newCA makes a self-signed CA certificate (DER) and its key.
+func newCA(cn string) (*ecdsa.PrivateKey, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return tls.Certificate{}, nil, err
+		return nil, nil, err
 	}
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "testbed CA"},
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, der, nil
+}
+
+// selfSignedTLS makes a CA and a server certificate for host signed by it.
+func selfSignedTLS(host string) (tls.Certificate, []byte, error) {
+	caKey, caDER, err := newCA("testbed CA")
 	if err != nil {
 		return tls.Certificate{}, nil, err
 	}
