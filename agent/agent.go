@@ -771,20 +771,30 @@ func (a *Agent) finished(d pullDone) {
 		st.due, st.NextAttempt = true, hs.until
 		log.Warn("registry rate-limited the pull; backing off this host", "host", host, "delay_s", time.Until(hs.until).Seconds(), "retry_after", fromHeader)
 	case ClassAuth, ClassNotFound, ClassDisk:
+		if errors.Is(r.Err, auth.ErrUnavailable) {
+			a.retryLocked(st, class, now, log)
+			return
+		}
 		st.Attempts++
 		st.due = false
 		log.Error("pull failed; next try at the next refresh, on a configuration change or on SIGHUP", "class", string(class), "error", st.LastError)
 	default: // network, server, stalled, verify, unknown
-		st.Attempts++
-		if st.Attempts > a.opts.Retry.Attempts {
-			st.due = false
-			log.Error("pull failed; retries exhausted until the next refresh", "class", string(class), "attempts", st.Attempts, "error", st.LastError)
-			return
-		}
-		delay := backoff(a.opts.Retry, st.Attempts)
-		st.due, st.NextAttempt = true, now.Add(delay)
-		log.Warn("pull failed; retry scheduled", "class", string(class), "attempt", st.Attempts, "delay_s", delay.Seconds(), "error", st.LastError)
+		a.retryLocked(st, class, now, log)
 	}
+}
+
+// retryLocked schedules a bounded retry with backoff of a failure that
+// should pass on its own.
+func (a *Agent) retryLocked(st *imageState, class ErrorClass, now time.Time, log *slog.Logger) {
+	st.Attempts++
+	if st.Attempts > a.opts.Retry.Attempts {
+		st.due = false
+		log.Error("pull failed; retries exhausted until the next refresh", "class", string(class), "attempts", st.Attempts, "error", st.LastError)
+		return
+	}
+	delay := backoff(a.opts.Retry, st.Attempts)
+	st.due, st.NextAttempt = true, now.Add(delay)
+	log.Warn("pull failed; retry scheduled", "class", string(class), "attempt", st.Attempts, "delay_s", delay.Seconds(), "error", st.LastError)
 }
 
 // maybePruneLocked starts removing the previous prefix's images once

@@ -67,6 +67,21 @@ const (
 	SourceAuths     Source = "config.json auths"
 )
 
+// ErrUnavailable marks a failure to get credentials that should pass on
+// its own: a credential helper that did not answer in time, the ECR API
+// unreachable, throttling or failing (5xx), or an ECR token that expired
+// because its renewal failed that way. The caller retries with backoff;
+// other Select errors need an operator (bad config.json, access denied).
+var ErrUnavailable = errors.New("credentials temporarily unavailable")
+
+// unavailable wraps err so that errors.Is(err, ErrUnavailable) holds and
+// its text is unchanged.
+type unavailable struct{ err error }
+
+func (u unavailable) Error() string   { return u.err.Error() }
+func (u unavailable) Unwrap() []error { return []error{u.err, ErrUnavailable} }
+func markUnavailable(err error) error { return unavailable{err} }
+
 // Selection is the outcome of choosing credentials for one host.
 type Selection struct {
 	Host        string

@@ -118,7 +118,7 @@ func runHelper(ctx context.Context, helper, server string, timeout time.Duration
 	prog := func(args ...string) client.Program { return &helperProgram{ctx: hctx, bin: bin, args: args} }
 	c, err := helperGet(prog, bin, server)
 	if err != nil && hctx.Err() != nil && ctx.Err() == nil {
-		return Credentials{}, fmt.Errorf("credential helper %s did not answer within %s; it was killed", bin, timeout)
+		return Credentials{}, markUnavailable(fmt.Errorf("credential helper %s did not answer within %s; it was killed", bin, timeout))
 	}
 	return c, err
 }

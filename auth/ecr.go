@@ -2,13 +2,17 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 	"github.com/awslabs/amazon-ecr-credential-helper/ecr-login/api"
 	"github.com/awslabs/amazon-ecr-credential-helper/ecr-login/cache"
 	ecrconfig "github.com/awslabs/amazon-ecr-credential-helper/ecr-login/config"
@@ -104,7 +108,11 @@ func (e *ecrProvider) fetch(ctx context.Context, host string) (ecrResult, error)
 	client := api.DefaultClientFactory{}.NewClientWithOptions(api.Options{Config: awsCfg, CacheDir: e.cacheDir})
 	a, err := client.GetCredentials(host)
 	if err != nil {
-		return ecrResult{}, fmt.Errorf("ecr-login could not get a token for %s: %w", host, err)
+		err = fmt.Errorf("ecr-login could not get a token for %s: %w", host, err)
+		if transientAWS(err) {
+			err = markUnavailable(err)
+		}
+		return ecrResult{}, err
 	}
 	res := ecrResult{creds: Credentials{Username: a.Username, Password: Secret(a.Password)}, chain: chain}
 	cc := cache.BuildCredentialsCache(awsCfg, e.cacheDir)
@@ -119,10 +127,33 @@ func (e *ecrProvider) fetch(ctx context.Context, host string) (ecrResult, error)
 		if !entry.ExpiresAt.After(e.now()) {
 			// The library fell back to its cached token because the
 			// refresh failed; the daemon would be refused with it.
-			return ecrResult{}, fmt.Errorf("the ECR token for %s expired at %s and fetching a new one failed (the ecr-login log line before this one has the cause)", host, entry.ExpiresAt.UTC().Format(time.RFC3339))
+			// Retried with backoff: a denial would have been returned
+			// as an error, not papered over with the cached token.
+			return ecrResult{}, markUnavailable(fmt.Errorf("the ECR token for %s expired at %s and fetching a new one failed (the ecr-login log line before this one has the cause)", host, entry.ExpiresAt.UTC().Format(time.RFC3339)))
 		}
 	}
 	return res, nil
+}
+
+// transientAWS reports whether err from the ECR API should pass on its
+// own: throttling, a 5xx answer, or no answer at all. Access denied,
+// unknown keys and other 4xx answers need an operator.
+func transientAWS(err error) bool {
+	var api smithy.APIError
+	if errors.As(err, &api) {
+		switch api.ErrorCode() {
+		case "ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded",
+			"ServerException", "InternalFailure", "ServiceUnavailable", "InternalServerError":
+			return true
+		}
+	}
+	var re *smithyhttp.ResponseError
+	if errors.As(err, &re) {
+		return re.HTTPStatusCode() >= 500 || re.HTTPStatusCode() == 429
+	}
+	var ne net.Error
+	var oe *net.OpError
+	return errors.As(err, &ne) || errors.As(err, &oe)
 }
 
 func describeAWSSource(src string) string {

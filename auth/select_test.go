@@ -2,6 +2,8 @@ package auth
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -134,11 +136,12 @@ func TestHelperFailures(t *testing.T) {
 	withHelpers(t)
 	tests := []struct {
 		helper, want string
+		transient    bool // retried with backoff rather than left for the operator
 	}{
-		{"pa-garbage", "docker-credential-pa-garbage printed something that is not credentials JSON"},
-		{"pa-fail", "docker-credential-pa-fail failed"},
-		{"pa-hang", "docker-credential-pa-hang did not answer within 300ms; it was killed"},
-		{"pa-missing", "docker-credential-pa-missing not found on PATH"},
+		{"pa-garbage", "docker-credential-pa-garbage printed something that is not credentials JSON", false},
+		{"pa-fail", "docker-credential-pa-fail failed", false},
+		{"pa-hang", "docker-credential-pa-hang did not answer within 300ms; it was killed", true},
+		{"pa-missing", "docker-credential-pa-missing not found on PATH", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.helper, func(t *testing.T) {
@@ -147,6 +150,9 @@ func TestHelperFailures(t *testing.T) {
 			_, err := s.Select(context.Background(), "h.test")
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("got %v, want %q", err, tt.want)
+			}
+			if got := errors.Is(err, ErrUnavailable); got != tt.transient {
+				t.Errorf("errors.Is(%v, ErrUnavailable) = %v, want %v", err, got, tt.transient)
 			}
 			if strings.Contains(err.Error(), "helper-s3cret") {
 				t.Fatalf("the error repeats the helper's output with a secret: %v", err)
@@ -246,6 +252,9 @@ func TestECRTokensCachedRefreshedAndExpired(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "expired at") {
 		t.Fatalf("an expired cached token was offered: %v", err)
 	}
+	if !errors.Is(err, ErrUnavailable) {
+		t.Errorf("an expired token after a failed renewal must be retried: %v", err)
+	}
 	out := logs.String()
 	if !strings.Contains(out, "ServerException") {
 		t.Errorf("the ECR API's failure is not in the log:\n%s", out)
@@ -259,16 +268,48 @@ func TestECRTokensCachedRefreshedAndExpired(t *testing.T) {
 
 func TestECRAPIFailureIsAnAuthErrorWithCause(t *testing.T) {
 	const host = "123456789012.dkr.ecr.us-east-2.amazonaws.com"
-	api, err := testbed.NewFakeECR(host, "p", time.Hour)
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		status    int
+		code      string
+		transient bool
+	}{
+		{400, "ThrottlingException", true},
+		{500, "ServerException", true},
+		{503, "ServiceUnavailable", true},
+		{400, "AccessDeniedException", false},
+		{400, "UnrecognizedClientException", false},
 	}
-	defer api.Close()
-	awsEnv(t, api.URL)
-	api.Fail(400, "ThrottlingException")
-	s, _ := NewSelector(Options{ECRCacheDir: t.TempDir()})
-	_, err = s.Select(context.Background(), host)
-	if err == nil || !strings.Contains(err.Error(), "ThrottlingException") {
-		t.Fatalf("got %v", err)
+	for _, tt := range tests {
+		t.Run(tt.code, func(t *testing.T) {
+			api, err := testbed.NewFakeECR(host, "p", time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer api.Close()
+			awsEnv(t, api.URL)
+			t.Setenv("AWS_MAX_ATTEMPTS", "1") // the SDK's own retries would only slow this down
+			api.Fail(tt.status, tt.code)
+			s, _ := NewSelector(Options{ECRCacheDir: t.TempDir()})
+			_, err = s.Select(context.Background(), host)
+			if err == nil || !strings.Contains(err.Error(), tt.code) {
+				t.Fatalf("got %v", err)
+			}
+			if got := errors.Is(err, ErrUnavailable); got != tt.transient {
+				t.Errorf("errors.Is(%v, ErrUnavailable) = %v, want %v", err, got, tt.transient)
+			}
+		})
 	}
+	t.Run("API unreachable", func(t *testing.T) {
+		port, err := testbed.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		awsEnv(t, fmt.Sprintf("http://127.0.0.1:%d", port))
+		t.Setenv("AWS_MAX_ATTEMPTS", "1")
+		s, _ := NewSelector(Options{ECRCacheDir: t.TempDir()})
+		_, err = s.Select(context.Background(), host)
+		if !errors.Is(err, ErrUnavailable) {
+			t.Errorf("connection refused by the ECR API must be retried: %v", err)
+		}
+	})
 }
