@@ -32,6 +32,16 @@ const (
 	KeyDiskMargin = "MOLECULE_DISK_MARGIN_MB"
 )
 
+// clip shortens a value from outside for an error message: a 1 MB line
+// must not come back as a 1 MB error in the log and the state document.
+func clip(s string) string {
+	const keep = 96
+	if len(s) <= 2*keep {
+		return s
+	}
+	return fmt.Sprintf("%s…(%d bytes)…%s", strings.ToValidUTF8(s[:keep], ""), len(s), strings.ToValidUTF8(s[len(s)-keep/4:], ""))
+}
+
 // DefaultPrefix is the registry prefix used when MOLECULE_IMAGE_REGISTRY is
 // unset or empty.
 const DefaultPrefix = "ghcr.io/molecule-ai"
@@ -90,7 +100,7 @@ type ConfigError struct {
 }
 
 func (e *ConfigError) Error() string {
-	return fmt.Sprintf("%s: %s=%q: %s", e.Source, e.Key, e.Value, e.Reason)
+	return fmt.Sprintf("%s: %s=%q: %s", e.Source, e.Key, clip(e.Value), e.Reason)
 }
 
 // ReadEnvFile opens and parses the env file at path. A missing file is
@@ -262,18 +272,18 @@ func ParsePrefix(s string) (string, error) {
 			return "", errors.New("has an empty path segment ('//' or a leading '/')")
 		}
 		if i > 0 && strings.Contains(seg, ":") {
-			return "", fmt.Errorf("path segment %q contains ':' (a tag?); the prefix cannot carry a tag, images always use :latest or a pin", seg)
+			return "", fmt.Errorf("path segment %q contains ':' (a tag?); the prefix cannot carry a tag, images always use :latest or a pin", clip(seg))
 		}
 	}
 	if len(segs) == 1 && strings.Contains(p, ":") && !strings.HasPrefix(p, "[") {
 		if _, port, _ := strings.Cut(p, ":"); strings.Trim(port, "0123456789") != "" {
-			return "", fmt.Errorf("%q is neither a host:port nor a path: a prefix cannot carry a tag", p)
+			return "", fmt.Errorf("%q is neither a host:port nor a path: a prefix cannot carry a tag", clip(p))
 		}
 	}
 	if i := strings.LastIndex(segs[0], ":"); i >= 0 && !strings.HasSuffix(segs[0], "]") {
 		if port := segs[0][i+1:]; port != "" && strings.Trim(port, "0123456789") == "" {
 			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-				return "", fmt.Errorf("port %s of registry host %q is out of range (1-65535)", port, segs[0])
+				return "", fmt.Errorf("port %s of registry host %q is out of range (1-65535)", clip(port), clip(segs[0]))
 			}
 		}
 	}
@@ -300,7 +310,7 @@ func ParseRuntimes(s string) ([]string, error) {
 			continue // a trailing or doubled comma
 		}
 		if len(name) > 64 || !runtimeName.MatchString(name) {
-			return nil, fmt.Errorf("runtime %q is not a valid name: use lower-case letters, digits and '-', not at either end, at most 64 characters", name)
+			return nil, fmt.Errorf("runtime %q is not a valid name: use lower-case letters, digits and '-', not at either end, at most 64 characters", clip(name))
 		}
 		out = append(out, name)
 	}
@@ -323,14 +333,14 @@ func ParsePins(s string, runtimes []string) (map[string]digest.Digest, error) {
 		rt, d, ok := strings.Cut(pair, "=")
 		rt, d = strings.TrimSpace(rt), strings.TrimSpace(d)
 		if !ok || rt == "" || d == "" {
-			return nil, fmt.Errorf("%q is not runtime=sha256:<64 hex digits>", pair)
+			return nil, fmt.Errorf("%q is not runtime=sha256:<64 hex digits>", clip(pair))
 		}
 		if !slices.Contains(runtimes, rt) {
 			return nil, fmt.Errorf("pin for runtime %q, which is not in the runtime list %v", rt, runtimes)
 		}
 		dg, err := digest.Parse(d)
 		if err != nil || dg.Algorithm() != digest.SHA256 {
-			return nil, fmt.Errorf("pin for %s: %q is not a digest of the form sha256:<64 lower-case hex digits>", rt, d)
+			return nil, fmt.Errorf("pin for %s: %q is not a digest of the form sha256:<64 lower-case hex digits>", rt, clip(d))
 		}
 		if _, dup := pins[rt]; dup {
 			return nil, fmt.Errorf("runtime %q is pinned twice", rt)

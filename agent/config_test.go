@@ -299,3 +299,32 @@ func FuzzDecodeState(f *testing.F) {
 		_ = doc.Healthy()
 	})
 }
+
+// A huge value must not come back whole in the error, which goes to the
+// log and the state document.
+func TestErrorsDoNotRepeatHugeValues(t *testing.T) {
+	huge := strings.Repeat("a", 1_000_000)
+	cases := map[string]string{
+		"prefix":       KeyRegistry + "=" + huge + "\n",
+		"prefix path":  KeyRegistry + "=r.test/" + huge + ":x\n",
+		"runtimes":     KeyRuntimes + "=" + huge + "\n",
+		"pins":         KeyRuntimes + "=codex\n" + KeyPins + "=" + huge + "\n",
+		"bad key":      "-" + huge + "=1\n",
+		"no '='":       huge + "\n",
+		"bad key utf8": "\xff" + huge + "=1\n",
+	}
+	for name, in := range cases {
+		t.Run(name, func(t *testing.T) {
+			vars, err := ParseEnvFile("f", strings.NewReader(in))
+			if err == nil {
+				_, err = LoadConfig("f", vars, envOf(nil))
+			}
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if n := len(err.Error()); n > 1024 {
+				t.Errorf("a %d-byte error for a 1 MB value: %.200s…", n, err)
+			}
+		})
+	}
+}

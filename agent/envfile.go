@@ -128,7 +128,7 @@ func (p *envParser) parse(data []byte) ([]EnvVar, error) {
 		case stKey:
 			switch {
 			case isEnvNewline(c):
-				return nil, p.fail(p.startLine, "%q has no '='; write KEY=VALUE", strings.TrimSpace(p.key.String()))
+				return nil, p.fail(p.startLine, "%q has no '='; write KEY=VALUE", clip(strings.TrimSpace(p.key.String())))
 			case c == '=':
 				st = stPreValue
 				p.valueEnd = -1
@@ -229,7 +229,7 @@ func (p *envParser) parse(data []byte) ([]EnvVar, error) {
 	}
 	switch st {
 	case stKey:
-		return nil, p.fail(p.startLine, "%q has no '='; write KEY=VALUE", strings.TrimSpace(p.key.String()))
+		return nil, p.fail(p.startLine, "%q has no '='; write KEY=VALUE", clip(strings.TrimSpace(p.key.String())))
 	case stSingle:
 		return nil, p.fail(p.quoteLine, "single quote opened here is never closed")
 	case stDouble, stDoubleEscape:
@@ -280,13 +280,13 @@ func validEnvName(key string) error {
 		return errEmptyEnvName
 	}
 	if !utf8.ValidString(key) {
-		return fmt.Errorf("variable name %q is not valid UTF-8", key)
+		return fmt.Errorf("variable name %q is not valid UTF-8", clip(key))
 	}
 	for i := 0; i < len(key); i++ {
 		c := key[i]
 		ok := c == '_' || ('A' <= c && c <= 'Z') || ('a' <= c && c <= 'z') || (i > 0 && '0' <= c && c <= '9')
 		if !ok {
-			return fmt.Errorf("%q is not a valid variable name; use letters, digits and '_', not starting with a digit", key)
+			return fmt.Errorf("%q is not a valid variable name; use letters, digits and '_', not starting with a digit", clip(key))
 		}
 	}
 	return nil

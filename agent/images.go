@@ -51,7 +51,7 @@ func (c Config) Images() ([]Image, error) {
 		}
 		named, err := reference.ParseNormalizedNamed(ref)
 		if err != nil {
-			return nil, fmt.Errorf("resolving image for runtime %s: %q: %w", rt, ref, err)
+			return nil, fmt.Errorf("resolving image for runtime %s: %q: %w", rt, clip(ref), err)
 		}
 		out = append(out, Image{Runtime: rt, Ref: ref, Name: named, Pin: pin})
 	}
