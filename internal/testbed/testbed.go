@@ -139,8 +139,15 @@ func (b *Bed) StopDockerd() error {
 }
 
 // StartDockerd starts the Docker daemon (again, after StopDockerd) with the
-// same socket and roots, and waits until it answers.
+// same socket and roots, and waits until it answers. It does nothing while
+// the daemon runs, so a test's cleanup may call it unconditionally.
 func (b *Bed) StartDockerd(ctx context.Context) error {
+	b.mu.Lock()
+	running := b.dockerd != nil && b.dockerd.running()
+	b.mu.Unlock()
+	if running {
+		return nil
+	}
 	sock := filepath.Join(b.Dir, "docker.sock")
 	cfg := filepath.Join(b.Dir, "daemon.json")
 	if err := os.WriteFile(cfg, []byte("{}\n"), 0o644); err != nil {
@@ -341,6 +348,15 @@ func (b *Bed) spawn(name, bin string, args ...string) (*proc, error) {
 	b.procs = append(b.procs, p)
 	b.mu.Unlock()
 	return p, nil
+}
+
+func (p *proc) running() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
 }
 
 func (p *proc) stop() error {
