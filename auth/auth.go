@@ -138,7 +138,7 @@ func NewSelector(opts Options) (*Selector, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Selector{opts: opts, ecr: &ecrProvider{cacheDir: opts.ECRCacheDir, log: opts.Logger, now: opts.Now}}, nil
+	return &Selector{opts: opts, ecr: &ecrProvider{cacheDir: opts.ECRCacheDir, log: opts.Logger, now: opts.Now, http: ecrHTTPClient()}}, nil
 }
 
 func (s *Selector) hasGHCR(host string) bool {

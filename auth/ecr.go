@@ -7,9 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	nethttp "net/http"
 	"strings"
 	"time"
 
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
@@ -73,6 +75,9 @@ type ecrProvider struct {
 	now      func() time.Time
 	// flight makes concurrent pulls from one host share one token fetch.
 	flight singleflight.Group
+	// http is shared by every fetch, so that its connections are reused
+	// rather than left idle by a new client per fetch.
+	http *awshttp.BuildableClient
 }
 
 // ecrResult is a fetched ECR token.
@@ -80,6 +85,13 @@ type ecrResult struct {
 	creds   Credentials
 	expires time.Time // zero when the cache is off
 	chain   string    // which AWS credentials signed the request
+}
+
+// ecrHTTPClient is the ECR API client's HTTP client. Tokens are fetched
+// every few hours, so it keeps no connection open between fetches: an idle
+// connection would hold a file descriptor and two goroutines for nothing.
+func ecrHTTPClient() *awshttp.BuildableClient {
+	return awshttp.NewBuildableClient().WithTransportOptions(func(t *nethttp.Transport) { t.DisableKeepAlives = true })
 }
 
 func (e *ecrProvider) get(ctx context.Context, host string) (ecrResult, error) {
@@ -95,7 +107,7 @@ func (e *ecrProvider) fetch(ctx context.Context, host string) (ecrResult, error)
 	if err != nil {
 		return ecrResult{}, fmt.Errorf("%s is not an ECR registry host: %w", host, err)
 	}
-	opts := []func(*config.LoadOptions) error{config.WithRegion(reg.Region)}
+	opts := []func(*config.LoadOptions) error{config.WithRegion(reg.Region), config.WithHTTPClient(e.http)}
 	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
 		return ecrResult{}, fmt.Errorf("loading the AWS configuration for %s: %w", host, err)
