@@ -197,6 +197,7 @@ type Agent struct {
 	hostInfo      map[string]HostDoc
 	lastReconcile time.Time
 	lastSaved     []byte
+	saveRetry     time.Time // when a failed state save is retried; zero when saving works
 	metrics       *Metrics
 	runCtx        context.Context
 	pulled        map[string]string // ref → image ID, pulled by this agent
@@ -937,11 +938,22 @@ func (a *Agent) saveState() {
 		return
 	}
 	if err := WriteStateFile(a.opts.StateFile, doc); err != nil {
-		a.log.Warn("saving state failed", "state_file", a.opts.StateFile, "error", err.Error())
+		// Said once, not at every change; retried until it works.
+		if a.saveRetry.IsZero() {
+			a.log.Warn("saving state failed; the live status is unaffected; retrying every few seconds", "state_file", a.opts.StateFile, "error", err.Error())
+		}
+		a.saveRetry = time.Now().Add(stateSaveRetry)
 		return
+	}
+	if !a.saveRetry.IsZero() {
+		a.log.Info("saving state works again", "state_file", a.opts.StateFile)
+		a.saveRetry = time.Time{}
 	}
 	a.lastSaved = b
 }
+
+// stateSaveRetry is how soon a failed state save is tried again.
+const stateSaveRetry = 5 * time.Second
 
 func (a *Agent) pinged(err error) {
 	a.mu.Lock()
@@ -968,6 +980,9 @@ func (a *Agent) nextWake() time.Time {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	wake := a.refreshAt
+	if !a.saveRetry.IsZero() && a.saveRetry.Before(wake) {
+		wake = a.saveRetry
+	}
 	if !a.daemonUp && !a.pinging && a.engine != nil && a.nextPing.Before(wake) {
 		wake = a.nextPing
 	}
