@@ -761,10 +761,18 @@ func (a *Agent) finished(d pullDone) {
 			hs = &hostState{}
 			a.hosts[host] = hs
 		}
-		hs.strikes++
 		delay, fromHeader := retryAfter(st.LastError)
 		if !fromHeader {
-			delay = equalJitter(a.opts.RateLimit, hs.strikes)
+			// Pulls that were already running when the host refused the
+			// first of them come back with 429 at the same moment: one
+			// episode, one strike. Only a 429 after a cooldown ended
+			// doubles it.
+			if now.Before(hs.until) {
+				delay = 0
+			} else {
+				hs.strikes++
+				delay = equalJitter(a.opts.RateLimit, hs.strikes)
+			}
 		}
 		if until := now.Add(delay); until.After(hs.until) {
 			hs.until = until
