@@ -5,7 +5,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 TESTBED_DIR ?= /tmp/pull-agent-testbed
 FUZZTIME  ?= 5s
 
-.PHONY: all build testbedctl deps lint test fuzz bench demo testbed-up testbed-down clean
+.PHONY: all build testbedctl deps lint test fuzz chaos soak bench demo testbed-up testbed-down clean
 
 all: build
 
@@ -47,6 +47,20 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeState$$' -fuzztime $(FUZZTIME) ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzHelperOutput$$' -fuzztime $(FUZZTIME) ./auth
 	$(GO) test -run '^$$' -fuzz '^FuzzParseDockerConfig$$' -fuzztime $(FUZZTIME) ./auth
+
+## chaos: every row of the fault matrix against the real bed; writes the
+## results into docs/RELIABILITY.md (the fast rows also run in 'make test')
+chaos: deps build
+	AWS_EC2_METADATA_DISABLED=true $(GO) test -count=1 -timeout 45m -run '^TestChaos$$' ./internal/chaos \
+		-v -chaos.all -chaos.report $(CURDIR)/docs/RELIABILITY.md
+
+## soak: the agent under random prefix flips, faults and credential
+## rotations for DURATION; writes the numbers into docs/RELIABILITY.md
+DURATION ?= 10m
+SOAK_TIMEOUT ?= 3h
+soak: deps build
+	AWS_EC2_METADATA_DISABLED=true $(GO) test -count=1 -timeout $(SOAK_TIMEOUT) -run '^TestSoak$$' ./internal/chaos \
+		-v -soak.duration $(DURATION) -chaos.report $(CURDIR)/docs/RELIABILITY.md
 
 ## bench: pull-agent against a docker pull loop, xargs -P 3 and itself, on a
 ## shaped link (PROFILE=wan|lan); writes docs/BENCHMARKS.md and docs/benchmarks.json

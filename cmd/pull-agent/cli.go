@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"golang.org/x/term"
 
@@ -102,6 +103,8 @@ type common struct {
 	stateDir  string
 	logLevel  string
 	logFormat string
+	// helperTimeout bounds each credential helper run.
+	helperTimeout time.Duration
 }
 
 func (c *common) register(fs *flag.FlagSet) {
@@ -109,6 +112,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.stateDir, "state-dir", "/var/lib/pull-agent", "state directory (the ECR token cache lives here)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	fs.DurationVar(&c.helperTimeout, "helper-timeout", auth.DefaultHelperTimeout, "a credential helper that has not answered after this long is killed (the pull is retried)")
 }
 
 func parseFlags(fs *flag.FlagSet, args []string) error {
@@ -175,6 +179,7 @@ func (c *common) authorizer(cfg agent.Config, getenv func(string) string, log *s
 		GHCRToken:       cfg.GHCRToken,
 		DockerConfigDir: auth.DockerConfigDir(getenv),
 		ECRCacheDir:     filepath.Join(c.stateDir, "ecr-cache"),
+		HelperTimeout:   c.helperTimeout,
 		Logger:          log.With("component", "auth"),
 	})
 }

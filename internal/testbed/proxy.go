@@ -63,6 +63,24 @@ func (t *TCPProxy) Stall() error {
 	return t.add(`{"name":"stall","type":"timeout","stream":"downstream","toxicity":1,"attributes":{"timeout":0}}`)
 }
 
+// ResetAfter resets every connection (TCP RST) ms milliseconds after it
+// opened: with Throttle, a blob download breaks in the middle.
+func (t *TCPProxy) ResetAfter(ms int) error {
+	return t.add(fmt.Sprintf(`{"name":"reset","type":"reset_peer","stream":"downstream","toxicity":1,"attributes":{"timeout":%d}}`, ms))
+}
+
+// Down closes the proxy's port: the registry behind it refuses
+// connections until Up.
+func (t *TCPProxy) Down() { t.p.Stop() }
+
+// Up listens again on the same port.
+func (t *TCPProxy) Up() error {
+	if err := t.p.Start(); err != nil {
+		return fmt.Errorf("proxy back on %s: %w", t.Addr, err)
+	}
+	return nil
+}
+
 // Clear removes every toxic.
 func (t *TCPProxy) Clear() {
 	t.p.Toxics.ResetToxics(context.Background())

@@ -26,7 +26,10 @@ type TokenServer struct {
 
 	key  *ecdsa.PrivateKey
 	cert []byte // DER
-	srv  *http.Server
+	addr string
+
+	srvMu sync.Mutex
+	srv   *http.Server
 
 	mu    sync.Mutex
 	users map[string]string
@@ -44,10 +47,35 @@ func NewTokenServer(users map[string]string) (*TokenServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	ts := &TokenServer{URL: "http://" + ln.Addr().String() + "/token", Service: "testbed-registry", Issuer: "testbed-token-issuer", key: key, cert: der, users: users}
+	ts := &TokenServer{URL: "http://" + ln.Addr().String() + "/token", Service: "testbed-registry", Issuer: "testbed-token-issuer", key: key, cert: der, users: users, addr: ln.Addr().String()}
+	ts.serveOn(ln)
+	return ts, nil
+}
+
+func (ts *TokenServer) serveOn(ln net.Listener) {
+	ts.srvMu.Lock()
+	defer ts.srvMu.Unlock()
 	ts.srv = &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(ts.serve)}
 	go ts.srv.Serve(ln)
-	return ts, nil
+}
+
+// Restart listens again on the address Close released: a token server
+// that was down comes back.
+func (ts *TokenServer) Restart() error {
+	ln, err := listenTCP(ts.addr)
+	if err != nil {
+		return fmt.Errorf("token server back on %s: %w", ts.addr, err)
+	}
+	ts.serveOn(ln)
+	return nil
+}
+
+// SetUsers replaces the users (name → password) the server accepts: a
+// credential rotation.
+func (ts *TokenServer) SetUsers(users map[string]string) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	ts.users = users
 }
 
 // Auth is the registry configuration that trusts this server.
@@ -63,8 +91,12 @@ func (ts *TokenServer) Requests() []string {
 	return append([]string(nil), ts.seen...)
 }
 
-// Close stops the server.
-func (ts *TokenServer) Close() error { return ts.srv.Close() }
+// Close stops the server; its port refuses connections until Restart.
+func (ts *TokenServer) Close() error {
+	ts.srvMu.Lock()
+	defer ts.srvMu.Unlock()
+	return ts.srv.Close()
+}
 
 func (ts *TokenServer) serve(w http.ResponseWriter, r *http.Request) {
 	user, pass, hasAuth := r.BasicAuth()

@@ -1,0 +1,503 @@
+package chaos
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/internal/testbed"
+)
+
+func encodeAuth(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+// rig is one row's agent and its files: env file, config.json, state
+// directory and status socket, all under dir.
+type rig struct {
+	t          *testing.T
+	w          *world
+	dir        string
+	envFile    string
+	stateDir   string
+	socket     string
+	dockerHost string
+	env        []string // extra environment of the agent
+	envExtra   string   // extra lines of the env file
+	args       []string // extra flags of 'run'
+	// noDAC runs the agent without CAP_DAC_OVERRIDE and
+	// CAP_DAC_READ_SEARCH, so that file modes bind it as they bind a
+	// non-root service (the tests run as root).
+	noDAC bool
+
+	proc  *agentProc
+	procs []*agentProc // every process of the row, for the secret check
+
+	// want is the prefix the row ends on and its digests.
+	want    string
+	digests map[string]string
+	// warmIDs are the image IDs that were warm before the fault.
+	warmIDs  map[string]string
+	baseline agent.Counts
+	// outputs are other texts the row produced (status output, errors).
+	outputs []string
+}
+
+// agentProc is one 'pull-agent run' process.
+type agentProc struct {
+	cmd    *exec.Cmd
+	stderr *testbed.Buffer
+	exited chan struct{}
+	err    error
+}
+
+func newRig(t *testing.T, w *world) *rig {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "pa-row-") // short: socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	r := &rig{t: t, w: w, dir: dir, dockerHost: w.bed.DockerHost,
+		envFile:  filepath.Join(dir, "etc", "pull-agent", "env"),
+		stateDir: filepath.Join(dir, "state"),
+		socket:   filepath.Join(dir, "status.sock"),
+	}
+	if err := os.MkdirAll(filepath.Dir(r.envFile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "docker"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	r.writeDockerConfig(w.dockerConfig())
+	t.Cleanup(func() {
+		for _, p := range r.procs {
+			if p.running() {
+				_ = p.cmd.Process.Kill()
+				<-p.exited
+			}
+		}
+		if t.Failed() {
+			for i, p := range r.procs {
+				t.Logf("agent %d stderr (last 6000 bytes):\n%s", i, tail(p.stderr.String(), 6000))
+			}
+		}
+	})
+	return r
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func (r *rig) writeDockerConfig(s string) {
+	r.t.Helper()
+	writeAtomic(r.t, filepath.Join(r.dir, "docker", "config.json"), s, 0o600)
+}
+
+// writeEnv replaces the env file by rename, as editors and install.sh do.
+func (r *rig) writeEnv(content string) {
+	r.t.Helper()
+	writeAtomic(r.t, r.envFile, content, 0o600)
+}
+
+func writeAtomic(t *testing.T, path, content string, mode os.FileMode) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// flip points the agent at prefix (whose images have digests).
+func (r *rig) flip(prefix string, digests map[string]string) {
+	r.t.Helper()
+	r.want, r.digests = prefix, digests
+	r.writeEnv(r.w.envFile(prefix) + r.envExtra)
+}
+
+// start starts 'pull-agent run' for the rig.
+func (r *rig) start() *agentProc {
+	r.t.Helper()
+	p := r.spawn(r.stateDir, r.socket)
+	r.proc = p
+	return p
+}
+
+func (r *rig) spawn(stateDir, socket string) *agentProc {
+	r.t.Helper()
+	args := append([]string{"run", "--env-file", r.envFile, "--state-dir", stateDir, "--status-socket", socket,
+		"--debounce", "50ms", "--retry-initial", "200ms", "--retry-max", "1s", "--retry-attempts", "1000",
+		"--pull-stall-timeout", "2s", "--pull-begin-timeout", "10s", "--helper-timeout", "1s"}, r.args...)
+	name := r.w.bin
+	if r.noDAC {
+		args = append([]string{"--bounding-set", "-dac_override,-dac_read_search", "--", r.w.bin}, args...)
+		name = "setpriv"
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Env = append([]string{
+		"PATH=" + r.w.helpers + ":" + os.Getenv("PATH"),
+		"DOCKER_HOST=" + r.dockerHost,
+		"DOCKER_CONFIG=" + filepath.Join(r.dir, "docker"),
+		"AWS_ENDPOINT_URL_ECR=" + r.w.ecrAPI.URL,
+		"AWS_ACCESS_KEY_ID=AKIDCHAOSCHAOS",
+		"AWS_SECRET_ACCESS_KEY=" + r.w.awsKey,
+		"AWS_EC2_METADATA_DISABLED=true",
+		"AWS_CONFIG_FILE=" + filepath.Join(r.dir, "no-aws-config"),
+		"AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(r.dir, "no-aws-credentials"),
+		"AWS_MAX_ATTEMPTS=1",
+		"GORACE=halt_on_error=1",
+	}, r.env...)
+	p := &agentProc{cmd: cmd, stderr: &testbed.Buffer{}, exited: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.stderr, p.stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	go func() { p.err = cmd.Wait(); close(p.exited) }()
+	r.procs = append(r.procs, p)
+	return p
+}
+
+func (p *agentProc) running() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// signal sends sig and, for a signal that ends the agent, waits for the
+// exit and returns how long it took.
+func (p *agentProc) stop(t *testing.T, sig syscall.Signal) time.Duration {
+	t.Helper()
+	start := time.Now()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the agent did not exit within 20 s of %s", sig)
+	}
+	return time.Since(start)
+}
+
+// client speaks HTTP on the status socket.
+func (r *rig) client(timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", r.socket)
+		}}}
+}
+
+func (r *rig) get(path string, v any) error {
+	res, err := r.client(2 * time.Second).Get("http://agent" + path)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		return err
+	}
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", path, res.Status)
+	}
+	r.outputs = append(r.outputs, string(body))
+	if len(r.outputs) > 50 {
+		r.outputs = r.outputs[len(r.outputs)-50:]
+	}
+	return json.Unmarshal(body, v)
+}
+
+func (r *rig) doc() (agent.StateDoc, error) {
+	var d agent.StateDoc
+	err := r.get("/status", &d)
+	return d, err
+}
+
+func (r *rig) counts() (agent.Counts, error) {
+	var c agent.Counts
+	err := r.get("/debug/counts", &c)
+	return c, err
+}
+
+// waitFor polls the live state until cond holds, the agent exits or the
+// timeout passes; it returns how long it waited.
+func (r *rig) waitFor(what string, timeout time.Duration, cond func(agent.StateDoc) bool) time.Duration {
+	r.t.Helper()
+	start := time.Now()
+	var last agent.StateDoc
+	var lastErr error
+	for time.Since(start) < timeout {
+		if r.proc != nil && !r.proc.running() {
+			r.t.Fatalf("waiting for %s: the agent exited: %v", what, r.proc.err)
+		}
+		d, err := r.doc()
+		if err == nil && cond(d) {
+			return time.Since(start)
+		}
+		last, lastErr = d, err
+		time.Sleep(50 * time.Millisecond)
+	}
+	r.t.Fatalf("timed out after %s waiting for %s (last error %v):\n%s", timeout, what, lastErr, describe(last))
+	return 0
+}
+
+func describe(d agent.StateDoc) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "prefix %q config_ok %v %q docker_up %v %d/%d warm\n", d.Agent.Prefix, d.Agent.ConfigOK, d.Agent.ConfigError, d.Agent.DockerUp, d.Agent.Warm, d.Agent.Total)
+	for _, i := range d.Images {
+		fmt.Fprintf(&b, "  %s %s attempts %d %s %s\n", i.Image, i.State, i.Attempts, i.LastErrorClass, i.LastError)
+	}
+	for _, h := range d.Hosts {
+		fmt.Fprintf(&b, "  host %s %s cooldown %v\n", h.Host, h.CredentialSource, h.CooldownUntil)
+	}
+	return b.String()
+}
+
+// converged reports whether every image of the rig's prefix is warm with
+// the digest the registry serves.
+func (r *rig) converged(d agent.StateDoc) bool {
+	if d.Agent.Prefix != r.want || !d.Healthy() || len(d.Images) != len(r.digests) {
+		return false
+	}
+	for _, i := range d.Images {
+		if i.LocalDigest != r.digests[i.Runtime] {
+			return false
+		}
+	}
+	return true
+}
+
+// warmUp starts the agent on a fresh prefix, waits for every image to be
+// warm and records the baseline: image IDs and process counts.
+func (r *rig) warmUp(src source) {
+	r.t.Helper()
+	prefix, ds := r.w.seed(r.t, src, testbed.SeedOptions{})
+	r.flip(prefix, ds)
+	r.start()
+	r.waitFor("the first prefix warm", 60*time.Second, r.converged)
+	r.recordWarm()
+	// Let connections made while warming settle before counting.
+	time.Sleep(300 * time.Millisecond)
+	c, err := r.counts()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.baseline = c
+}
+
+func (r *rig) recordWarm() {
+	r.t.Helper()
+	d, err := r.doc()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.warmIDs = map[string]string{}
+	for _, i := range d.Images {
+		r.warmIDs[i.Image] = i.ImageID
+	}
+}
+
+// failing waits until every image of the rig's prefix has failed at least
+// once with one of classes, and returns how long that took.
+func (r *rig) failing(timeout time.Duration, classes ...string) time.Duration {
+	r.t.Helper()
+	return r.waitFor("pulls failing with "+strings.Join(classes, " or "), timeout, func(d agent.StateDoc) bool {
+		if d.Agent.Prefix != r.want || len(d.Images) == 0 {
+			return false
+		}
+		for _, i := range d.Images {
+			ok := false
+			for _, c := range classes {
+				ok = ok || i.LastErrorClass == c
+			}
+			if !ok || i.State == agent.StateWarm {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// pulling waits for a pull of the rig's prefix to be moving bytes.
+func (r *rig) pulling() {
+	r.t.Helper()
+	r.waitFor("a pull moving bytes", 30*time.Second, func(d agent.StateDoc) bool {
+		for _, i := range d.Images {
+			if d.Agent.Prefix == r.want && i.Progress != nil && i.Progress.Bytes > 0 {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// configRefused waits until the agent reports the env file refused with
+// a message containing want, keeping the previous prefix.
+func (r *rig) configRefused(keep, want string) time.Duration {
+	r.t.Helper()
+	return r.waitFor("the env file refused with "+want, 15*time.Second, func(d agent.StateDoc) bool {
+		return !d.Agent.ConfigOK && strings.Contains(d.Agent.ConfigError, want) && d.Agent.Prefix == keep
+	})
+}
+
+// outcome is what the invariants measured for the matrix.
+type outcome struct {
+	converge time.Duration
+	// baseline is the count before the fault, counts after the row.
+	baseline, counts agent.Counts
+}
+
+// invariants checks what must hold after every row once its fault is
+// removed.
+func (r *rig) invariants() outcome {
+	t := r.t
+	t.Helper()
+	o := outcome{baseline: r.baseline}
+	if r.proc == nil || !r.proc.running() {
+		t.Fatalf("the agent is not running at the end of the row: %v", r.proc.err)
+	}
+	o.converge = r.waitFor("every image of the final prefix warm and verified", 90*time.Second, r.converged)
+
+	engine, err := agent.NewDockerEngine(r.dockerHost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer engine.Close()
+	for ref, id := range r.warmIDs {
+		if _, err := engine.ImageInspect(context.Background(), id); err != nil {
+			t.Errorf("%s (%s) was warm before the fault and is gone: %v", ref, id, err)
+		}
+	}
+
+	// The state file parses and, a moment after convergence, says so.
+	var doc agent.StateDoc
+	for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
+		doc, err = agent.ReadStateFile(filepath.Join(r.stateDir, agent.StateFileName))
+		if err == nil && doc.Agent.PID == r.proc.cmd.Process.Pid && r.converged(doc) || time.Since(start) > 5*time.Second {
+			break
+		}
+	}
+	switch {
+	case err != nil:
+		t.Errorf("the state file does not parse: %v", err)
+	case doc.Agent.PID != r.proc.cmd.Process.Pid:
+		t.Errorf("the state file is from pid %d, not the running agent %d", doc.Agent.PID, r.proc.cmd.Process.Pid)
+	case !r.converged(doc):
+		t.Errorf("the state file does not show the converged state:\n%s", describe(doc))
+	}
+	if leftovers, _ := filepath.Glob(filepath.Join(r.stateDir, "*.tmp*")); len(leftovers) > 0 {
+		t.Errorf("temporary files left in the state directory: %v", leftovers)
+	}
+
+	out, err := exec.Command(r.w.bin, "status", "--status-socket", r.socket, "--state-dir", r.stateDir).CombinedOutput()
+	if err != nil {
+		t.Errorf("pull-agent status after convergence: %v\n%s", err, out)
+	}
+	r.outputs = append(r.outputs, string(out))
+	r.noSecrets()
+
+	// Counts: idle connections close and timed-out clients go; give
+	// them a few seconds to come back to the baseline.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := r.counts()
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.counts = c
+		if c.Goroutines <= r.baseline.Goroutines && c.FDs <= r.baseline.FDs {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("leak: %d goroutines and %d fds, %d and %d before the fault", c.Goroutines, c.FDs, r.baseline.Goroutines, r.baseline.FDs)
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	for _, p := range r.procs {
+		if s := p.stderr.String(); strings.Contains(s, "panic:") || strings.Contains(s, "WARNING: DATA RACE") {
+			t.Errorf("a panic or data race in the agent's output:\n%s", tail(s, 4000))
+		}
+	}
+	return o
+}
+
+// noSecrets fails the row if any secret is in anything the agent wrote.
+func (r *rig) noSecrets() {
+	r.t.Helper()
+	texts := append([]string(nil), r.outputs...)
+	for _, p := range r.procs {
+		texts = append(texts, p.stderr.String())
+	}
+	if b, err := os.ReadFile(filepath.Join(r.stateDir, agent.StateFileName)); err == nil {
+		texts = append(texts, string(b))
+	}
+	for _, s := range r.w.secrets() {
+		for _, text := range texts {
+			if strings.Contains(text, s) {
+				r.t.Errorf("secret %.12s… appears in the agent's output", s)
+				break
+			}
+		}
+	}
+}
+
+// ready waits for the agent to serve its status socket.
+func (r *rig) ready() {
+	r.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := r.doc(); err == nil {
+			return
+		}
+		if !r.proc.running() {
+			r.t.Fatalf("the agent exited: %v\n%s", r.proc.err, r.proc.stderr.String())
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatal("the agent never served its status socket")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+var errExitedZero = errors.New("exited 0")
+
+// exitErr describes how p ended.
+func (p *agentProc) exitErr() error {
+	if p.err == nil {
+		return errExitedZero
+	}
+	return p.err
+}
+
+// count counts lines of the agent's log containing s.
+func (p *agentProc) count(s string) int {
+	return bytes.Count([]byte(p.stderr.String()), []byte(s))
+}
