@@ -87,7 +87,7 @@ func writeSoakReport(path string, st soakStats) error {
 	fmt.Fprintf(&b, "| Measure | Value |\n|---|---|\n")
 	fmt.Fprintf(&b, "| Prefix flips | %d |\n| Tags moved | %d |\n| Credential rotations (token registry) | %d |\n| SIGHUPs | %d |\n", st.flips, st.pushes, st.rotations, st.hup)
 	fmt.Fprintf(&b, "| Faults injected | %s |\n| Pull failures logged, by class | %s |\n", strings.Join(kinds, ", "), strings.Join(classes, ", "))
-	fmt.Fprintf(&b, "| RSS after warm-up → end (max) | %d → %d kB (%d), %+.1f %% |\n", st.rss0, st.rss, st.rssMax, growth)
+	fmt.Fprintf(&b, "| RSS after warm-up; after the first tenth → end (max) | %d kB; %d → %d kB (%d), %+.1f %% |\n", st.warm, st.rss0, st.rss, st.rssMax, growth)
 	fmt.Fprintf(&b, "| Goroutines start → end (max) | %d → %d (%d) |\n", st.base.Goroutines, st.end.Goroutines, st.maxGoroutines)
 	fmt.Fprintf(&b, "| File descriptors start → end (max) | %d → %d (%d) |\n", st.base.FDs, st.end.FDs, st.maxFDs)
 	fmt.Fprintf(&b, "| Final prefix warm and verified after the last fault | %s |\n", secs(st.converge))
