@@ -6,10 +6,12 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
@@ -121,21 +123,34 @@ func ReadEnvFile(path string) ([]EnvVar, error) {
 	return ParseEnvFile(path, f)
 }
 
-// WarnEnvFileMode logs a warning when the env file at path assigns
-// GHCR_TOKEN and can be read by group or others.
+// WarnEnvFileMode logs a warning for each way the env file at path lets
+// someone other than root steer the agent or read its secret: the file
+// writable by group or others, owned by another user than root or this
+// process, its directory writable by group or others (without the sticky
+// bit: anyone there can rename a file over it), or, when it assigns
+// GHCR_TOKEN, readable by group or others. Whoever writes the file chooses
+// the images this host runs.
 func WarnEnvFileMode(log *slog.Logger, path string, vars []EnvVar) {
-	holds := false
-	for _, v := range vars {
-		holds = holds || (v.Key == KeyGHCRToken && v.Value != "")
-	}
-	if !holds {
-		return
-	}
 	st, err := os.Stat(path)
-	if err != nil || st.Mode().Perm()&0o077 == 0 {
+	if err != nil {
 		return
 	}
-	log.Warn("env file holds GHCR_TOKEN and is readable by group or others; run chmod 600", "env_file", path, "mode", fmt.Sprintf("%04o", st.Mode().Perm()))
+	mode := fmt.Sprintf("%04o", st.Mode().Perm())
+	if st.Mode().Perm()&0o022 != 0 {
+		log.Warn("env file is writable by group or others, who can then choose the images this host runs; run chmod go-w", "env_file", path, "mode", mode)
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid != 0 && int(sys.Uid) != os.Geteuid() {
+		log.Warn("env file is owned by another user, who can then choose the images this host runs; run chown root", "env_file", path, "uid", sys.Uid)
+	}
+	if dir, err := os.Stat(filepath.Dir(path)); err == nil && dir.Mode().Perm()&0o022 != 0 && dir.Mode()&os.ModeSticky == 0 {
+		log.Warn("env file directory is writable by group or others, who can then replace the file; run chmod go-w", "dir", filepath.Dir(path), "mode", fmt.Sprintf("%04o", dir.Mode().Perm()))
+	}
+	for _, v := range vars {
+		if v.Key == KeyGHCRToken && v.Value != "" && st.Mode().Perm()&0o044 != 0 {
+			log.Warn("env file holds GHCR_TOKEN and is readable by group or others; run chmod 600", "env_file", path, "mode", mode)
+			return
+		}
+	}
 }
 
 // IsNotExist reports whether err says the env file does not exist.

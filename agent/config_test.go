@@ -1,7 +1,11 @@
 package agent
 
 import (
+	"bytes"
 	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -324,6 +328,61 @@ func TestErrorsDoNotRepeatHugeValues(t *testing.T) {
 			}
 			if n := len(err.Error()); n > 1024 {
 				t.Errorf("a %d-byte error for a 1 MB value: %.200s…", n, err)
+			}
+		})
+	}
+}
+
+func TestWarnEnvFileMode(t *testing.T) {
+	token := []EnvVar{{Key: KeyGHCRToken, Value: "t"}}
+	tests := []struct {
+		name     string
+		mode     os.FileMode
+		dirMode  os.FileMode
+		uid      int
+		vars     []EnvVar
+		warnings []string
+	}{
+		{"root 0600 in 0755", 0o600, 0o755, 0, token, nil},
+		{"0644 without a token", 0o644, 0o755, 0, nil, nil},
+		{"0644 with a token", 0o644, 0o755, 0, token, []string{"readable by group or others"}},
+		{"group-writable", 0o620, 0o755, 0, nil, []string{"env file is writable by group or others"}},
+		{"another owner", 0o600, 0o755, 65534, nil, []string{"owned by another user"}},
+		{"world-writable directory", 0o600, 0o777, 0, nil, []string{"directory is writable by group or others"}},
+		{"sticky world-writable directory", 0o600, 0o777 | os.ModeSticky, 0, nil, nil},
+		{"everything wrong", 0o666, 0o775, 65534, token, []string{"readable by group", "writable by group", "owned by another", "directory is writable"}},
+	}
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("this test chowns files: run it as root (CI does)")
+		}
+		t.Skip("chown needs root; with CI set this is a failure")
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "etc")
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(dir, "env")
+			if err := os.WriteFile(path, []byte("A=1\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for _, err := range []error{os.Chmod(path, tt.mode), os.Chown(path, tt.uid, 0), os.Chmod(dir, tt.dirMode)} {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			var logs bytes.Buffer
+			WarnEnvFileMode(slog.New(slog.NewTextHandler(&logs, nil)), path, tt.vars)
+			out := logs.String()
+			if n := strings.Count(out, "level=WARN"); n != len(tt.warnings) {
+				t.Errorf("%d warnings, want %d:\n%s", n, len(tt.warnings), out)
+			}
+			for _, w := range tt.warnings {
+				if !strings.Contains(out, w) {
+					t.Errorf("no warning %q:\n%s", w, out)
+				}
 			}
 		})
 	}
