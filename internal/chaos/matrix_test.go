@@ -56,6 +56,38 @@ func throttled(r *rig) {
 	r.t.Cleanup(r.w.tcp.Clear)
 }
 
+// midPull moves the agent to a fresh prefix of big images through a
+// throttled link and returns once a pull is moving bytes.
+func (r *rig) midPull() {
+	r.t.Helper()
+	p, ds := r.next(fromMain, big)
+	throttled(r)
+	r.flip(p, ds)
+	r.pulling()
+}
+
+// anyFailed waits until an image of the rig's prefix has failed with one
+// of classes and returns how long that took and the class.
+func (r *rig) anyFailed(timeout time.Duration, classes ...string) (time.Duration, string) {
+	r.t.Helper()
+	class := ""
+	took := r.waitFor("a pull failing with "+strings.Join(classes, " or "), timeout, func(d agent.StateDoc) bool {
+		for _, i := range d.Images {
+			if d.Agent.Prefix != r.want {
+				continue
+			}
+			for _, c := range classes {
+				if i.LastErrorClass != "" && (c == "" || i.LastErrorClass == c) {
+					class = i.LastErrorClass
+					return true
+				}
+			}
+		}
+		return false
+	})
+	return took, class
+}
+
 // serverRow is a registry answer injected by the HTTP proxy.
 func serverRow(status int, header map[string]string, body, class string) func(r *rig) string {
 	return func(r *rig) string {
@@ -287,40 +319,16 @@ func rows() []row {
 				throttled(r)
 				must(r.t, r.w.tcp.ResetAfter(1000))
 				r.flip(p, ds)
-				took := r.waitFor("a failed pull", 60*time.Second, func(d agent.StateDoc) bool {
-					for _, i := range d.Images {
-						if d.Agent.Prefix == r.want && i.LastErrorClass != "" {
-							return true
-						}
-					}
-					return false
-				})
-				d, _ := r.doc()
-				class := ""
-				for _, i := range d.Images {
-					if i.LastErrorClass != "" {
-						class = i.LastErrorClass
-					}
-				}
+				took, class := r.anyFailed(60*time.Second, "")
 				r.w.tcp.Clear()
 				return fmt.Sprintf("first failure after %s (%s); retried", secs(took), class)
 			}},
 		{group: "registry", fault: "stalling mid-blob", inject: "toxiproxy: 256 KB/s, then no bytes at all (timeout toxic)", expect: "stalled after the stall timeout (2 s here), retried", fast: true,
 			run: func(r *rig) string {
-				p, ds := r.next(fromMain, big)
-				throttled(r)
-				r.flip(p, ds)
-				r.pulling()
+				r.midPull()
 				must(r.t, r.w.tcp.Stall())
 				stalledAt := time.Now()
-				r.waitFor("a stalled pull", 30*time.Second, func(d agent.StateDoc) bool {
-					for _, i := range d.Images {
-						if i.LastErrorClass == string(agent.ClassStalled) {
-							return true
-						}
-					}
-					return false
-				})
+				r.anyFailed(30*time.Second, string(agent.ClassStalled))
 				took := time.Since(stalledAt)
 				r.w.tcp.Clear()
 				return "stalled detected " + secs(took) + " after the bytes stopped"
@@ -372,10 +380,7 @@ func rows() []row {
 		// Docker
 		{group: "Docker", fault: "daemon stopped mid-pull, restarted", inject: "dockerd killed during a throttled pull, started again", expect: "docker_up false, pings with backoff; pulls resume when it is back", fast: true,
 			run: func(r *rig) string {
-				p, ds := r.next(fromMain, big)
-				throttled(r)
-				r.flip(p, ds)
-				r.pulling()
+				r.midPull()
 				must(r.t, r.w.bed.StopDockerd())
 				stopped := time.Now()
 				r.t.Cleanup(func() { _ = r.w.bed.StartDockerd(context.Background()) })
@@ -409,14 +414,7 @@ func rows() []row {
 				r.warmUp(fromMain)
 				p, ds := r.next(fromMain, testbed.SeedOptions{LayerSize: 40 << 20})
 				r.flip(p, ds)
-				took := r.waitFor("a disk failure", 60*time.Second, func(d agent.StateDoc) bool {
-					for _, i := range d.Images {
-						if d.Agent.Prefix == r.want && i.LastErrorClass == string(agent.ClassDisk) {
-							return true
-						}
-					}
-					return false
-				})
+				took, _ := r.anyFailed(60*time.Second, string(agent.ClassDisk))
 				d, _ := r.doc()
 				msg := ""
 				for _, i := range d.Images {
@@ -438,10 +436,7 @@ func rows() []row {
 		// Signals
 		{group: "signals", fault: "SIGTERM during a pull", inject: "SIGTERM while a throttled pull runs", expect: "exit 0 promptly; the next start converges", fast: true,
 			run: func(r *rig) string {
-				p, ds := r.next(fromMain, big)
-				throttled(r)
-				r.flip(p, ds)
-				r.pulling()
+				r.midPull()
 				pid := r.proc.cmd.Process.Pid
 				took := r.proc.stop(r.t, syscall.SIGTERM)
 				if r.proc.err != nil {
@@ -473,10 +468,7 @@ func rows() []row {
 			}},
 		{group: "signals", fault: "SIGHUP during a pull", inject: "3 SIGHUPs while a throttled pull runs", expect: "the file is re-read, the pull goes on (same configuration)", fast: true,
 			run: func(r *rig) string {
-				p, ds := r.next(fromMain, big)
-				throttled(r)
-				r.flip(p, ds)
-				r.pulling()
+				r.midPull()
 				for range 3 {
 					must(r.t, r.proc.cmd.Process.Signal(syscall.SIGHUP))
 					time.Sleep(100 * time.Millisecond)
@@ -510,10 +502,7 @@ func rows() []row {
 			}},
 		{group: "signals", fault: "SIGKILL during a pull", inject: "SIGKILL while a throttled pull runs; restart", expect: "state file parses; stale socket replaced; lock free; converges", fast: true,
 			run: func(r *rig) string {
-				p, ds := r.next(fromMain, big)
-				throttled(r)
-				r.flip(p, ds)
-				r.pulling()
+				r.midPull()
 				pid := r.proc.cmd.Process.Pid
 				r.proc.stop(r.t, syscall.SIGKILL)
 				statePartsOK(r, pid)
