@@ -134,7 +134,8 @@ func classify(err error) ErrorClass {
 		return ClassNotFound
 	case has("no space left on device"):
 		return ClassDisk
-	case has("connection refused", "no such host", "i/o timeout", "connection reset", "tls handshake", "network is unreachable", "dial tcp", "unexpected eof", "server misbehaving"):
+	case has("connection refused", "no such host", "i/o timeout", "connection reset", "tls handshake", "network is unreachable", "dial tcp", "unexpected eof", "server misbehaving", "broken pipe") ||
+		strings.HasSuffix(s, ": eof"): // the registry closed the connection without an answer
 		return ClassNetwork
 	case has("blob unknown", "500 internal server error", "502 bad gateway", "503 service unavailable", "504 gateway timeout", "unknown blob", "filesystem layer verification failed"):
 		return ClassServer

@@ -90,6 +90,8 @@ func TestClassify(t *testing.T) {
 		{"Error response from daemon: manifest for x:latest not found: manifest unknown: manifest unknown", ClassNotFound},
 		{"toomanyrequests: You have reached your pull rate limit", ClassRateLimited},
 		{`Get "https://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused`, ClassNetwork},
+		{`Error response from daemon: Get "http://127.0.0.1:5000/v2/": EOF`, ClassNetwork}, // connection closed, no answer (soak)
+		{`Get "http://127.0.0.1:5000/v2/x/blobs/sha256:aa": write tcp 127.0.0.1:1->127.0.0.1:2: write: broken pipe`, ClassNetwork},
 		{"write /var/lib/docker/tmp/x: no space left on device", ClassDisk},
 		{"received unexpected HTTP status: 503 Service Unavailable", ClassServer},
 		{"something else entirely", ClassUnknown},
