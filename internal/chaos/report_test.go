@@ -87,6 +87,11 @@ func writeSoakReport(path string, st soakStats) error {
 	fmt.Fprintf(&b, "| Measure | Value |\n|---|---|\n")
 	fmt.Fprintf(&b, "| Prefix flips | %d |\n| Tags moved | %d |\n| Credential rotations (token registry) | %d |\n| SIGHUPs | %d |\n", st.flips, st.pushes, st.rotations, st.hup)
 	fmt.Fprintf(&b, "| Faults injected | %s |\n| Pull failures logged, by class | %s |\n", strings.Join(kinds, ", "), strings.Join(classes, ", "))
+	unknown := "none"
+	if len(st.unknown) > 0 {
+		unknown = cell(strings.Join(st.unknown, "; "))
+	}
+	fmt.Fprintf(&b, "| Distinct failures of class `unknown` (each a failure the agent could not name) | %s |\n", unknown)
 	fmt.Fprintf(&b, "| RSS after warm-up; after the first tenth → end (max) | %d kB; %d → %d kB (%d), %+.1f %% |\n", st.warm, st.rss0, st.rss, st.rssMax, growth)
 	fmt.Fprintf(&b, "| Goroutines start → end (max) | %d → %d (%d) |\n", st.base.Goroutines, st.end.Goroutines, st.maxGoroutines)
 	fmt.Fprintf(&b, "| File descriptors start → end (max) | %d → %d (%d) |\n", st.base.FDs, st.end.FDs, st.maxFDs)

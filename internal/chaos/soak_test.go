@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,7 +20,10 @@ import (
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
-var flagSoak = flag.Duration("soak.duration", 20*time.Second, "how long TestSoak drives the agent (make soak: DURATION=10m)")
+var (
+	flagSoak       = flag.Duration("soak.duration", 20*time.Second, "how long TestSoak drives the agent (make soak: DURATION=10m)")
+	flagSoakFaults = flag.String("soak.faults", "", "a regular expression: inject only the faults whose names match (default: all)")
+)
 
 // soakPrefix is one of the three registries the soak flips between.
 type soakPrefix struct {
@@ -42,6 +46,7 @@ type soakStats struct {
 	maxGoroutines, maxFDs   int
 	converge                time.Duration
 	classes                 map[string]int
+	unknown                 []string // distinct errors of class unknown
 	failed                  bool
 }
 
@@ -135,9 +140,16 @@ func TestSoak(t *testing.T) {
 			return func() { must(t, w.bed.StartDockerd(context.Background())) }
 		},
 	}
+	only, err := regexp.Compile(*flagSoakFaults)
+	must(t, err)
 	names := make([]string, 0, len(faults))
 	for n := range faults {
-		names = append(names, n)
+		if only.MatchString(n) {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		t.Fatalf("-soak.faults %q matches none of the faults", *flagSoakFaults)
 	}
 	sort.Strings(names)
 
@@ -145,7 +157,8 @@ func TestSoak(t *testing.T) {
 	deadline := start.Add(*flagSoak)
 	baselineAt := start.Add(*flagSoak / 10)
 	var heal func()
-	var healAt time.Time
+	var healName string
+	var healAt, revokeAt time.Time
 	nextSample := time.Now()
 	for time.Now().Before(deadline) {
 		// Log-uniform pause: many short (down to 50 ms), some long.
@@ -153,9 +166,13 @@ func TestSoak(t *testing.T) {
 		if !r.proc.running() {
 			t.Fatalf("the agent died: %v", r.proc.err)
 		}
+		if !revokeAt.IsZero() && time.Now().After(revokeAt) {
+			w.tokens.SetUsers(map[string]string{user: tokPass})
+			revokeAt = time.Time{}
+		}
 		if heal != nil && time.Now().After(healAt) {
 			heal()
-			heal = nil
+			heal, healName = nil, ""
 		}
 		switch x := rng.IntN(100); {
 		case x < 55:
@@ -167,7 +184,7 @@ func TestSoak(t *testing.T) {
 			if n == "docker daemon restart" && rng.IntN(4) != 0 {
 				continue // costly: a quarter as often as the others
 			}
-			heal, healAt = faults[n](), time.Now().Add(time.Duration(200+rng.IntN(4800))*time.Millisecond)
+			heal, healName, healAt = faults[n](), n, time.Now().Add(time.Duration(200+rng.IntN(4800))*time.Millisecond)
 			st.faults[n]++
 		case x < 85:
 			// Move one tag: the agent must pull the new digest.
@@ -184,7 +201,7 @@ func TestSoak(t *testing.T) {
 		case x < 92:
 			// Rotate the token registry's credentials with an overlap,
 			// as an operator would: new user valid, config.json updated,
-			// old user revoked.
+			// old user revoked 3 s later (pulls in flight keep theirs).
 			rotation++
 			newUser, newPass := fmt.Sprintf("%s-%d", w.user, rotation), secret("tok")
 			w.tokens.SetUsers(map[string]string{user: tokPass, newUser: newPass})
@@ -192,10 +209,10 @@ func TestSoak(t *testing.T) {
 			w.rotated = append(w.rotated, newPass)
 			w.mu.Unlock()
 			user, tokPass = newUser, newPass
-			if heal == nil {
-				r.writeDockerConfig(soakConfig(w, user, tokPass))
+			if !strings.Contains(healName, "config.json") && !strings.Contains(healName, "helper") {
+				r.writeDockerConfig(soakConfig(w, user, tokPass)) // else its heal writes it
 			}
-			w.tokens.SetUsers(map[string]string{user: tokPass})
+			revokeAt = time.Now().Add(3 * time.Second)
 			st.rotations++
 		default:
 			must(t, r.proc.cmd.Process.Signal(syscall.SIGHUP))
@@ -230,10 +247,17 @@ func TestSoak(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	st.rss = rss(pid)
 	growth := float64(st.rss-st.rss0) / float64(st.rss0)
-	if growth > 0.10 {
+	// RSS says little about a run of seconds (the heap is still growing
+	// to its working size); the criterion holds for runs of 5 minutes
+	// and more, as make soak's.
+	if growth > 0.10 && *flagSoak >= 5*time.Minute {
 		t.Errorf("RSS grew %.1f%% (%d → %d kB), more than 10%%", 100*growth, st.rss0, st.rss)
 	}
 	st.classes = r.proc.classes()
+	st.unknown = r.proc.unclassified()
+	for _, e := range st.unknown {
+		t.Logf("class unknown: %s", e)
+	}
 	st.failed = t.Failed()
 	t.Logf("soak %s: %d flips, %d tag moves, %d rotations, %d SIGHUPs, faults %v; failures by class %v; RSS %d after warm-up, %d → %d kB (max %d, %+.1f%%); goroutines %d → %d (max %d), fds %d → %d (max %d); converged %s after the last fault",
 		st.duration.Round(time.Second), st.flips, st.pushes, st.rotations, st.hup, st.faults, st.classes, st.warm, st.rss0, st.rss, st.rssMax, 100*growth,
@@ -263,6 +287,26 @@ func (p *agentProc) classes() map[string]int {
 			if len(f) > 0 {
 				out[f[0]]++
 			}
+		}
+	}
+	return out
+}
+
+// unclassified lists the distinct errors the agent logged as class
+// unknown: each is a failure it could not name.
+func (p *agentProc) unclassified() []string { return p.errorsOf("unknown") }
+
+// errorsOf lists the distinct errors the agent logged with class.
+func (p *agentProc) errorsOf(class string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, l := range strings.Split(p.stderr.String(), "\n") {
+		if !strings.Contains(l, `msg="pull failed`) || !strings.Contains(l, " class="+class+" ") {
+			continue
+		}
+		if i := strings.Index(l, " error="); i >= 0 && !seen[l[i:]] {
+			seen[l[i:]] = true
+			out = append(out, l[i+len(" error="):])
 		}
 	}
 	return out
