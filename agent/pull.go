@@ -126,6 +126,10 @@ func classify(err error) ErrorClass {
 		return false
 	}
 	switch {
+	case has("grpc: the client connection is closing", "error creating temporary lease"):
+		// The daemon is shutting down (its containerd connection is
+		// going): wait for it as for a daemon that does not answer.
+		return ClassDaemon
 	case has("toomanyrequests", "too many requests", "rate limit"):
 		return ClassRateLimited
 	case has("unauthorized", "authentication required", "no basic auth credentials", "access denied", "denied:", "access to the resource is denied", "incorrect username or password"):

@@ -92,6 +92,7 @@ func TestClassify(t *testing.T) {
 		{`Get "https://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused`, ClassNetwork},
 		{`Error response from daemon: Get "http://127.0.0.1:5000/v2/": EOF`, ClassNetwork}, // connection closed, no answer (soak)
 		{`Get "http://127.0.0.1:5000/v2/x/blobs/sha256:aa": write tcp 127.0.0.1:1->127.0.0.1:2: write: broken pipe`, ClassNetwork},
+		{"Error response from daemon: error creating temporary lease: grpc: the client connection is closing: context canceled", ClassDaemon}, // dockerd stopping (soak)
 		{"write /var/lib/docker/tmp/x: no space left on device", ClassDisk},
 		{"received unexpected HTTP status: 503 Service Unavailable", ClassServer},
 		{"something else entirely", ClassUnknown},
