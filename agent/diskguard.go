@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"syscall"
@@ -63,7 +64,11 @@ func compressedSize(ctx context.Context, img Image, creds auth.Credentials, plat
 	if err != nil {
 		return 0, err
 	}
-	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuth(authn.FromConfig(authn.AuthConfig{
+	// A transport of its own, closed after the check: guard checks are
+	// rare, and a pooled connection would sit idle for 90 s.
+	tr := remote.DefaultTransport.(*http.Transport).Clone()
+	defer tr.CloseIdleConnections()
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(tr), remote.WithAuth(authn.FromConfig(authn.AuthConfig{
 		Username: creds.Username, Password: creds.Password.Reveal(),
 		IdentityToken: creds.IdentityToken.Reveal(), RegistryToken: creds.RegistryToken.Reveal(),
 	}))}

@@ -35,6 +35,10 @@ func NewDockerEngine(host string) (*DockerEngine, error) {
 // Close releases the client's connections.
 func (d *DockerEngine) Close() error { return d.cli.Close() }
 
+// CloseIdleConnections drops the client's idle keep-alive connections to
+// the daemon; the client stays usable (the SDK's Close does only that).
+func (d *DockerEngine) CloseIdleConnections() { _ = d.cli.Close() }
+
 func (d *DockerEngine) wrap(err error) error {
 	if client.IsErrConnectionFailed(err) {
 		return fmt.Errorf("%w at %s: %v (is dockerd running? is DOCKER_HOST right?)", ErrDaemonUnreachable, d.host, err)

@@ -53,7 +53,12 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener, log *slog.Logger) {
 		_ = enc.Encode(a.Document())
 	})
 	mux.Handle("GET /metrics", a.metrics.Handler())
-	mux.HandleFunc("GET /debug/counts", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /debug/counts", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Has("close_idle") {
+			// Pooled idle connections come and go with load; without
+			// them, what is counted is held by something alive.
+			a.closeIdleConnections()
+		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(ProcessCounts())
 	})
@@ -69,6 +74,17 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener, log *slog.Logger) {
 	}()
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Error("status server stopped", "error", err.Error())
+	}
+}
+
+// closeIdleConnections drops the Docker client's idle connections, where
+// the engine has them.
+func (a *Agent) closeIdleConnections() {
+	a.mu.Lock()
+	e := a.engine
+	a.mu.Unlock()
+	if c, ok := e.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
 	}
 }
 

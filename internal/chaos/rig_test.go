@@ -242,7 +242,7 @@ func (r *rig) doc() (agent.StateDoc, error) {
 
 func (r *rig) counts() (agent.Counts, error) {
 	var c agent.Counts
-	err := r.get("/debug/counts", &c)
+	err := r.get("/debug/counts?close_idle", &c)
 	return c, err
 }
 
