@@ -30,6 +30,7 @@ var runtimes = []string{"codex", "hermes", "langgraph"}
 // the agent binary, and the secrets no output may contain.
 type world struct {
 	bed *testbed.Bed
+	dir string // holds bin and helpers
 	bin string // the pull-agent binary under test
 	// helpers is the directory of the test credential helpers (on PATH).
 	helpers string
@@ -115,6 +116,7 @@ func newWorld(logf func(string, ...any)) (_ *world, err error) {
 	if err != nil {
 		return nil, err
 	}
+	w.dir = dir
 	w.bin = filepath.Join(dir, "pull-agent")
 	args := []string{"build", "-o", w.bin}
 	if raceEnabled {
@@ -182,6 +184,9 @@ func (w *world) close() {
 	}
 	if w.bed != nil {
 		w.bed.Stop()
+	}
+	if w.dir != "" {
+		os.RemoveAll(w.dir)
 	}
 }
 
