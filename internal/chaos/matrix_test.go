@@ -253,9 +253,9 @@ func restart(r *rig) {
 	r.ready()
 }
 
-// statePartsOK checks the state file after a stop: it parses and comes
+// stateFileFrom checks the state file after a stop: it parses and comes
 // from the stopped process.
-func statePartsOK(r *rig, pid int) {
+func stateFileFrom(r *rig, pid int) {
 	doc, err := agent.ReadStateFile(filepath.Join(r.stateDir, agent.StateFileName))
 	if err != nil {
 		r.t.Fatalf("the state file does not parse after the stop: %v", err)
@@ -442,7 +442,7 @@ func rows() []row {
 				if r.proc.err != nil {
 					r.t.Errorf("exit after SIGTERM: %v", r.proc.err)
 				}
-				statePartsOK(r, pid)
+				stateFileFrom(r, pid)
 				r.w.tcp.Clear()
 				restart(r)
 				return "exit 0 in " + took.Round(time.Millisecond).String()
@@ -462,7 +462,7 @@ func rows() []row {
 				if r.proc.err != nil {
 					r.t.Errorf("exit after SIGTERM: %v", r.proc.err)
 				}
-				statePartsOK(r, pid)
+				stateFileFrom(r, pid)
 				restart(r)
 				return fmt.Sprintf("exit 0 in %s after flip %d; state parsed", took.Round(time.Millisecond), at)
 			}},
@@ -505,7 +505,7 @@ func rows() []row {
 				r.midPull()
 				pid := r.proc.cmd.Process.Pid
 				r.proc.stop(r.t, syscall.SIGKILL)
-				statePartsOK(r, pid)
+				stateFileFrom(r, pid)
 				r.w.tcp.Clear()
 				restart(r)
 				return "restarted; state parsed"
@@ -521,7 +521,7 @@ func rows() []row {
 					}
 					return true
 				})
-				statePartsOK(r, pid)
+				stateFileFrom(r, pid)
 				restart(r)
 				return fmt.Sprintf("killed after flip %d; state parsed; restarted", at)
 			}},

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -485,16 +484,6 @@ func (r *rig) ready() {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-var errExitedZero = errors.New("exited 0")
-
-// exitErr describes how p ended.
-func (p *agentProc) exitErr() error {
-	if p.err == nil {
-		return errExitedZero
-	}
-	return p.err
 }
 
 // count counts lines of the agent's log containing s.
