@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	cerrdefs "github.com/containerd/errdefs"
 	"io"
 
 	"github.com/docker/docker/api/types/container"
@@ -65,7 +66,7 @@ func (d *DockerEngine) ImagePull(ctx context.Context, ref string, opts PullOptio
 // ImageInspect implements Engine.
 func (d *DockerEngine) ImageInspect(ctx context.Context, ref string) (ImageInfo, error) {
 	res, err := d.cli.ImageInspect(ctx, ref)
-	if client.IsErrNotFound(err) {
+	if cerrdefs.IsNotFound(err) {
 		return ImageInfo{}, fmt.Errorf("%s: %w", ref, ErrImageNotFound)
 	}
 	if err != nil {
@@ -120,7 +121,7 @@ func (d *DockerEngine) ImageTag(ctx context.Context, source, target string) erro
 // ImageRemove implements Engine.
 func (d *DockerEngine) ImageRemove(ctx context.Context, ref string) (RemoveResult, error) {
 	res, err := d.cli.ImageRemove(ctx, ref, image.RemoveOptions{Force: false, PruneChildren: true})
-	if client.IsErrNotFound(err) {
+	if cerrdefs.IsNotFound(err) {
 		return RemoveResult{}, fmt.Errorf("%s: %w", ref, ErrImageNotFound)
 	}
 	if err != nil {

@@ -30,10 +30,6 @@ type workload struct {
 	count      int
 }
 
-func (w workload) spec() string {
-	return fmt.Sprintf("base%dM-unique%dM-x%d", w.baseSize>>20, w.uniqueSize>>20, w.count)
-}
-
 // layers returns the cached base and unique layers, generating what is
 // missing.
 func (w workload) layers() (v1.Layer, []v1.Layer, error) {
