@@ -340,7 +340,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		cancel()
 		a.pinged(err)
 	}
+	a.mu.Lock() // the status socket is already serving Snapshot
 	a.refreshAt = time.Now().Add(a.jitter(a.opts.RefreshInterval))
+	a.mu.Unlock()
 	a.notify("READY=1")
 	a.log.Info("agent started", "env_file", a.opts.EnvFile, "refresh_interval", a.opts.RefreshInterval.String(), "concurrency", a.opts.Concurrency)
 

@@ -1,9 +1,18 @@
 package agent
 
 import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/molecule-ai/pull-agent/auth"
 )
 
 func TestBackoffIsFullJitterUnderADoublingCap(t *testing.T) {
@@ -124,4 +133,57 @@ func TestPullMonitor(t *testing.T) {
 			t.Fatal("a silent extraction never times out")
 		}
 	})
+}
+
+// The status socket serves Snapshot before Run starts: whatever Run sets
+// up must be written under the lock. The race detector sees an unguarded
+// write only when a read falls between it and Run's next unlock, so the
+// start is repeated with readers spinning.
+func TestSnapshotWhileRunStarts(t *testing.T) {
+	env := filepath.Join(t.TempDir(), "env")
+	if err := os.WriteFile(env, []byte(KeyRegistry+"=r.test/x\n"+KeyRuntimes+"=codex\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := digest.FromString("image")
+	e := &fakeEngine{
+		ping:    func(context.Context) error { return nil },
+		inspect: func(context.Context, string) (ImageInfo, error) { return ImageInfo{}, ErrImageNotFound },
+		pull:    func(context.Context, string, PullOptions) (io.ReadCloser, error) { return okStream(d), nil },
+		remote:  func(context.Context, string) (RemoteInfo, error) { return RemoteInfo{Digest: d}, nil },
+	}
+	for range 100 {
+		a, err := New(Options{
+			EnvFile:       env,
+			Getenv:        func(string) string { return "" },
+			NewEngine:     func(string) (Engine, error) { return e, nil },
+			NewAuthorizer: func(Config) (Authorizer, error) { return anonymous{}, nil },
+			Logger:        slog.New(slog.DiscardHandler),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		var readers sync.WaitGroup
+		for range 2 {
+			readers.Go(func() {
+				for ctx.Err() == nil {
+					_ = a.Document()
+				}
+			})
+		}
+		done := make(chan error, 1)
+		go func() { done <- a.Run(ctx) }()
+		time.Sleep(5 * time.Millisecond)
+		cancel()
+		readers.Wait()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+type anonymous struct{}
+
+func (anonymous) Select(_ context.Context, host string) (auth.Selection, error) {
+	return auth.Selection{Host: host, Source: auth.SourceAnonymous}, nil
 }
