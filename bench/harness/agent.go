@@ -78,20 +78,6 @@ func cpu(pid int) time.Duration {
 	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
 }
 
-func rss(pid int) int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}
-
 // reactionAndIdle runs the agent against two seeded registries: the
 // reaction time over flips between them, then its footprint at rest.
 func (e *env) reactionAndIdle(ctx context.Context, flips int, idle time.Duration) (Reaction, Idle, error) {
@@ -192,7 +178,7 @@ func (e *env) reactionAndIdle(ctx context.Context, flips int, idle time.Duration
 	}
 	a1, d1 := cpu(cmd.Process.Pid), cpu(dockerdPid)
 	id := Idle{Seconds: idle.Seconds(), AgentCPU: (a1 - a0).Seconds(), DockerdCPU: (d1 - d0).Seconds(),
-		AgentRSSMiB: float64(rss(cmd.Process.Pid)) / (1 << 20), DockerdRSS: float64(rss(dockerdPid)) / (1 << 20)}
+		AgentRSSMiB: float64(testbed.RSS(cmd.Process.Pid)) / (1 << 20), DockerdRSS: float64(testbed.RSS(dockerdPid)) / (1 << 20)}
 	fmt.Fprintf(os.Stderr, "harness: idle %.0f s: agent %.3f s CPU %.1f MiB, dockerd %.3f s %.1f MiB\n", id.Seconds, id.AgentCPU, id.AgentRSSMiB, id.DockerdCPU, id.DockerdRSS)
 	return re, id, nil
 }

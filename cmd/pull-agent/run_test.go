@@ -41,10 +41,8 @@ func waitNotify(t *testing.T, n *testbed.NotifySocket, what string, timeout time
 
 // agentProcess runs this test binary as 'pull-agent run' (see TestMain).
 type agentProcess struct {
-	dir    string // holds status.sock and state/
-	cmd    *exec.Cmd
-	stderr *testbed.Buffer
-	exited chan error
+	*testbed.Process
+	dir string // holds status.sock and state/
 }
 
 func startProcess(t *testing.T, env []string, args ...string) *agentProcess {
@@ -57,16 +55,15 @@ func startProcess(t *testing.T, env []string, args ...string) *agentProcess {
 	args = append([]string{"--status-socket", filepath.Join(dir, "status.sock"), "--state-dir", filepath.Join(dir, "state")}, args...)
 	cmd := exec.Command(os.Args[0], append([]string{"run"}, args...)...)
 	cmd.Env = append(os.Environ(), append([]string{"PULL_AGENT_TEST_MAIN=1"}, env...)...)
-	p := &agentProcess{cmd: cmd, stderr: &testbed.Buffer{}, exited: make(chan error, 1), dir: dir}
-	cmd.Stderr = p.stderr
-	if err := cmd.Start(); err != nil {
+	proc, err := testbed.StartProcess(cmd)
+	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { p.exited <- cmd.Wait() }()
+	p := &agentProcess{Process: proc, dir: dir}
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
+		p.Kill()
 		if t.Failed() {
-			t.Logf("agent stderr:\n%s", p.stderr.String())
+			t.Logf("agent stderr:\n%s", p.Output.String())
 		}
 	})
 	return p
@@ -76,17 +73,11 @@ func startProcess(t *testing.T, env []string, args ...string) *agentProcess {
 // and its exit error.
 func (p *agentProcess) terminate(t *testing.T) (time.Duration, error) {
 	t.Helper()
-	start := time.Now()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	took, err := p.Stop(syscall.SIGTERM, 20*time.Second)
+	if took == 0 && err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-p.exited:
-		return time.Since(start), err
-	case <-time.After(20 * time.Second):
-		t.Fatal("the agent did not exit within 20 s of SIGTERM")
-		return 0, nil
-	}
+	return took, err
 }
 
 func TestRunNotifiesSystemdAndRereadsOnSIGHUP(t *testing.T) {
@@ -118,7 +109,7 @@ func TestRunNotifiesSystemdAndRereadsOnSIGHUP(t *testing.T) {
 	if err := os.WriteFile(envFile, []byte(agent.KeyRegistry+"="+reg.Prefix("notify-b")+"\n"+agent.KeyRuntimes+"=codex,hermes\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	waitNotify(t, n, "STATUS= with every image warm from B after SIGHUP", 15*time.Second, func(m string) bool {
@@ -131,8 +122,8 @@ func TestRunNotifiesSystemdAndRereadsOnSIGHUP(t *testing.T) {
 	}
 	waitNotify(t, n, "STOPPING=1", time.Second, func(m string) bool { return m == "STOPPING=1" })
 	t.Logf("exited %s after SIGTERM", took.Round(time.Millisecond))
-	if !strings.Contains(p.stderr.String(), `"msg":"configuration loaded"`) {
-		t.Errorf("--log-format json did not give JSON lines:\n%s", p.stderr.String())
+	if !strings.Contains(p.Output.String(), `"msg":"configuration loaded"`) {
+		t.Errorf("--log-format json did not give JSON lines:\n%s", p.Output.String())
 	}
 }
 
@@ -143,8 +134,8 @@ func TestRunWithoutNotifySocketSendsNothingAndRuns(t *testing.T) {
 	p := startProcess(t, env, "--env-file", envFile)
 	time.Sleep(1500 * time.Millisecond)
 	select {
-	case err := <-p.exited:
-		t.Fatalf("the agent exited without NOTIFY_SOCKET: %v\n%s", err, p.stderr.String())
+	case <-p.Done():
+		t.Fatalf("the agent exited without NOTIFY_SOCKET: %v\n%s", p.Err(), p.Output.String())
 	default:
 	}
 	if _, err := p.terminate(t); err != nil {
@@ -173,7 +164,7 @@ func TestRunSIGTERMDuringPullExitsZero(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // bytes are flowing
 	took, err := p.terminate(t)
 	if err != nil {
-		t.Fatalf("exit after SIGTERM during a pull: %v\n%s", err, p.stderr.String())
+		t.Fatalf("exit after SIGTERM during a pull: %v\n%s", err, p.Output.String())
 	}
 	if took > 10*time.Second {
 		t.Errorf("exit took %s, want under 10 s", took)
@@ -197,9 +188,9 @@ func TestASecondAgentOnTheSameStateDirRefuses(t *testing.T) {
 	}
 	second := startProcess(t, []string{"DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile, "--state-dir", filepath.Join(first.dir, "state"))
 	select {
-	case err := <-second.exited:
-		if err == nil || !strings.Contains(second.stderr.String(), "another pull-agent (pid "+strconv.Itoa(first.cmd.Process.Pid)+") is running with the state directory") {
-			t.Fatalf("second agent: %v\n%s", err, second.stderr.String())
+	case <-second.Done():
+		if err := second.Err(); err == nil || !strings.Contains(second.Output.String(), "another pull-agent (pid "+strconv.Itoa(first.Cmd.Process.Pid)+") is running with the state directory") {
+			t.Fatalf("second agent: %v\n%s", second.Err(), second.Output.String())
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the second agent did not refuse")

@@ -294,18 +294,18 @@ func TestStateFileSurvivesKill9(t *testing.T) {
 			case <-time.After(30 * time.Millisecond):
 			}
 		}
-		if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		if err := p.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		<-p.exited
+		<-p.Done()
 		path := filepath.Join(p.dir, "state", agent.StateFileName)
 		doc, err := agent.ReadStateFile(path)
 		if err != nil {
 			data, _ := os.ReadFile(path)
 			t.Fatalf("round %d: state.json after kill -9: %v\n%s", i, err, data)
 		}
-		if doc.Agent.PID != p.cmd.Process.Pid {
-			t.Fatalf("round %d: state from pid %d, want %d", i, doc.Agent.PID, p.cmd.Process.Pid)
+		if doc.Agent.PID != p.Cmd.Process.Pid {
+			t.Fatalf("round %d: state from pid %d, want %d", i, doc.Agent.PID, p.Cmd.Process.Pid)
 		}
 		leftovers, _ := filepath.Glob(filepath.Join(p.dir, "state", ".state-*.tmp"))
 		t.Logf("round %d: valid state (%d images, %d warm), %d temp files left by the kill", i, len(doc.Images), doc.Agent.Warm, len(leftovers))

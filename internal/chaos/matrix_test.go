@@ -194,7 +194,7 @@ func configRow(cfg, want string, transient bool) func(r *rig) string {
 		r.writeDockerConfig(r.w.dockerConfig())
 		how := "retried on its own (" + fmt.Sprint(attempts) + " attempts in 2.5 s)"
 		if !transient {
-			must(r.t, r.proc.cmd.Process.Signal(syscall.SIGHUP))
+			must(r.t, r.proc.Cmd.Process.Signal(syscall.SIGHUP))
 			how = "not retried (1 attempt in 2.5 s) until SIGHUP"
 		}
 		return fmt.Sprintf("every image auth after %s: %q; %s", secs(took), shorten(d.Images[0].LastError), how)
@@ -430,17 +430,17 @@ func rows() []row {
 				if out, err := exec.Command("mount", "-o", "remount,size=512m", root).CombinedOutput(); err != nil {
 					r.t.Fatalf("growing %s: %v %s", root, err, out)
 				}
-				must(r.t, r.proc.cmd.Process.Signal(syscall.SIGHUP))
+				must(r.t, r.proc.Cmd.Process.Signal(syscall.SIGHUP))
 				return fmt.Sprintf("disk after %s: %q", secs(took), shorten(msg))
 			}},
 		// Signals
 		{group: "signals", fault: "SIGTERM during a pull", inject: "SIGTERM while a throttled pull runs", expect: "exit 0 promptly; the next start converges", fast: true,
 			run: func(r *rig) string {
 				r.midPull()
-				pid := r.proc.cmd.Process.Pid
+				pid := r.proc.Cmd.Process.Pid
 				took := r.proc.stop(r.t, syscall.SIGTERM)
-				if r.proc.err != nil {
-					r.t.Errorf("exit after SIGTERM: %v", r.proc.err)
+				if r.proc.Err() != nil {
+					r.t.Errorf("exit after SIGTERM: %v", r.proc.Err())
 				}
 				stateFileFrom(r, pid)
 				r.w.tcp.Clear()
@@ -451,7 +451,7 @@ func rows() []row {
 			run: func(r *rig) string {
 				at := randIn(5, 30)
 				var took time.Duration
-				pid := r.proc.cmd.Process.Pid
+				pid := r.proc.Cmd.Process.Pid
 				rapidFlips(r, 40, func(i int) bool {
 					if i == at {
 						took = r.proc.stop(r.t, syscall.SIGTERM)
@@ -459,8 +459,8 @@ func rows() []row {
 					}
 					return true
 				})
-				if r.proc.err != nil {
-					r.t.Errorf("exit after SIGTERM: %v", r.proc.err)
+				if r.proc.Err() != nil {
+					r.t.Errorf("exit after SIGTERM: %v", r.proc.Err())
 				}
 				stateFileFrom(r, pid)
 				restart(r)
@@ -470,7 +470,7 @@ func rows() []row {
 			run: func(r *rig) string {
 				r.midPull()
 				for range 3 {
-					must(r.t, r.proc.cmd.Process.Signal(syscall.SIGHUP))
+					must(r.t, r.proc.Cmd.Process.Signal(syscall.SIGHUP))
 					time.Sleep(100 * time.Millisecond)
 				}
 				r.w.tcp.Clear()
@@ -482,7 +482,7 @@ func rows() []row {
 					}
 				}
 				starts := 0
-				for _, l := range strings.Split(r.proc.stderr.String(), "\n") {
+				for _, l := range strings.Split(r.proc.Output.String(), "\n") {
 					if strings.Contains(l, `msg="pull started"`) && strings.Contains(l, r.want) {
 						starts++
 					}
@@ -495,7 +495,7 @@ func rows() []row {
 		{group: "signals", fault: "SIGHUP during state writes", inject: "SIGHUP at every step of 20 ms prefix flips", expect: "alive; ends on the last prefix written", fast: true,
 			run: func(r *rig) string {
 				rapidFlips(r, 30, func(int) bool {
-					must(r.t, r.proc.cmd.Process.Signal(syscall.SIGHUP))
+					must(r.t, r.proc.Cmd.Process.Signal(syscall.SIGHUP))
 					return true
 				})
 				return "alive after 30 SIGHUPs among 30 flips"
@@ -503,7 +503,7 @@ func rows() []row {
 		{group: "signals", fault: "SIGKILL during a pull", inject: "SIGKILL while a throttled pull runs; restart", expect: "state file parses; stale socket replaced; lock free; converges", fast: true,
 			run: func(r *rig) string {
 				r.midPull()
-				pid := r.proc.cmd.Process.Pid
+				pid := r.proc.Cmd.Process.Pid
 				r.proc.stop(r.t, syscall.SIGKILL)
 				stateFileFrom(r, pid)
 				r.w.tcp.Clear()
@@ -513,7 +513,7 @@ func rows() []row {
 		{group: "signals", fault: "SIGKILL during a state write", inject: "SIGKILL at a random moment of 20 ms prefix flips; restart", expect: "state file parses (old or new), no temp file left", fast: true,
 			run: func(r *rig) string {
 				at := randIn(5, 30)
-				pid := r.proc.cmd.Process.Pid
+				pid := r.proc.Cmd.Process.Pid
 				rapidFlips(r, 40, func(i int) bool {
 					if i == at {
 						r.proc.stop(r.t, syscall.SIGKILL)
@@ -529,18 +529,18 @@ func rows() []row {
 			run: func(r *rig) string {
 				second := r.spawn(r.stateDir, filepath.Join(r.dir, "second.sock"))
 				select {
-				case <-second.exited:
+				case <-second.Done():
 				case <-time.After(10 * time.Second):
 					r.t.Fatal("the second agent did not exit")
 				}
-				msg := strings.TrimSpace(second.stderr.String())
-				want := fmt.Sprintf("another pull-agent (pid %d)", r.proc.cmd.Process.Pid)
-				if second.err == nil || !strings.Contains(msg, want) {
-					r.t.Errorf("second agent: %v, %q; want an error with %q", second.err, msg, want)
+				msg := strings.TrimSpace(second.Output.String())
+				want := fmt.Sprintf("another pull-agent (pid %d)", r.proc.Cmd.Process.Pid)
+				if second.Err() == nil || !strings.Contains(msg, want) {
+					r.t.Errorf("second agent: %v, %q; want an error with %q", second.Err(), msg, want)
 				}
 				p, ds := r.next(fromMain, testbed.SeedOptions{})
 				r.flip(p, ds)
-				return fmt.Sprintf("second: %v, %q", second.err, shorten(msg))
+				return fmt.Sprintf("second: %v, %q", second.Err(), shorten(msg))
 			}},
 		// Env file
 		{group: "env file", fault: "garbage bytes", inject: "4 KiB from crypto/rand", expect: "refused with file:line; last good kept", fast: true,

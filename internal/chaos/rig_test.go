@@ -1,7 +1,6 @@
 package chaos
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -55,12 +54,7 @@ type rig struct {
 }
 
 // agentProc is one 'pull-agent run' process.
-type agentProc struct {
-	cmd    *exec.Cmd
-	stderr *testbed.Buffer
-	exited chan struct{}
-	err    error
-}
+type agentProc struct{ *testbed.Process }
 
 func newRig(t *testing.T, w *world) *rig {
 	t.Helper()
@@ -83,14 +77,11 @@ func newRig(t *testing.T, w *world) *rig {
 	r.writeDockerConfig(w.dockerConfig())
 	t.Cleanup(func() {
 		for _, p := range r.procs {
-			if p.running() {
-				_ = p.cmd.Process.Kill()
-				<-p.exited
-			}
+			p.Kill()
 		}
 		if t.Failed() {
 			for i, p := range r.procs {
-				t.Logf("agent %d stderr (last 6000 bytes):\n%s", i, tail(p.stderr.String(), 6000))
+				t.Logf("agent %d stderr (last 6000 bytes):\n%s", i, tail(p.Output.String(), 6000))
 			}
 		}
 	})
@@ -168,40 +159,24 @@ func (r *rig) spawn(stateDir, socket string) *agentProc {
 		"AWS_MAX_ATTEMPTS=1",
 		"GORACE=halt_on_error=1",
 	}, r.env...)
-	p := &agentProc{cmd: cmd, stderr: &testbed.Buffer{}, exited: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.stderr, p.stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	proc, err := testbed.StartProcess(cmd)
+	if err != nil {
 		r.t.Fatal(err)
 	}
-	go func() { p.err = cmd.Wait(); close(p.exited) }()
+	p := &agentProc{proc}
 	r.procs = append(r.procs, p)
 	return p
 }
 
-func (p *agentProc) running() bool {
-	select {
-	case <-p.exited:
-		return false
-	default:
-		return true
-	}
-}
-
-// signal sends sig and, for a signal that ends the agent, waits for the
-// exit and returns how long it took.
+// stop sends sig, which ends the agent, and returns how long the exit
+// took.
 func (p *agentProc) stop(t *testing.T, sig syscall.Signal) time.Duration {
 	t.Helper()
-	start := time.Now()
-	if err := p.cmd.Process.Signal(sig); err != nil {
+	took, err := p.Stop(sig, 20*time.Second)
+	if took == 0 && err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-p.exited:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("the agent did not exit within 20 s of %s", sig)
-	}
-	return time.Since(start)
+	return took
 }
 
 // client speaks HTTP on the status socket.
@@ -253,8 +228,8 @@ func (r *rig) waitFor(what string, timeout time.Duration, cond func(agent.StateD
 	var last agent.StateDoc
 	var lastErr error
 	for time.Since(start) < timeout {
-		if r.proc != nil && !r.proc.running() {
-			r.t.Fatalf("waiting for %s: the agent exited: %v", what, r.proc.err)
+		if r.proc != nil && !r.proc.Running() {
+			r.t.Fatalf("waiting for %s: the agent exited: %v", what, r.proc.Err())
 		}
 		d, err := r.doc()
 		if err == nil && cond(d) {
@@ -379,8 +354,8 @@ func (r *rig) invariants() outcome {
 	t := r.t
 	t.Helper()
 	o := outcome{baseline: r.baseline}
-	if r.proc == nil || !r.proc.running() {
-		t.Fatalf("the agent is not running at the end of the row: %v", r.proc.err)
+	if r.proc == nil || !r.proc.Running() {
+		t.Fatalf("the agent is not running at the end of the row: %v", r.proc.Err())
 	}
 	o.converge = r.waitFor("every image of the final prefix warm and verified", 90*time.Second, r.converged)
 
@@ -399,15 +374,15 @@ func (r *rig) invariants() outcome {
 	var doc agent.StateDoc
 	for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
 		doc, err = agent.ReadStateFile(filepath.Join(r.stateDir, agent.StateFileName))
-		if err == nil && doc.Agent.PID == r.proc.cmd.Process.Pid && r.converged(doc) || time.Since(start) > 5*time.Second {
+		if err == nil && doc.Agent.PID == r.proc.Cmd.Process.Pid && r.converged(doc) || time.Since(start) > 5*time.Second {
 			break
 		}
 	}
 	switch {
 	case err != nil:
 		t.Errorf("the state file does not parse: %v", err)
-	case doc.Agent.PID != r.proc.cmd.Process.Pid:
-		t.Errorf("the state file is from pid %d, not the running agent %d", doc.Agent.PID, r.proc.cmd.Process.Pid)
+	case doc.Agent.PID != r.proc.Cmd.Process.Pid:
+		t.Errorf("the state file is from pid %d, not the running agent %d", doc.Agent.PID, r.proc.Cmd.Process.Pid)
 	case !r.converged(doc):
 		t.Errorf("the state file does not show the converged state:\n%s", describe(doc))
 	}
@@ -441,7 +416,7 @@ func (r *rig) invariants() outcome {
 		time.Sleep(250 * time.Millisecond)
 	}
 	for _, p := range r.procs {
-		if s := p.stderr.String(); strings.Contains(s, "panic:") || strings.Contains(s, "WARNING: DATA RACE") {
+		if s := p.Output.String(); strings.Contains(s, "panic:") || strings.Contains(s, "WARNING: DATA RACE") {
 			t.Errorf("a panic or data race in the agent's output:\n%s", tail(s, 4000))
 		}
 	}
@@ -453,7 +428,7 @@ func (r *rig) noSecrets() {
 	r.t.Helper()
 	texts := append([]string(nil), r.outputs...)
 	for _, p := range r.procs {
-		texts = append(texts, p.stderr.String())
+		texts = append(texts, p.Output.String())
 	}
 	if b, err := os.ReadFile(filepath.Join(r.stateDir, agent.StateFileName)); err == nil {
 		texts = append(texts, string(b))
@@ -476,8 +451,8 @@ func (r *rig) ready() {
 		if _, err := r.doc(); err == nil {
 			return
 		}
-		if !r.proc.running() {
-			r.t.Fatalf("the agent exited: %v\n%s", r.proc.err, r.proc.stderr.String())
+		if !r.proc.Running() {
+			r.t.Fatalf("the agent exited: %v\n%s", r.proc.Err(), r.proc.Output.String())
 		}
 		if time.Now().After(deadline) {
 			r.t.Fatal("the agent never served its status socket")
@@ -488,5 +463,5 @@ func (r *rig) ready() {
 
 // count counts lines of the agent's log containing s.
 func (p *agentProc) count(s string) int {
-	return bytes.Count([]byte(p.stderr.String()), []byte(s))
+	return strings.Count(p.Output.String(), s)
 }

@@ -10,7 +10,6 @@ import (
 	"path"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -50,21 +49,6 @@ type soakStats struct {
 	failed                  bool
 }
 
-// rss reads a process's resident set size in kB.
-func rss(pid int) int64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			n, _ := strconv.ParseInt(f[1], 10, 64)
-			return n
-		}
-	}
-	return 0
-}
-
 // TestSoak runs the agent while a driver flips the prefix among three
 // registries at random intervals (50 ms to 3 s, log-uniform), injects the
 // matrix's faults at random, moves tags and rotates credentials. At the
@@ -98,8 +82,8 @@ func TestSoak(t *testing.T) {
 	time.Sleep(time.Second)
 	r.baseline, err = r.counts()
 	must(t, err)
-	pid := r.proc.cmd.Process.Pid
-	st := soakStats{faults: map[string]int{}, classes: map[string]int{}, base: r.baseline, warm: rss(pid)}
+	pid := r.proc.Cmd.Process.Pid
+	st := soakStats{faults: map[string]int{}, classes: map[string]int{}, base: r.baseline, warm: testbed.RSS(pid) >> 10}
 	st.rssMax = st.warm
 
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
@@ -129,11 +113,11 @@ func TestSoak(t *testing.T) {
 		"env file deleted": func() func() { os.Remove(r.envFile); return func() { r.writeEnv(w.envFile(r.want)) } },
 		"config.json malformed": func() func() {
 			r.writeDockerConfig(`{"auths": {`)
-			return func() { r.writeDockerConfig(soakConfig(w, user, tokPass)) }
+			return func() { r.writeDockerConfig(w.authsConfig(user, tokPass)) }
 		},
 		"credential helper hang": func() func() {
 			r.writeDockerConfig(`{"credHelpers": {"` + w.tcp.Addr + `": "pa-hang"}}`)
-			return func() { r.writeDockerConfig(soakConfig(w, user, tokPass)) }
+			return func() { r.writeDockerConfig(w.authsConfig(user, tokPass)) }
 		},
 		"docker daemon restart": func() func() {
 			must(t, w.bed.StopDockerd())
@@ -163,8 +147,8 @@ func TestSoak(t *testing.T) {
 	for time.Now().Before(deadline) {
 		// Log-uniform pause: many short (down to 50 ms), some long.
 		time.Sleep(time.Duration(50 * math.Pow(60, rng.Float64()) * float64(time.Millisecond)))
-		if !r.proc.running() {
-			t.Fatalf("the agent died: %v", r.proc.err)
+		if !r.proc.Running() {
+			t.Fatalf("the agent died: %v", r.proc.Err())
 		}
 		if !revokeAt.IsZero() && time.Now().After(revokeAt) {
 			w.tokens.SetUsers(map[string]string{user: tokPass})
@@ -210,20 +194,20 @@ func TestSoak(t *testing.T) {
 			w.mu.Unlock()
 			user, tokPass = newUser, newPass
 			if !strings.Contains(healName, "config.json") && !strings.Contains(healName, "helper") {
-				r.writeDockerConfig(soakConfig(w, user, tokPass)) // else its heal writes it
+				r.writeDockerConfig(w.authsConfig(user, tokPass)) // else its heal writes it
 			}
 			revokeAt = time.Now().Add(3 * time.Second)
 			st.rotations++
 		default:
-			must(t, r.proc.cmd.Process.Signal(syscall.SIGHUP))
+			must(t, r.proc.Cmd.Process.Signal(syscall.SIGHUP))
 			st.hup++
 		}
 		if st.rss0 == 0 && time.Now().After(baselineAt) {
-			st.rss0 = rss(pid)
+			st.rss0 = testbed.RSS(pid) >> 10
 		}
 		if time.Now().After(nextSample) {
 			nextSample = time.Now().Add(2 * time.Second)
-			if v := rss(pid); v > st.rssMax {
+			if v := testbed.RSS(pid) >> 10; v > st.rssMax {
 				st.rssMax = v
 			}
 			if c, err := r.counts(); err == nil {
@@ -235,17 +219,17 @@ func TestSoak(t *testing.T) {
 		heal()
 	}
 	if st.rss0 == 0 {
-		st.rss0 = rss(pid)
+		st.rss0 = testbed.RSS(pid) >> 10
 	}
 	// Faults removed, good files back, a last flip.
-	r.writeDockerConfig(soakConfig(w, user, tokPass))
+	r.writeDockerConfig(w.authsConfig(user, tokPass))
 	p := prefixes[rng.IntN(len(prefixes))]
 	r.flip(p.prefix, p.digests)
 	st.duration = time.Since(start)
 	o := r.invariants()
 	st.converge, st.end = o.converge, o.counts
 	time.Sleep(2 * time.Second)
-	st.rss = rss(pid)
+	st.rss = testbed.RSS(pid) >> 10
 	growth := float64(st.rss-st.rss0) / float64(st.rss0)
 	// RSS says little about a run of seconds (the heap is still growing
 	// to its working size); the criterion holds for runs of 5 minutes
@@ -269,16 +253,10 @@ func TestSoak(t *testing.T) {
 	}
 }
 
-// soakConfig is config.json with the token registry's current user.
-func soakConfig(w *world, user, tokPass string) string {
-	return fmt.Sprintf(`{"auths": {%q: {"auth": %q}, %q: {"auth": %q}}}`,
-		w.tcp.Addr, encodeAuth(w.user+":"+w.pass), w.tok.Addr, encodeAuth(user+":"+tokPass))
-}
-
 // classes counts the agent's logged pull failures by class.
 func (p *agentProc) classes() map[string]int {
 	out := map[string]int{}
-	for _, l := range strings.Split(p.stderr.String(), "\n") {
+	for _, l := range strings.Split(p.Output.String(), "\n") {
 		if !strings.Contains(l, `msg="pull failed`) {
 			continue
 		}
@@ -300,7 +278,7 @@ func (p *agentProc) unclassified() []string { return p.errorsOf("unknown") }
 func (p *agentProc) errorsOf(class string) []string {
 	seen := map[string]bool{}
 	var out []string
-	for _, l := range strings.Split(p.stderr.String(), "\n") {
+	for _, l := range strings.Split(p.Output.String(), "\n") {
 		if !strings.Contains(l, `msg="pull failed`) || !strings.Contains(l, " class="+class+" ") {
 			continue
 		}

@@ -270,10 +270,13 @@ func digests(seeded map[string]testbed.Seeded) map[string]string {
 
 // dockerConfig is the config.json of every row: Basic credentials for the
 // main and token registries, keyed as the docker CLI keys them.
-func (w *world) dockerConfig() string {
-	b64 := func(u, p string) string { return encodeAuth(u + ":" + p) }
+func (w *world) dockerConfig() string { return w.authsConfig(w.user, w.tokPass) }
+
+// authsConfig is that config.json with the token registry's user as
+// given (the soak rotates it).
+func (w *world) authsConfig(tokUser, tokPass string) string {
 	return fmt.Sprintf(`{"auths": {%q: {"auth": %q}, %q: {"auth": %q}}}`,
-		w.tcp.Addr, b64(w.user, w.pass), w.tok.Addr, b64(w.user, w.tokPass))
+		w.tcp.Addr, encodeAuth(w.user+":"+w.pass), w.tok.Addr, encodeAuth(tokUser+":"+tokPass))
 }
 
 // envFile is the content of a row's env file for prefix.
