@@ -128,7 +128,7 @@ func (p *envParser) parse(data []byte) ([]EnvVar, error) {
 		case stKey:
 			switch {
 			case isEnvNewline(c):
-				return nil, p.fail(p.startLine, "%q has no '='; write KEY=VALUE", clip(strings.TrimSpace(p.key.String())))
+				return nil, p.noEquals()
 			case c == '=':
 				st = stPreValue
 				p.valueEnd = -1
@@ -229,7 +229,7 @@ func (p *envParser) parse(data []byte) ([]EnvVar, error) {
 	}
 	switch st {
 	case stKey:
-		return nil, p.fail(p.startLine, "%q has no '='; write KEY=VALUE", clip(strings.TrimSpace(p.key.String())))
+		return nil, p.noEquals()
 	case stSingle:
 		return nil, p.fail(p.quoteLine, "single quote opened here is never closed")
 	case stDouble, stDoubleEscape:
@@ -258,7 +258,7 @@ func (p *envParser) push(trimValue bool) error {
 		value = value[:p.valueEnd]
 	}
 	if err := validEnvName(key); err != nil {
-		return p.fail(p.startLine, "%v", err)
+		return p.fail(p.startLine, "%v%s", err, notShown)
 	}
 	if !utf8.ValidString(value) {
 		return p.fail(p.startLine, "value of %s is not valid UTF-8", key)
@@ -273,6 +273,33 @@ func (p *envParser) push(trimValue bool) error {
 	return nil
 }
 
+// notShown ends every message about a line that could not be read: the
+// line may hold a token (GHCR_TOKEN ghp_… with a blank or a colon instead
+// of '='), so no part of it but a known key's name is ever repeated.
+const notShown = " (the line is not shown: it may hold a secret)"
+
+// knownKey is the name of a key the agent reads that s starts with, or "".
+func knownKey(s string) string {
+	s = strings.TrimSpace(s)
+	s = strings.TrimPrefix(s, "export ")
+	s = strings.TrimLeft(s, " \t")
+	for _, k := range []string{KeyRegistry, KeyRuntimes, KeyPins, KeyPlatform, KeyGHCRUser, KeyGHCRToken, KeyDockerHost, KeyAlias, KeyPrune, KeyDiskMargin} {
+		if rest, ok := strings.CutPrefix(s, k); ok && (rest == "" || strings.ContainsRune(" \t:", rune(rest[0]))) {
+			return k
+		}
+	}
+	return ""
+}
+
+// noEquals is the error for a line without '=': it names the key when it
+// is one the agent knows, never the rest of the line.
+func (p *envParser) noEquals() error {
+	if k := knownKey(p.key.String()); k != "" {
+		return p.fail(p.startLine, "the line setting %s has no '='; write %s=VALUE%s", k, k, notShown)
+	}
+	return p.fail(p.startLine, "the line has no '='; write KEY=VALUE%s", notShown)
+}
+
 var errEmptyEnvName = errors.New("empty variable name before '='")
 
 func validEnvName(key string) error {
@@ -280,13 +307,19 @@ func validEnvName(key string) error {
 		return errEmptyEnvName
 	}
 	if !utf8.ValidString(key) {
-		return fmt.Errorf("variable name %q is not valid UTF-8", clip(key))
+		return errors.New("the variable name is not valid UTF-8")
 	}
 	for i := 0; i < len(key); i++ {
 		c := key[i]
 		ok := c == '_' || ('A' <= c && c <= 'Z') || ('a' <= c && c <= 'z') || (i > 0 && '0' <= c && c <= '9')
 		if !ok {
-			return fmt.Errorf("%q is not a valid variable name; use letters, digits and '_', not starting with a digit", clip(key))
+			if k := knownKey(key); k != "" {
+				return fmt.Errorf("the name before '=' is not a valid variable name; write %s=VALUE", k)
+			}
+			if strings.HasPrefix(key, "export ") {
+				return errors.New("the name before '=' is not a valid variable name; remove 'export'")
+			}
+			return errors.New("the name before '=' is not a valid variable name; use letters, digits and '_', not starting with a digit")
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -79,11 +80,15 @@ func TestParseEnvFileErrors(t *testing.T) {
 		wantLine int
 		wantMsg  string
 	}{
-		{"no equals", "A=1\nJUSTAKEY\n", 2, `"JUSTAKEY" has no '='`},
-		{"no equals at end", "A=1\nJUSTAKEY", 2, `"JUSTAKEY" has no '='`},
-		{"export prefix", "export A=1\n", 1, `"export A" is not a valid variable name`},
-		{"key with a dash", "MY-KEY=1\n", 1, `"MY-KEY" is not a valid variable name`},
-		{"key starting with a digit", "1A=1\n", 1, `"1A" is not a valid variable name`},
+		{"no equals", "A=1\nJUSTAKEY\n", 2, `the line has no '='; write KEY=VALUE`},
+		{"no equals at end", "A=1\nJUSTAKEY", 2, `the line has no '='`},
+		{"known key, blank instead of '='", "GHCR_TOKEN ghp_s3cret\n", 1, `the line setting GHCR_TOKEN has no '='; write GHCR_TOKEN=VALUE`},
+		{"known key, colon instead of '='", "A=1\n\nGHCR_TOKEN: ghp_s3cret\n", 3, `the line setting GHCR_TOKEN has no '='`},
+		{"known key, blank, token with '='", "GHCR_TOKEN ghp_s3cret==\n", 1, `not a valid variable name; write GHCR_TOKEN=VALUE`},
+		{"a token alone on a line", "ghp_s3cret\n", 1, `the line has no '='`},
+		{"export prefix", "export A=1\n", 1, `not a valid variable name; remove 'export'`},
+		{"key with a dash", "MY-KEY=1\n", 1, `not a valid variable name; use letters, digits and '_'`},
+		{"key starting with a digit", "1A=1\n", 1, `not a valid variable name`},
 		{"empty key", "=1\n", 1, "empty variable name"},
 		{"unterminated double quote", "A=1\nB=\"open\nC=2\n", 2, "double quote opened here is never closed"},
 		{"unterminated single quote", "A='open", 1, "single quote opened here is never closed"},
@@ -100,8 +105,14 @@ func TestParseEnvFileErrors(t *testing.T) {
 			if fe.Line != tt.wantLine || !strings.Contains(fe.Msg, tt.wantMsg) {
 				t.Fatalf("got line %d %q, want line %d containing %q", fe.Line, fe.Msg, tt.wantLine, tt.wantMsg)
 			}
-			if !strings.HasPrefix(err.Error(), "/etc/x.env:") {
-				t.Fatalf("error does not name the file: %v", err)
+			if !strings.HasPrefix(err.Error(), fmt.Sprintf("/etc/x.env:%d:", tt.wantLine)) {
+				t.Fatalf("error does not name the file and the line: %v", err)
+			}
+			// No error repeats what the line holds beyond a known key.
+			for _, secret := range []string{"s3cret", "JUSTAKEY", "MY-KEY", "1A"} {
+				if strings.Contains(err.Error(), secret) {
+					t.Fatalf("error repeats %q from the line: %v", secret, err)
+				}
 			}
 		})
 	}

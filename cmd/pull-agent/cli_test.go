@@ -124,7 +124,8 @@ func TestConfigErrorsExitTwoAndNameTheLine(t *testing.T) {
 	tests := []struct {
 		name, file, want string
 	}{
-		{"unparsable line", "A=1\nnot an assignment\n", ":2: \"not an assignment\" has no '='"},
+		{"unparsable line", "A=1\nnot an assignment\n", ":2: the line has no '='; write KEY=VALUE"},
+		{"token on a line without '='", "A=1\nGHCR_TOKEN: ghp_cli-s3cret\n", ":2: the line setting GHCR_TOKEN has no '='"},
 		{"refused prefix", "\n\nMOLECULE_IMAGE_REGISTRY=https://ghcr.io/x\n", `:3: MOLECULE_IMAGE_REGISTRY="https://ghcr.io/x": a prefix has no URL scheme`},
 	}
 	for _, tt := range tests {
@@ -134,6 +135,9 @@ func TestConfigErrorsExitTwoAndNameTheLine(t *testing.T) {
 				code, _, errOut := runCLI(t, nil, cmd, "--env-file", f)
 				if code != exitUsage || !strings.Contains(errOut, f+tt.want) {
 					t.Errorf("%s: exit %d, stderr %q, want %q", cmd, code, errOut, f+tt.want)
+				}
+				if strings.Contains(errOut, "s3cret") {
+					t.Errorf("%s: the error repeats the token: %q", cmd, errOut)
 				}
 			}
 		})
