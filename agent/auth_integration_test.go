@@ -113,9 +113,8 @@ func TestAuthCredentialHelpersAgainstARegistry(t *testing.T) {
 	dir, err := testbed.BuildCredentialHelpers(t.TempDir())
 	must(t, err)
 	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
-	t.Setenv("TESTHELPER_USER", "helped")
-	t.Setenv("TESTHELPER_SECRET", "helper-s3cret")
-	t.Setenv("TESTHELPER_LOG", filepath.Join(t.TempDir(), "calls"))
+	callLog := filepath.Join(t.TempDir(), "calls")
+	must(t, testbed.ConfigureCredentialHelpers(dir, testbed.HelperConfig{User: "helped", Secret: "helper-s3cret", Log: callLog}))
 	reg, err := f.bed.StartRegistry(ctxT(t), "helped", testbed.RegistryOptions{Htpasswd: htpasswd(t, map[string]string{"helped": "helper-s3cret"})})
 	must(t, err)
 	t.Cleanup(func() { reg.Stop() })
@@ -138,7 +137,7 @@ func TestAuthCredentialHelpersAgainstARegistry(t *testing.T) {
 			}
 		}
 	}
-	calls, _ := os.ReadFile(os.Getenv("TESTHELPER_LOG"))
+	calls, _ := os.ReadFile(callLog)
 	if !strings.Contains(string(calls), "pa-good get "+reg.Addr) {
 		t.Errorf("the helper was not asked for %s:\n%s", reg.Addr, calls)
 	}
@@ -149,6 +148,12 @@ func TestAuthCredentialHelpersAgainstARegistry(t *testing.T) {
 	}
 	if time.Since(start) > 10*time.Second {
 		t.Errorf("a hanging helper held the pull for %s", time.Since(start))
+	}
+	// A helper that prints the credentials and then fails: the pull fails
+	// as auth, naming the helper and its exit status, never its output.
+	rs = pullOne(t, f.engine, reg.Prefix("h"), []string{"codex"}, auth.Options{DockerConfigDir: dockerConfig(t, map[string]any{"credHelpers": map[string]string{reg.Addr: "pa-leak"}})}, logs)
+	if agent.ClassOf(rs[0].Err) != agent.ClassAuth || !strings.Contains(rs[0].Err.Error(), "docker-credential-pa-leak failed (exit status 1)") {
+		t.Errorf("helper printing and failing: %v", rs[0].Err)
 	}
 	rs = pullOne(t, f.engine, reg.Prefix("h"), []string{"codex"}, auth.Options{DockerConfigDir: dockerConfig(t, map[string]any{"credHelpers": map[string]string{reg.Addr: "../pa-good"}})}, logs)
 	if rs[0].Err == nil || !strings.Contains(rs[0].Err.Error(), "refused") {
@@ -212,7 +217,7 @@ func TestAuthScopingSeenAtTheRegistry(t *testing.T) {
 	must(t, err)
 	t.Cleanup(func() { px.Close() })
 	opts := auth.Options{
-		GHCRUser: "gh-bot", GHCRToken: "gh-s3cret",
+		GHCRUser: "gh-bot", GHCRToken: auth.NewSecret("gh-s3cret"),
 		DockerConfigDir: dockerConfig(t, map[string]any{"auths": map[string]any{regX.Addr: basic("user-x", "x-s3cret"), px.Addr: basic("user-y", "y-s3cret")}}),
 	}
 	for _, prefix := range []string{regX.Prefix("m"), px.Prefix("m")} {
@@ -265,7 +270,7 @@ func TestAuthECREndToEnd(t *testing.T) {
 	prefix := ecrHost + ":" + port + "/molecule-ai"
 	logs := &testbed.Buffer{}
 	auth.RouteECRLogs(slog.New(slog.NewTextHandler(logs, nil)))
-	opts := auth.Options{ECRCacheDir: t.TempDir(), GHCRUser: "gh-bot", GHCRToken: "gh-s3cret"}
+	opts := auth.Options{ECRCacheDir: t.TempDir(), GHCRUser: "gh-bot", GHCRToken: auth.NewSecret("gh-s3cret")}
 
 	rs := pullOne(t, engine, prefix, []string{"codex", "hermes"}, opts, logs)
 	for _, r := range rs {
@@ -319,11 +324,11 @@ func TestAuthGHCRUnderItsRealName(t *testing.T) {
 	engine, err := agent.NewDockerEngine(own.DockerHost)
 	must(t, err)
 	logs := &testbed.Buffer{}
-	rs := pullOne(t, engine, "ghcr.io/molecule-ai", []string{"codex"}, auth.Options{GHCRUser: "gh-bot", GHCRToken: "gh-token-s3cret"}, logs)
+	rs := pullOne(t, engine, "ghcr.io/molecule-ai", []string{"codex"}, auth.Options{GHCRUser: "gh-bot", GHCRToken: auth.NewSecret("gh-token-s3cret")}, logs)
 	if rs[0].Err != nil || rs[0].Digest != seed["codex"].Digest || rs[0].Source != auth.SourceGHCREnv {
 		t.Fatalf("ghcr.io with GHCR_USER/GHCR_TOKEN: %+v", rs[0])
 	}
-	for name, o := range map[string]auth.Options{"no credentials": {}, "wrong token": {GHCRUser: "gh-bot", GHCRToken: "wrong-s3cret"}} {
+	for name, o := range map[string]auth.Options{"no credentials": {}, "wrong token": {GHCRUser: "gh-bot", GHCRToken: auth.NewSecret("wrong-s3cret")}} {
 		rs := pullOne(t, engine, "ghcr.io/molecule-ai", []string{"codex"}, o, logs)
 		if agent.ClassOf(rs[0].Err) != agent.ClassAuth {
 			t.Errorf("%s: %v (%s)", name, rs[0].Err, agent.ClassOf(rs[0].Err))

@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/molecule-ai/pull-agent/auth"
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
 // The keys pull-agent reads from its env file and the process environment.
@@ -34,14 +35,11 @@ const (
 	KeyDiskMargin = "MOLECULE_DISK_MARGIN_MB"
 )
 
-// clip shortens a value from outside for an error message: a 1 MB line
-// must not come back as a 1 MB error in the log and the state document.
+// clip makes a value from outside fit an error message: one sanitised line
+// (no escape sequences, URL queries redacted), cut by rune. A 1 MB line must
+// not come back as a 1 MB error in the log and the state document.
 func clip(s string) string {
-	const keep = 96
-	if len(s) <= 2*keep {
-		return s
-	}
-	return fmt.Sprintf("%s…(%d bytes)…%s", strings.ToValidUTF8(s[:keep], ""), len(s), strings.ToValidUTF8(s[len(s)-keep/4:], ""))
+	return safetext.Line(s, 160)
 }
 
 // DefaultPrefix is the registry prefix used when MOLECULE_IMAGE_REGISTRY is
@@ -195,7 +193,7 @@ func LoadConfig(file string, fileVars []EnvVar, getenv func(string) string) (Con
 
 	cfg.GHCRUser, _ = l.get(KeyGHCRUser)
 	tok, _ := l.get(KeyGHCRToken)
-	cfg.GHCRToken = auth.Secret(tok)
+	cfg.GHCRToken = auth.NewSecret(tok)
 	if (cfg.GHCRUser == "") != (tok == "") {
 		errs = append(errs, fmt.Errorf("%s and %s must be set together; only one of them is set", KeyGHCRUser, KeyGHCRToken))
 	}

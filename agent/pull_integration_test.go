@@ -280,7 +280,7 @@ func TestGHCRCredentialsAreNotSentToOtherHosts(t *testing.T) {
 	imgs := f.images(t, map[string]string{agent.KeyRegistry: reg.Prefix("private"), agent.KeyRuntimes: "codex"})
 	// The GHCR credentials are right for this registry, but it is not
 	// ghcr.io: they must not be sent, so the pull is refused.
-	p := f.puller(t, auth.Options{GHCRUser: "puller", GHCRToken: "s3cret-token"}, agent.PullerOptions{})
+	p := f.puller(t, auth.Options{GHCRUser: "puller", GHCRToken: auth.NewSecret("s3cret-token")}, agent.PullerOptions{})
 	r := p.Pull(ctxT(t), imgs[0], nil)
 	if r.Err == nil {
 		t.Fatal("the pull succeeded: GHCR credentials reached a host that is not ghcr.io")

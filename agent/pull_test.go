@@ -299,7 +299,7 @@ func TestPullCanceledBeforeStart(t *testing.T) {
 }
 
 func TestCredentialsGoToGHCROnly(t *testing.T) {
-	opts := auth.Options{GHCRUser: "bot", GHCRToken: "tok"}
+	opts := auth.Options{GHCRUser: "bot", GHCRToken: auth.NewSecret("tok")}
 	for _, tt := range []struct {
 		prefix   string
 		wantUser string

@@ -8,35 +8,65 @@ package auth
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/docker/cli/cli/config/configfile"
 )
 
-// Secret is a credential value. Its String, GoString, MarshalText and
-// LogValue methods never reveal it, so a Secret printed by mistake leaks
-// nothing; call Reveal where the value must be sent.
-type Secret string
+// Secret is a credential value. It never reveals itself: every fmt verb
+// (Format), String, GoString, MarshalText and LogValue print a redaction,
+// and because the value sits behind a pointer, fmt printing a Secret inside
+// an unexported field (where it cannot call these methods) shows an address,
+// not the value. Call Reveal where the value must be sent. The zero value
+// is the empty secret.
+type Secret struct{ v *string }
+
+// NewSecret wraps a credential value.
+func NewSecret(s string) Secret {
+	if s == "" {
+		return Secret{}
+	}
+	return Secret{v: &s}
+}
 
 // Reveal returns the secret value.
-func (s Secret) Reveal() string { return string(s) }
+func (s Secret) Reveal() string {
+	if s.v == nil {
+		return ""
+	}
+	return *s.v
+}
 
-func (s Secret) String() string {
-	if s == "" {
+// IsZero reports whether the secret is empty (not set).
+func (s Secret) IsZero() bool { return s.Reveal() == "" }
+
+// redaction is what a Secret prints: empty when not set, so that "not set"
+// stays visible, else a fixed mark.
+func (s Secret) redaction() string {
+	if s.IsZero() {
 		return ""
 	}
 	return "[redacted]"
 }
 
+func (s Secret) String() string { return s.redaction() }
+
 // GoString keeps %#v from printing the value.
-func (s Secret) GoString() string { return s.String() }
+func (s Secret) GoString() string { return s.redaction() }
+
+// Format prints the redaction for every verb and flag, %d, %x and %t
+// included, which would otherwise bypass String.
+func (s Secret) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, s.redaction()) }
 
 // MarshalText keeps JSON and other encoders from printing the value.
-func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+func (s Secret) MarshalText() ([]byte, error) { return []byte(s.redaction()), nil }
 
 // LogValue keeps slog from printing the value.
-func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.redaction()) }
 
 // Credentials are what the Docker daemon is given to authenticate a pull.
 // The zero value means anonymous.
@@ -51,7 +81,7 @@ type Credentials struct {
 
 // Anonymous reports whether c carries no credentials.
 func (c Credentials) Anonymous() bool {
-	return c.Username == "" && c.Password == "" && c.IdentityToken == "" && c.RegistryToken == ""
+	return c.Username == "" && c.Password.IsZero() && c.IdentityToken.IsZero() && c.RegistryToken.IsZero()
 }
 
 // Source names where credentials come from, for logs and status. It is
@@ -111,6 +141,10 @@ type Options struct {
 	// HelperTimeout bounds a credential helper; 0 means
 	// DefaultHelperTimeout.
 	HelperTimeout time.Duration
+	// HelperEnv is the whole environment credential helpers run with; nil
+	// means HelperEnv(os.Environ()): PATH, HOME, DOCKER_CONFIG, AWS_* and
+	// the proxy variables of the agent's own environment.
+	HelperEnv []string
 	// Logger receives warnings; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -138,11 +172,14 @@ func NewSelector(opts Options) (*Selector, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.HelperEnv == nil {
+		opts.HelperEnv = HelperEnv(os.Environ())
+	}
 	return &Selector{opts: opts, ecr: &ecrProvider{cacheDir: opts.ECRCacheDir, log: opts.Logger, now: opts.Now, http: ecrHTTPClient()}}, nil
 }
 
 func (s *Selector) hasGHCR(host string) bool {
-	return host == GHCRHost && s.opts.GHCRUser != "" && s.opts.GHCRToken != ""
+	return host == GHCRHost && s.opts.GHCRUser != "" && !s.opts.GHCRToken.IsZero()
 }
 
 // serverAddress is how config.json and helpers name host.
@@ -203,7 +240,7 @@ func (s *Selector) Select(ctx context.Context, host string) (Selection, error) {
 	server := serverAddress(host)
 	if h := cf.CredentialHelpers[server]; h != "" {
 		sel.Source = Source("config.json credHelpers: " + h)
-		c, err := runHelper(ctx, h, server, s.opts.HelperTimeout)
+		c, err := runHelper(ctx, h, server, s.opts.HelperTimeout, s.opts.HelperEnv)
 		if errors.Is(err, ErrNoCredentials) {
 			return sel, nil // as the docker CLI: the helper has none, pull anonymously
 		}
@@ -224,7 +261,7 @@ func (s *Selector) Select(ctx context.Context, host string) (Selection, error) {
 		return sel, nil
 	}
 	if cf.CredentialsStore != "" {
-		c, err := runHelper(ctx, cf.CredentialsStore, server, s.opts.HelperTimeout)
+		c, err := runHelper(ctx, cf.CredentialsStore, server, s.opts.HelperTimeout, s.opts.HelperEnv)
 		switch {
 		case err == nil:
 			sel.Source, sel.Credentials = Source("config.json credsStore: "+cf.CredentialsStore), c

@@ -17,6 +17,8 @@ import (
 	clicreds "github.com/docker/cli/cli/config/credentials"
 	"github.com/docker/docker-credential-helpers/client"
 	"github.com/docker/docker-credential-helpers/credentials"
+
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
 // DockerHubServer is the server address the docker CLI uses for Docker Hub
@@ -85,12 +87,14 @@ func ValidHelperName(name string) error {
 // server.
 var ErrNoCredentials = errors.New("the credential helper has no credentials for this registry")
 
-// helperProgram runs docker-credential-<name> with a deadline, speaking the
-// credential-helper protocol through docker-credential-helpers' client.
+// helperProgram runs docker-credential-<name> with a deadline and an
+// explicit environment, speaking the credential-helper protocol through
+// docker-credential-helpers' client.
 type helperProgram struct {
 	ctx  context.Context
 	bin  string
 	args []string
+	env  []string
 	in   io.Reader
 }
 
@@ -99,13 +103,44 @@ func (p *helperProgram) Input(in io.Reader) { p.in = in }
 func (p *helperProgram) Output() ([]byte, error) {
 	cmd := exec.CommandContext(p.ctx, p.bin, p.args...)
 	cmd.Stdin = p.in
+	cmd.Env = p.env
+	if cmd.Env == nil {
+		cmd.Env = []string{} // never the agent's own environment
+	}
 	cmd.WaitDelay = time.Second
 	return cmd.Output()
 }
 
+// HelperEnv is the environment a credential helper runs with, taken from
+// environ: PATH, HOME, DOCKER_CONFIG, the AWS_* settings (a helper such as
+// docker-credential-ecr-login needs them) and the proxy variables. Nothing
+// else: not GHCR_USER or GHCR_TOKEN, not the agent's other settings, which
+// systemd's EnvironmentFile= or a wrapper may have put in the agent's
+// environment.
+func HelperEnv(environ []string) []string {
+	env := []string{}
+	for _, kv := range environ {
+		k, _, ok := strings.Cut(kv, "=")
+		if ok && helperEnvKey(k) {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+func helperEnvKey(k string) bool {
+	switch k {
+	case "PATH", "HOME", "DOCKER_CONFIG",
+		"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+		"http_proxy", "https_proxy", "no_proxy", "all_proxy":
+		return true
+	}
+	return strings.HasPrefix(k, "AWS_")
+}
+
 // runHelper asks helper for the credentials of server, giving up after
-// timeout.
-func runHelper(ctx context.Context, helper, server string, timeout time.Duration) (Credentials, error) {
+// timeout. The helper runs with env and nothing else.
+func runHelper(ctx context.Context, helper, server string, timeout time.Duration, env []string) (Credentials, error) {
 	if err := ValidHelperName(helper); err != nil {
 		return Credentials{}, err
 	}
@@ -115,7 +150,7 @@ func runHelper(ctx context.Context, helper, server string, timeout time.Duration
 	}
 	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	prog := func(args ...string) client.Program { return &helperProgram{ctx: hctx, bin: bin, args: args} }
+	prog := func(args ...string) client.Program { return &helperProgram{ctx: hctx, bin: bin, args: args, env: env} }
 	c, err := helperGet(prog, bin, server)
 	if err != nil && hctx.Err() != nil && ctx.Err() == nil {
 		return Credentials{}, markUnavailable(fmt.Errorf("credential helper %s did not answer within %s; it was killed", bin, timeout))
@@ -123,25 +158,76 @@ func runHelper(ctx context.Context, helper, server string, timeout time.Duration
 	return c, err
 }
 
+// recordedProgram keeps what a helper run returned, so that an error can
+// be built from its exit status rather than from the client's message,
+// which quotes the helper's output.
+type recordedProgram struct {
+	client.Program
+	err error
+	out []byte
+}
+
+func (r *recordedProgram) Output() ([]byte, error) {
+	r.out, r.err = r.Program.Output()
+	return r.out, r.err
+}
+
+// knownHelperAnswers are messages helpers print that hold no secret, as
+// the agent says them again. A helper's output is never repeated as is: a
+// helper that prints its credentials and then fails must not put them in
+// an error.
+var knownHelperAnswers = map[string]string{
+	"no credentials server url":                              "it was asked without a server URL",
+	"no credentials username":                                "it has no user name for this registry",
+	"the specified item could not be found in the keychain.": "it has no credentials for this registry",
+	"pass not initialized":                                   "its password store is not initialized",
+}
+
 // helperGet runs 'get' through the credential-helper protocol and turns
-// the helper's answer into Credentials. bin names the helper in errors.
+// the helper's answer into Credentials. bin names the helper in errors;
+// the helper's output is never part of one.
 func helperGet(prog client.ProgramFunc, bin, server string) (Credentials, error) {
-	c, err := client.Get(prog, server)
+	var last *recordedProgram
+	rec := func(args ...string) client.Program {
+		last = &recordedProgram{Program: prog(args...)}
+		return last
+	}
+	c, err := client.Get(rec, server)
 	switch {
 	case err == nil:
 	case credentials.IsErrCredentialsNotFound(err):
 		return Credentials{}, ErrNoCredentials
-	case !strings.HasPrefix(err.Error(), "error getting credentials"):
+	case last != nil && last.err != nil:
+		return Credentials{}, helperFailed(bin, server, last.err, last.out)
+	default:
 		// The helper exited 0 but its output did not decode; the output
 		// is not repeated here, it may hold a secret.
 		return Credentials{}, fmt.Errorf("credential helper %s printed something that is not credentials JSON", bin)
-	default:
-		return Credentials{}, fmt.Errorf("credential helper %s failed: %s", bin, firstLine(err.Error(), 300))
 	}
 	if c.Username == "<token>" {
-		return Credentials{IdentityToken: Secret(c.Secret)}, nil
+		return Credentials{IdentityToken: NewSecret(c.Secret)}, nil
 	}
-	return Credentials{Username: c.Username, Password: Secret(c.Secret)}, nil
+	return Credentials{Username: c.Username, Password: NewSecret(c.Secret)}, nil
+}
+
+// helperFailed describes a helper that failed: its name, how it ended and,
+// when it printed a known answer, what that answer means. Never its output.
+func helperFailed(bin, server string, runErr error, out []byte) error {
+	how := "failed"
+	var ee *exec.ExitError
+	switch {
+	case errors.As(runErr, &ee) && ee.ProcessState != nil:
+		how = "failed (" + ee.ProcessState.String() + ")"
+	case !errors.As(runErr, &ee):
+		// It did not start (permission denied, not an executable…); the
+		// error names the program, not anything it printed.
+		how = "could not be run: " + safetext.Line(runErr.Error(), 200)
+	}
+	msg := fmt.Sprintf("credential helper %s %s for %s", bin, how, safetext.Line(server, 200))
+	if meaning := knownHelperAnswers[strings.ToLower(strings.TrimSpace(string(out)))]; meaning != "" {
+		msg += "; " + meaning
+	}
+	return errors.New(msg + "; what it printed is not shown, it may hold a secret")
 }
 
 // fromAuths returns the config.json auths entry for server, matched as the
@@ -151,14 +237,6 @@ func fromAuths(cf *configfile.ConfigFile, server string) (Credentials, bool) {
 	if err != nil {
 		return Credentials{}, false
 	}
-	c := Credentials{Username: ac.Username, Password: Secret(ac.Password), IdentityToken: Secret(ac.IdentityToken), RegistryToken: Secret(ac.RegistryToken)}
+	c := Credentials{Username: ac.Username, Password: NewSecret(ac.Password), IdentityToken: NewSecret(ac.IdentityToken), RegistryToken: NewSecret(ac.RegistryToken)}
 	return c, !c.Anonymous()
-}
-
-func firstLine(s string, n int) string {
-	s, _, _ = strings.Cut(s, "\n")
-	if len(s) > n {
-		s = s[:n] + "…"
-	}
-	return s
 }

@@ -126,7 +126,7 @@ func (e *ecrProvider) fetch(ctx context.Context, host string) (ecrResult, error)
 		}
 		return ecrResult{}, err
 	}
-	res := ecrResult{creds: Credentials{Username: a.Username, Password: Secret(a.Password)}, chain: chain}
+	res := ecrResult{creds: Credentials{Username: a.Username, Password: NewSecret(a.Password)}, chain: chain}
 	cc := cache.BuildCredentialsCache(awsCfg, e.cacheDir)
 	var entry *cache.AuthEntry
 	if reg.Service == api.ServiceECRPublic {

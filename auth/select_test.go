@@ -46,8 +46,9 @@ func withHelpers(t *testing.T) {
 		t.Fatal(helpersDir.err)
 	}
 	t.Setenv("PATH", helpersDir.dir+string(os.PathListSeparator)+os.Getenv("PATH"))
-	t.Setenv("TESTHELPER_USER", "helper-user")
-	t.Setenv("TESTHELPER_SECRET", "helper-s3cret")
+	if err := testbed.ConfigureCredentialHelpers(helpersDir.dir, testbed.HelperConfig{User: "helper-user", Secret: "helper-s3cret"}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func configDir(t *testing.T, json string) string {
@@ -100,7 +101,7 @@ func TestSelectOrderAndSources(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			o := Options{DockerConfigDir: dir}
 			if tt.ghcr {
-				o.GHCRUser, o.GHCRToken = "gh-user", "gh-s3cret"
+				o.GHCRUser, o.GHCRToken = "gh-user", NewSecret("gh-s3cret")
 			}
 			s, _ := NewSelector(o)
 			sel, err := s.Select(context.Background(), tt.host)
@@ -139,7 +140,11 @@ func TestHelperFailures(t *testing.T) {
 		transient    bool // retried with backoff rather than left for the operator
 	}{
 		{"pa-garbage", "docker-credential-pa-garbage printed something that is not credentials JSON", false},
-		{"pa-fail", "docker-credential-pa-fail failed", false},
+		{"pa-fail", "docker-credential-pa-fail failed (exit status 1) for h.test; what it printed is not shown", false},
+		// A helper that prints its credentials and then fails, or is
+		// killed after printing: the output must not reach the error.
+		{"pa-leak", "docker-credential-pa-leak failed (exit status 1) for h.test", false},
+		{"pa-killed", "docker-credential-pa-killed failed (signal: killed) for h.test", false},
 		{"pa-hang", "docker-credential-pa-hang did not answer within 300ms; it was killed", true},
 		{"pa-missing", "docker-credential-pa-missing not found on PATH", false},
 	}
@@ -154,13 +159,60 @@ func TestHelperFailures(t *testing.T) {
 			if got := errors.Is(err, ErrUnavailable); got != tt.transient {
 				t.Errorf("errors.Is(%v, ErrUnavailable) = %v, want %v", err, got, tt.transient)
 			}
-			if strings.Contains(err.Error(), "helper-s3cret") {
-				t.Fatalf("the error repeats the helper's output with a secret: %v", err)
+			for _, out := range []string{"helper-s3cret", "helper-user", "keychain is locked", "not json"} {
+				if strings.Contains(err.Error(), out) {
+					t.Fatalf("the error repeats the helper's output (%q): %v", out, err)
+				}
 			}
 			if time.Since(start) > 5*time.Second {
 				t.Fatalf("took %s", time.Since(start))
 			}
 		})
+	}
+}
+
+// TestHelperEnvironment: a helper sees PATH, HOME, DOCKER_CONFIG, AWS_*
+// and the proxy variables of the agent's environment, and nothing else:
+// no GHCR_TOKEN, no other setting of the agent's env file.
+func TestHelperEnvironment(t *testing.T) {
+	withHelpers(t)
+	dump := filepath.Join(t.TempDir(), "env")
+	if err := testbed.ConfigureCredentialHelpers(helpersDir.dir, testbed.HelperConfig{User: "helper-user", Secret: "helper-s3cret", EnvDump: dump}); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{
+		"GHCR_USER": "gh-bot", "GHCR_TOKEN": "ghp_env-s3cret", "MOLECULE_IMAGE_REGISTRY": "ghcr.io/x", "DOCKER_HOST": "unix:///x.sock",
+		"AWS_REGION": "eu-west-1", "AWS_ECR_CACHE_DIR": "/var/lib/x", "NO_PROXY": "169.254.169.254", "https_proxy": "http://proxy.test:3128",
+		"DOCKER_CONFIG": "/etc/docker-config", "HOME": "/root", "SOME_OTHER": "x",
+	} {
+		t.Setenv(k, v)
+	}
+	s, _ := NewSelector(Options{DockerConfigDir: configDir(t, `{"credHelpers": {"h.test": "pa-envdump"}}`)})
+	sel, err := s.Select(context.Background(), "h.test")
+	if err != nil || sel.Credentials.Username != "helper-user" {
+		t.Fatalf("pa-envdump: %v %+v", err, sel)
+	}
+	data, err := os.ReadFile(dump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, kv := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		k, _, _ := strings.Cut(kv, "=")
+		got[k] = true
+	}
+	for _, k := range []string{"PATH", "HOME", "DOCKER_CONFIG", "AWS_REGION", "AWS_ECR_CACHE_DIR", "NO_PROXY", "https_proxy"} {
+		if !got[k] {
+			t.Errorf("the helper did not get %s; it got %v", k, got)
+		}
+	}
+	for k := range got {
+		if !helperEnvKey(k) {
+			t.Errorf("the helper got %s", k)
+		}
+	}
+	if strings.Contains(string(data), "ghp_env-s3cret") || got["GHCR_TOKEN"] || got["GHCR_USER"] || got["MOLECULE_IMAGE_REGISTRY"] {
+		t.Errorf("the helper's environment holds the agent's settings:\n%s", data)
 	}
 }
 
