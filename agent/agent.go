@@ -19,6 +19,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/molecule-ai/pull-agent/auth"
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
 // RetryPolicy bounds the hot retries of transient failures (network,
@@ -290,7 +291,7 @@ func (a *Agent) Snapshot() Snapshot {
 		s.Config = &c
 	}
 	if a.cfgErr != nil {
-		s.ConfigError = a.cfgErr.Error()
+		s.ConfigError = errText(a.cfgErr)
 	}
 	for _, img := range a.images {
 		if st := a.states[img.Ref]; st != nil {
@@ -392,7 +393,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 func (a *Agent) notify(state string) {
 	if err := a.opts.Notifier.Notify(state); err != nil {
-		a.log.Warn("sd_notify failed", "state", state, "error", err)
+		a.log.Warn("sd_notify failed", "state", state, "error", errText(err))
 	}
 }
 
@@ -474,10 +475,10 @@ func (a *Agent) refuseLocked(err error) {
 	a.cfgErr = err
 	a.metrics.configLoad(false)
 	if a.cfg == nil {
-		a.log.Error("configuration refused; nothing to pull until the env file is fixed", "env_file", a.opts.EnvFile, "error", err.Error())
+		a.log.Error("configuration refused; nothing to pull until the env file is fixed", "env_file", a.opts.EnvFile, "error", errText(err))
 		return
 	}
-	a.log.Error("configuration refused; keeping the last good configuration", "env_file", a.opts.EnvFile, "error", err.Error(), "prefix", a.cfg.Prefix)
+	a.log.Error("configuration refused; keeping the last good configuration", "env_file", a.opts.EnvFile, "error", errText(err), "prefix", a.cfg.Prefix)
 }
 
 func (a *Agent) applyLocked(cfg Config) {
@@ -638,7 +639,7 @@ func (a *Agent) startLocked(ctx context.Context, st *imageState) {
 		if res.Err == nil && alias != "" {
 			// The alias follows the image every time it is verified.
 			if err := engine.ImageTag(pctx, res.ImageID, alias); err != nil {
-				a.log.Warn("tagging the alias failed", "image", img.Ref, "alias", alias, "error", err.Error())
+				a.log.Warn("tagging the alias failed", "image", img.Ref, "alias", alias, "error", errText(err))
 			}
 		}
 		d := pullDone{ref: img.Ref, res: res, st: st}
@@ -731,7 +732,7 @@ func (a *Agent) finished(d pullDone) {
 		return
 	}
 	class := ClassOf(r.Err)
-	st.LastError, st.LastClass = oneLineErr(r.Err), class
+	st.LastError, st.LastClass = errText(r.Err), class
 	if d.remote != "" {
 		st.RemoteDigest = d.remote
 		if d.remote != st.Digest && st.Digest != "" {
@@ -853,7 +854,7 @@ func (a *Agent) maybePruneLocked() {
 func (a *Agent) prune(ctx context.Context, engine Engine, refs []string) []string {
 	inUse, err := engine.ContainerImageIDs(ctx)
 	if err != nil {
-		a.log.Warn("not pruning: cannot list containers", "error", err.Error())
+		a.log.Warn("not pruning: cannot list containers", "error", errText(err))
 		return nil
 	}
 	var removed []string
@@ -869,7 +870,7 @@ func (a *Agent) prune(ctx context.Context, engine Engine, refs []string) []strin
 		}
 		res, err := engine.ImageRemove(ctx, ref)
 		if err != nil {
-			a.log.Warn("pruning failed", "image", ref, "error", err.Error())
+			a.log.Warn("pruning failed", "image", ref, "error", errText(err))
 			continue
 		}
 		removed = append(removed, ref)
@@ -895,7 +896,7 @@ func (a *Agent) loadPulled() {
 		Pulled map[string]string `json:"pulled"`
 	}
 	if err := json.Unmarshal(data, &rec); err != nil {
-		a.log.Warn("ignoring an unreadable record of pulled images", "file", a.opts.PulledFile, "error", err.Error())
+		a.log.Warn("ignoring an unreadable record of pulled images", "file", a.opts.PulledFile, "error", errText(err))
 		return
 	}
 	for k, v := range rec.Pulled {
@@ -911,7 +912,7 @@ func (a *Agent) savePulledLocked() {
 		Pulled map[string]string `json:"pulled"`
 	}{a.pulled}, "", "  ")
 	if err := writeFileAtomic(a.opts.PulledFile, append(data, '\n'), 0o644); err != nil {
-		a.log.Warn("recording pulled images failed", "file", a.opts.PulledFile, "error", err.Error())
+		a.log.Warn("recording pulled images failed", "file", a.opts.PulledFile, "error", errText(err))
 	}
 }
 
@@ -950,7 +951,7 @@ func (a *Agent) saveState() {
 	if err := WriteStateFile(a.opts.StateFile, doc); err != nil {
 		// Said once, not at every change; retried until it works.
 		if a.saveRetry.IsZero() {
-			a.log.Warn("saving state failed; the live status is unaffected; retrying every few seconds", "state_file", a.opts.StateFile, "error", err.Error())
+			a.log.Warn("saving state failed; the live status is unaffected; retrying every few seconds", "state_file", a.opts.StateFile, "error", errText(err))
 		}
 		a.saveRetry = time.Now().Add(stateSaveRetry)
 		return
@@ -980,7 +981,7 @@ func (a *Agent) pinged(err error) {
 	delay := backoff(a.opts.DaemonRetry, a.pingFails)
 	a.nextPing = time.Now().Add(delay)
 	if a.pingFails == 1 || a.pingFails%10 == 0 {
-		a.log.Warn("docker daemon unreachable", "error", err.Error(), "attempts", a.pingFails, "next_ping_s", delay.Seconds())
+		a.log.Warn("docker daemon unreachable", "error", errText(err), "attempts", a.pingFails, "next_ping_s", delay.Seconds())
 	}
 	a.daemonUp = false
 }
@@ -1107,12 +1108,13 @@ func retryAfter(msg string) (time.Duration, bool) {
 	return time.Duration(n) * time.Second, true
 }
 
-func oneLineErr(err error) string {
-	b := []byte(err.Error())
-	for i, c := range b {
-		if c == '\n' || c == '\r' {
-			b[i] = ' '
-		}
-	}
-	return string(b)
+// maxErrorRunes bounds an error kept in the state and the log: a registry
+// decides how long its messages are.
+const maxErrorRunes = 512
+
+// errText is err as stored and logged: one line, sanitised (no escape
+// sequences, URL queries and credential parameters redacted) and bounded,
+// whoever wrote it.
+func errText(err error) string {
+	return safetext.Line(err.Error(), maxErrorRunes)
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/molecule-ai/pull-agent/auth"
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
 // CheckResult is what a registry says about one image, asked through the
@@ -70,12 +71,16 @@ func Check(ctx context.Context, p *Puller, prefix, platform string, images []Ima
 			r := CheckResult{Runtime: img.Runtime, Image: img.Ref}
 			ri, err := p.Remote(ctx, img)
 			if err != nil {
-				r.Class, r.Error = ClassOf(err), oneLineErr(err)
+				r.Class, r.Error = ClassOf(err), errText(err)
 			} else {
-				r.Present, r.Digest, r.Platforms = true, ri.Digest, ri.Platforms
+				// The registry names the platforms; they are printed.
+				for _, pl := range ri.Platforms {
+					r.Platforms = append(r.Platforms, safetext.Line(pl, 64))
+				}
+				r.Present, r.Digest = true, ri.Digest
 				r.PlatformOK = platformIn(platform, ri.Platforms)
 				if img.Pin != "" && ri.Digest != img.Pin {
-					r.Present, r.Error = false, "the registry serves "+ri.Digest.String()+", not the pinned digest"
+					r.Present, r.Error = false, "the registry serves "+safetext.Line(ri.Digest.String(), 80)+", not the pinned digest"
 				}
 			}
 			rep.Images[i] = r

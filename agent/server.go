@@ -73,7 +73,7 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener, log *slog.Logger) {
 		_ = srv.Shutdown(sctx)
 	}()
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.Error("status server stopped", "error", err.Error())
+		log.Error("status server stopped", "error", errText(err))
 	}
 }
 

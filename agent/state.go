@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
 // SchemaVersion is the version of the state document. A reader refuses a
@@ -191,8 +193,11 @@ func DecodeState(name string, r io.Reader) (StateDoc, error) {
 	var doc StateDoc
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&doc); err != nil {
-		return StateDoc{}, fmt.Errorf("%s: %w", name, err)
+		return StateDoc{}, fmt.Errorf("%s: %s", name, safetext.Line(err.Error(), 200))
 	}
+	// Whoever wrote the file or answers on the socket, what is printed
+	// from the document is plain text.
+	safetext.Strings(&doc, maxErrorRunes)
 	return doc, nil
 }
 

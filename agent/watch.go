@@ -105,7 +105,7 @@ func (w *Watcher) Run(ctx context.Context) {
 				// may be it, or a step towards it.
 				if ev.Has(fsnotify.Create) || ev.Has(fsnotify.Rename) {
 					if found, err := w.ensure(); err != nil {
-						w.log.Warn("watching the env file directory", "dir", w.dir, "error", err)
+						w.log.Warn("watching the env file directory", "dir", w.dir, "error", errText(err))
 					} else if found {
 						arm()
 					}
@@ -115,7 +115,7 @@ func (w *Watcher) Run(ctx context.Context) {
 			if ev.Name == w.dir && (ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename)) {
 				w.log.Warn("env file directory removed; waiting for it to come back", "dir", w.dir)
 				if _, err := w.ensure(); err != nil {
-					w.log.Warn("watching the env file directory", "dir", w.dir, "error", err)
+					w.log.Warn("watching the env file directory", "dir", w.dir, "error", errText(err))
 				}
 			}
 			arm()
@@ -124,7 +124,7 @@ func (w *Watcher) Run(ctx context.Context) {
 				return
 			}
 			// An overflow loses events: re-read to be sure.
-			w.log.Warn("env file watcher error; re-reading the file", "error", err)
+			w.log.Warn("env file watcher error; re-reading the file", "error", errText(err))
 			arm()
 		case <-quietC:
 			fire()

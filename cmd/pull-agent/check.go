@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
 // Exit codes of 'pull-agent check'.
@@ -126,16 +127,16 @@ func printCheck(w io.Writer, reports []agent.CheckReport, parity map[string]agen
 			label = "Q"
 		}
 		if len(reports) == 1 {
-			fmt.Fprintf(w, "prefix:   %s (platform %s)\n", r.Prefix, r.Platform)
+			fmt.Fprintf(w, "prefix:   %s (platform %s)\n", plain(r.Prefix), plain(r.Platform))
 		} else {
-			fmt.Fprintf(w, "%s:        %s (platform %s)\n", label, r.Prefix, r.Platform)
+			fmt.Fprintf(w, "%s:        %s (platform %s)\n", label, plain(r.Prefix), plain(r.Platform))
 		}
 		for _, h := range r.Hosts {
 			state := "authentication ok"
 			if !h.AuthOK {
-				state = "AUTHENTICATION FAILED: " + h.Error
+				state = "AUTHENTICATION FAILED: " + plain(h.Error)
 			}
-			fmt.Fprintf(w, "  host %s: %s; %s\n", h.Host, h.Source, state)
+			fmt.Fprintf(w, "  host %s: %s; %s\n", plain(h.Host), plain(h.Source), state)
 		}
 	}
 	fmt.Fprintln(w)
@@ -153,7 +154,7 @@ func printCheck(w io.Writer, reports []agent.CheckReport, parity map[string]agen
 	}
 	fmt.Fprintln(tw, strings.Join(head, "\t"))
 	for n := range reports[0].Images {
-		row := []string{reports[0].Images[n].Runtime}
+		row := []string{plain(reports[0].Images[n].Runtime)}
 		for _, r := range reports {
 			im := r.Images[n]
 			st, dg := "present", "-"
@@ -163,9 +164,9 @@ func printCheck(w io.Writer, reports []agent.CheckReport, parity map[string]agen
 					st = "ERROR [" + string(im.Class) + "]"
 				}
 			} else {
-				dg = strings.TrimPrefix(im.Digest.String(), "sha256:")[:12]
+				dg = safetext.ShortDigest(im.Digest.String())
 				if !im.PlatformOK {
-					st = "NO " + r.Platform
+					st = "NO " + plain(r.Platform)
 				}
 			}
 			row = append(row, st, dg, dashJoin(im.Platforms))
@@ -182,5 +183,5 @@ func dashJoin(s []string) string {
 	if len(s) == 0 {
 		return "-"
 	}
-	return strings.Join(s, ",")
+	return plain(strings.Join(s, ","))
 }

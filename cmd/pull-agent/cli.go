@@ -19,6 +19,7 @@ import (
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/auth"
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
 // Exit codes.
@@ -249,7 +250,7 @@ func runImages(args []string, getenv func(string) string, stdout, stderr io.Writ
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RUNTIME\tIMAGE\tHOST\tAUTH")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Runtime, r.Image, r.Host, r.Auth)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", oneLine(r.Runtime), oneLine(r.Image), oneLine(r.Host), oneLine(r.Auth))
 	}
 	return tw.Flush()
 }
@@ -325,8 +326,20 @@ func summarize(results []agent.PullResult, quiet bool, stdout, stderr io.Writer)
 	return &exitError{code: exitFailed}
 }
 
+// oneLine is text from outside (a registry's or the daemon's words) as
+// printed or logged: one sanitised line (see internal/safetext).
 func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
+	return safetext.Line(s, 500)
+}
+
+// terminalText is an error as printed on stderr: each of its lines
+// sanitised, so that a registry's words cannot drive the terminal.
+func terminalText(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		lines[i] = safetext.Line(l, 0)
+	}
+	return strings.Join(lines, "\n")
 }
 
 func isTerminal(w io.Writer) bool {

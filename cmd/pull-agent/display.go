@@ -11,6 +11,7 @@ import (
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/auth"
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
 // ttyDisplay draws one live line per image on a terminal, redrawn in place.
@@ -89,11 +90,11 @@ func (d *ttyDisplay) PullFinished(res agent.PullResult) {
 	r := d.rows[res.Image.Runtime]
 	if res.Err != nil {
 		r.phase, r.failed = agent.PhaseFailed, true
-		r.note = fmt.Sprintf("[%s] %s", agent.ClassOf(res.Err), oneLine(res.Err.Error()))
+		r.note = fmt.Sprintf("[%s] %s", agent.ClassOf(res.Err), res.Err.Error())
 		return
 	}
 	r.phase = agent.PhaseDone
-	r.note = res.Digest.Encoded()[:12]
+	r.note = safetext.ShortDigest(res.Digest.String())
 	if res.UpToDate {
 		r.note += " (up to date)"
 	}
@@ -131,10 +132,9 @@ func (d *ttyDisplay) line(r *displayRow) string {
 	} else if r.prog.Layers > 0 {
 		bytes = fmt.Sprintf("%d/%d layers", r.prog.LayersDone, r.prog.Layers)
 	}
-	note := r.note
-	if len(note) > 100 {
-		note = note[:97] + "..."
-	}
+	// The note may carry a registry's words: plain text only, cut by
+	// rune, so that no escape sequence reaches the terminal whole or cut.
+	note := safetext.Line(r.note, 100)
 	return fmt.Sprintf("%-14s %s %-42s %s", r.runtime, phase, bytes, note)
 }
 

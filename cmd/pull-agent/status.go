@@ -11,13 +11,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/docker/go-units"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
 // Exit codes of 'pull-agent status'.
@@ -183,21 +183,21 @@ func printHuman(w io.Writer, doc agent.StateDoc, live bool, liveErr error, color
 	state := "running"
 	switch {
 	case !live:
-		state = paint("31", fmt.Sprintf("NOT RUNNING (%v); saved state from %s ago", liveErr, age(now, doc.WrittenAt)))
+		state = paint("31", fmt.Sprintf("NOT RUNNING (%s); saved state from %s ago", plain(fmt.Sprint(liveErr)), age(now, doc.WrittenAt)))
 	case doc.Healthy():
 		state = paint("32", "running, all warm")
 	default:
 		state = paint("33", "running, degraded")
 	}
-	fmt.Fprintf(w, "agent:          %s (pid %d, version %s, up since %s)\n", state, a.PID, a.Version, a.StartedAt.Format(time.RFC3339))
-	fmt.Fprintf(w, "prefix:         %s\n", dash(a.Prefix))
+	fmt.Fprintf(w, "agent:          %s (pid %d, version %s, up since %s)\n", state, a.PID, plain(a.Version), a.StartedAt.Format(time.RFC3339))
+	fmt.Fprintf(w, "prefix:         %s\n", dash(plain(a.Prefix)))
 	fmt.Fprintf(w, "images warm:    %d/%d\n", a.Warm, a.Total)
 	for _, h := range doc.Hosts {
-		line := h.CredentialSource
+		line := plain(h.CredentialSource)
 		if h.CooldownUntil != nil && h.CooldownUntil.After(now) {
 			line += fmt.Sprintf("; rate-limited, backing off until %s", h.CooldownUntil.Format(time.RFC3339))
 		}
-		fmt.Fprintf(w, "credentials:    %s: %s\n", h.Host, dash(line))
+		fmt.Fprintf(w, "credentials:    %s: %s\n", plain(h.Host), dash(line))
 	}
 	if a.LastReconcile != nil {
 		fmt.Fprintf(w, "last reconcile: %s ago\n", age(now, *a.LastReconcile))
@@ -211,13 +211,13 @@ func printHuman(w io.Writer, doc agent.StateDoc, live bool, liveErr error, color
 		fmt.Fprintf(w, "docker:         %s\n", paint("31", "unreachable"))
 	}
 	if a.ConfigError != "" {
-		fmt.Fprintf(w, "config error:   %s\n", paint("31", a.ConfigError))
+		fmt.Fprintf(w, "config error:   %s\n", paint("31", plain(a.ConfigError)))
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RUNTIME\tSTATE\tDIGEST\tSIZE\tAGE\tERROR")
 	for _, i := range doc.Images {
-		st := i.State
+		st := plain(i.State)
 		if i.Progress != nil && i.Progress.TotalBytes > 0 {
 			st += fmt.Sprintf(" %d%%", 100*i.Progress.Bytes/i.Progress.TotalBytes)
 		}
@@ -227,10 +227,7 @@ func printHuman(w io.Writer, doc agent.StateDoc, live bool, liveErr error, color
 		case agent.StateFailed, agent.StateStale:
 			st = paint("31", st)
 		}
-		dg := "-"
-		if i.LocalDigest != "" {
-			dg = strings.TrimPrefix(i.LocalDigest, "sha256:")[:12]
-		}
+		dg := safetext.ShortDigest(i.LocalDigest)
 		size := "-"
 		if i.SizeBytes > 0 {
 			size = units.HumanSize(float64(i.SizeBytes))
@@ -241,12 +238,9 @@ func printHuman(w io.Writer, doc agent.StateDoc, live bool, liveErr error, color
 		}
 		errText := "-"
 		if i.LastError != "" {
-			errText = "[" + i.LastErrorClass + "] " + i.LastError
-			if len(errText) > 120 {
-				errText = errText[:117] + "..."
-			}
+			errText = safetext.Line("["+i.LastErrorClass+"] "+i.LastError, 120)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", i.Runtime, st, dg, size, ago, errText)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", plain(i.Runtime), st, dg, size, ago, errText)
 	}
 	tw.Flush()
 }
@@ -269,3 +263,8 @@ func dash(s string) string {
 	}
 	return s
 }
+
+// plain is text from a state document as printed on a terminal: one line,
+// no escape sequences (the document is sanitised when read; this holds
+// for whatever reaches printHuman).
+func plain(s string) string { return safetext.Line(s, 0) }
