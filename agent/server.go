@@ -5,23 +5,29 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
+	"syscall"
 	"time"
 )
 
-// ListenStatus opens the status socket at path (mode 0660). A socket file
-// left by an agent that is gone is replaced; one that answers means another
-// agent runs, and is an error.
+// ListenStatus opens the status socket at path, mode 0660 from the moment
+// it exists. A socket left by an agent that is gone is replaced; one that
+// answers means another agent runs, and is an error; anything else at the
+// path (a file, a directory, a link) is left alone and is an error.
 func ListenStatus(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("status socket directory: %w", err)
 	}
-	if _, err := os.Lstat(path); err == nil {
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("status socket %s: something that is not a socket is there (%s); it is not removed: move it away or choose another --status-socket", path, st.Mode().Type())
+		}
 		c, err := net.DialTimeout("unix", path, time.Second)
 		if err == nil {
 			c.Close()
@@ -31,15 +37,36 @@ func ListenStatus(path string) (net.Listener, error) {
 			return nil, fmt.Errorf("removing the stale status socket %s: %w", path, err)
 		}
 	}
+	// The umask gives the socket its final mode as bind(2) creates it:
+	// there is no moment at which others could connect. Nothing else
+	// creates files while the agent starts.
+	old := syscall.Umask(0o117)
 	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("status socket %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o660); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("status socket %s: %w", path, err)
-	}
 	return ln, nil
+}
+
+// ServerTimeouts bound every client of the status socket and of the
+// metrics listener: one that never sends a request, never reads the answer
+// or keeps an idle connection open is cut off, so that no client holds a
+// goroutine and a file descriptor for long.
+type ServerTimeouts struct {
+	ReadHeader time.Duration // to send the request's headers
+	Write      time.Duration // to read the whole answer
+	Idle       time.Duration // between requests on a kept-alive connection
+}
+
+// DefaultServerTimeouts are the timeouts the agent serves with.
+func DefaultServerTimeouts() ServerTimeouts {
+	return ServerTimeouts{ReadHeader: 5 * time.Second, Write: 10 * time.Second, Idle: 10 * time.Second}
+}
+
+// NewHTTPServer is an HTTP server for h bounded by t.
+func NewHTTPServer(h http.Handler, t ServerTimeouts) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: t.ReadHeader, ReadTimeout: t.ReadHeader + t.Write, WriteTimeout: t.Write, IdleTimeout: t.Idle}
 }
 
 // Serve serves the agent's live state (GET /status) and metrics
@@ -62,10 +89,7 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener, log *slog.Logger) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(ProcessCounts())
 	})
-	// Every client is bounded in time: one that never sends a request, never
-	// reads the answer or keeps an idle connection open is cut off, so no
-	// client holds a goroutine and a file descriptor for long.
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: 10 * time.Second}
+	srv := NewHTTPServer(mux, DefaultServerTimeouts())
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)

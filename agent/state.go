@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -262,22 +261,58 @@ func imageDoc(i ImageStatus) ImageDoc {
 
 // LockStateDir takes an exclusive lock on dir/lock for the life of the
 // process, so that two agents never share a state directory. It fails,
-// naming the holder, when another process has it.
+// naming the holder, when another process has it. The lock file is opened
+// without following a symbolic link and must be a regular file; it is
+// written (the holder's pid) only once the lock is held.
 func LockStateDir(dir string) (release func(), err error) {
 	path := filepath.Join(dir, "lock")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("locking the state directory: %s is a symbolic link; remove it (the agent never follows one there)", path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("locking the state directory: %w", err)
+	}
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("locking the state directory: %s is not a regular file; remove it", path)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		holder, _ := io.ReadAll(io.LimitReader(f, 32))
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("another pull-agent (pid %s) is running with the state directory %s; stop it first, or give this one its own --state-dir", strings.TrimSpace(string(holder)), dir)
+			return nil, fmt.Errorf("another pull-agent (pid %s) is running with the state directory %s; stop it first, or give this one its own --state-dir", safetext.Line(string(holder), 16), dir)
 		}
 		return nil, fmt.Errorf("locking the state directory: %w", err)
 	}
 	_ = f.Truncate(0)
 	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	return func() { f.Close() }, nil
+}
+
+// PrepareStateDir creates dir (0750) when it is missing, and refuses one
+// that group or others can write: whoever can write there can replace
+// state.json, the ECR token cache and the lock. A directory the agent
+// creates gets its mode whatever the umask.
+func PrepareStateDir(dir string) error {
+	st, err := os.Lstat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return fmt.Errorf("creating the state directory: %w", err)
+		}
+		if err := os.Chmod(dir, 0o750); err != nil {
+			return fmt.Errorf("creating the state directory: %w", err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("state directory %s is not a directory (a symbolic link or a file); give --state-dir a directory", dir)
+	}
+	if st.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("state directory %s is writable by group or others (mode %04o); run chmod go-w %s, or give --state-dir a private directory", dir, st.Mode().Perm(), dir)
+	}
+	return nil
 }

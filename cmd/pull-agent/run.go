@@ -13,7 +13,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
-	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/auth"
@@ -55,8 +54,8 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(c.stateDir, 0o755); err != nil {
-		return fmt.Errorf("state directory: %w", err)
+	if err := agent.PrepareStateDir(c.stateDir); err != nil {
+		return err
 	}
 	unlock, err := agent.LockStateDir(c.stateDir)
 	if err != nil {
@@ -90,7 +89,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		if err != nil {
 			return usageErr(fmt.Errorf("--metrics-addr %q: %w", *metricsAddr, err))
 		}
-		go serveMetrics(ctx, mln, a, log)
+		go serveMetrics(ctx, mln, a.Metrics().Handler(), agent.DefaultServerTimeouts(), log)
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -111,10 +110,12 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 // defaultStatusSocket is in the unit's RuntimeDirectory.
 const defaultStatusSocket = "/run/pull-agent/status.sock"
 
-func serveMetrics(ctx context.Context, ln net.Listener, a *agent.Agent, log *slog.Logger) {
+// serveMetrics serves GET /metrics on ln until ctx is done, with the same
+// client time limits as the status socket.
+func serveMetrics(ctx context.Context, ln net.Listener, metrics http.Handler, t agent.ServerTimeouts, log *slog.Logger) {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", a.Metrics().Handler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	mux.Handle("GET /metrics", metrics)
+	srv := agent.NewHTTPServer(mux, t)
 	go func() {
 		<-ctx.Done()
 		srv.Close()
