@@ -51,6 +51,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeState$$' -fuzztime $(FUZZTIME) ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzHelperOutput$$' -fuzztime $(FUZZTIME) ./auth
 	$(GO) test -run '^$$' -fuzz '^FuzzParseDockerConfig$$' -fuzztime $(FUZZTIME) ./auth
+	$(GO) test -run '^$$' -fuzz '^FuzzLine$$' -fuzztime $(FUZZTIME) ./internal/safetext
+	$(GO) test -run '^$$' -fuzz '^FuzzRenderStatus$$' -fuzztime $(FUZZTIME) ./cmd/pull-agent
+	$(GO) test -run '^$$' -fuzz '^FuzzRenderCheck$$' -fuzztime $(FUZZTIME) ./cmd/pull-agent
 
 ## chaos: every row of the fault matrix against the real bed; writes the
 ## results into docs/RELIABILITY.md (the fast rows also run in 'make test')

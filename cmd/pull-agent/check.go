@@ -161,7 +161,7 @@ func printCheck(w io.Writer, reports []agent.CheckReport, parity map[string]agen
 			if !im.Present {
 				st = "MISSING"
 				if im.Class != "" && im.Class != agent.ClassNotFound {
-					st = "ERROR [" + string(im.Class) + "]"
+					st = "ERROR [" + plain(string(im.Class)) + "]"
 				}
 			} else {
 				dg = safetext.ShortDigest(im.Digest.String())
