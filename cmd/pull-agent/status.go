@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -238,7 +240,7 @@ func printHuman(w io.Writer, doc agent.StateDoc, live bool, liveErr error, color
 		}
 		errText := "-"
 		if i.LastError != "" {
-			errText = safetext.Line("["+i.LastErrorClass+"] "+i.LastError, 120)
+			errText = safetext.Line("["+i.LastErrorClass+"] "+briefError(i.LastError, i.Image), 120)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", plain(i.Runtime), st, dg, size, ago, errText)
 	}
@@ -268,3 +270,14 @@ func dash(s string) string {
 // no escape sequences (the document is sanitised when read; this holds
 // for whatever reaches printHuman).
 func plain(s string) string { return safetext.Line(s, 0) }
+
+// daemonBoilerplate is what the daemon wraps a registry's words in.
+var daemonBoilerplate = regexp.MustCompile(`Error response from daemon: |pull access denied for [^,]+, repository does not exist or may require 'docker login': `)
+
+// briefError is an image's error for the table, where the row already
+// names the image: without the agent's "pulling <image>: " and the
+// daemon's boilerplate, so that the registry's own words fit the column.
+func briefError(e, image string) string {
+	e = strings.TrimPrefix(e, "pulling "+image+": ")
+	return daemonBoilerplate.ReplaceAllString(e, "")
+}
