@@ -163,20 +163,31 @@ if [ ! -e "$env_path" ]; then
 	say "installed the example settings at $env_path"
 fi
 
-# set_key KEY VALUE: set KEY in the env file, atomically, mode 0600.
+# set_key KEY VALUE: set KEY in the env file, atomically, mode 0600. The
+# file is read, compared and written by bash alone (read, printf and [[ ]]
+# are builtins): a value handed to grep or sed would show in every user's
+# ps and /proc/*/cmdline, and GHCR_TOKEN is a secret.
 set_key() {
-	local key=$1 value=$2 tmp
+	local key=$1 value=$2 tmp content="" found=0 l
 	case "$value" in
 	*"'"* | *$'\n'*) die 2 "$key: the value contains a quote or a newline" "use a value without them" ;;
 	esac
-	local line="$key='$value'"
-	if grep -qxF -- "$line" "$env_path"; then
+	local want="$key='$value'"
+	local -a lines=()
+	mapfile -t lines <"$env_path"
+	for l in "${lines[@]}"; do
+		if [[ $l =~ ^[[:space:]]*"$key"= ]]; then
+			[ "$l" = "$want" ] && found=1
+			continue
+		fi
+		content+="$l"$'\n'
+	done
+	if [ "$found" = 1 ]; then
 		return 0
 	fi
 	tmp=$(mktemp "$env_dir/.pull-agent.env.XXXXXX")
 	chmod 0600 "$tmp"
-	grep -v -- "^[[:space:]]*$key=" "$env_path" >"$tmp" || true
-	printf '%s\n' "$line" >>"$tmp"
+	printf '%s%s\n' "$content" "$want" >"$tmp"
 	mv -f "$tmp" "$env_path"
 }
 [ -n "$registry" ] && set_key MOLECULE_IMAGE_REGISTRY "$registry"
@@ -184,7 +195,9 @@ if [ -n "$ghcr_user" ]; then
 	set_key GHCR_USER "$ghcr_user"
 	if [ -n "$ghcr_token_file" ]; then
 		[ -r "$ghcr_token_file" ] || die 2 "cannot read $ghcr_token_file" "the token file must be readable by root"
-		set_key GHCR_TOKEN "$(tr -d '\r\n' <"$ghcr_token_file")"
+		token=$(<"$ghcr_token_file")
+		token=${token//$'\r'/}
+		set_key GHCR_TOKEN "${token//$'\n'/}"
 	fi
 fi
 chmod 0600 "$env_path"
