@@ -96,3 +96,78 @@ func TestInstallKeepsTheTokenOffEveryCommandLine(t *testing.T) {
 		}
 	}
 }
+
+// envWrites lists the system calls in trace that wrote path and succeeded:
+// an open for writing, or a rename or link onto it.
+func envWrites(trace, path string) []string {
+	var writes []string
+	for _, line := range strings.Split(trace, "\n") {
+		_, call, _ := strings.Cut(line, " ") // after the pid
+		call = strings.TrimSpace(call)
+		if !strings.Contains(call, `"`+path+`"`) || strings.Contains(call, "= -1 ") {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(call, "rename"), strings.HasPrefix(call, "link"):
+			writes = append(writes, call)
+		case strings.HasPrefix(call, "open"), strings.HasPrefix(call, "creat"):
+			for _, flag := range []string{"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "creat("} {
+				if strings.Contains(call, flag) {
+					writes = append(writes, call)
+					break
+				}
+			}
+		}
+	}
+	return writes
+}
+
+// The agent watches the env file and reloads on every change, so the keys
+// install.sh sets must arrive together: one rename of a complete file,
+// never GHCR_USER without its GHCR_TOKEN, never a file written in place.
+// A run that changes no key writes nothing.
+func TestInstallWritesTheEnvFileInOneRename(t *testing.T) {
+	bin := buildBinary(t, t.TempDir())
+	root := t.TempDir()
+	envPath := filepath.Join(root, "etc/pull-agent/pull-agent.env")
+	const ecr = "123456789012.dkr.ecr.us-east-2.amazonaws.com/molecule-ai"
+	for _, step := range []struct {
+		name, registry, user, token string
+		writes                      int
+	}{
+		{"first install: example settings and three keys", ecr, "bot", "ghp_one", 1},
+		{"same inputs again", ecr, "bot", "ghp_one", 0},
+		{"new prefix, user and token", "ghcr.io/molecule-ai", "bot2", "ghp_two", 1},
+	} {
+		code, out, trace := straceInstall(t, "open,openat,creat,rename,renameat,renameat2,link,linkat",
+			"--root", root, "--binary", bin, "--registry", step.registry,
+			"--ghcr-user", step.user, "--ghcr-token-file", writeToken(t, step.token))
+		if code != 0 {
+			t.Fatalf("%s: install.sh exit %d\n%s", step.name, code, out)
+		}
+		if !strings.Contains(trace, `"`+bin+`"`) {
+			t.Fatalf("%s: the trace never opened the binary; did strace trace anything?\n%s", step.name, trace)
+		}
+		if writes := envWrites(trace, envPath); len(writes) != step.writes {
+			t.Errorf("%s: %d writes of the env file, want %d:\n%s", step.name, len(writes), step.writes, strings.Join(writes, "\n"))
+		}
+		env, err := os.ReadFile(envPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"MOLECULE_IMAGE_REGISTRY='" + step.registry + "'\n", "GHCR_USER='" + step.user + "'\n", "GHCR_TOKEN='" + step.token + "'\n", "#MOLECULE_RUNTIMES="} {
+			if strings.Count(string(env), want) != 1 {
+				t.Errorf("%s: env file lacks (once) %q:\n%s", step.name, want, env)
+			}
+		}
+		if st, err := os.Stat(envPath); err != nil {
+			t.Fatal(err)
+		} else if st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: env file mode %v, want 0600", step.name, st.Mode().Perm())
+		}
+		leftovers, _ := filepath.Glob(filepath.Join(root, "etc/pull-agent/.*"))
+		if len(leftovers) != 0 {
+			t.Errorf("%s: temp files left: %v", step.name, leftovers)
+		}
+	}
+}

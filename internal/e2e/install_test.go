@@ -70,6 +70,17 @@ func tree(t *testing.T, root string) string {
 	return b.String()
 }
 
+// settings is the env file without its comments and blank lines.
+func settings(env []byte) string {
+	var b strings.Builder
+	for _, line := range strings.Split(string(env), "\n") {
+		if line != "" && !strings.HasPrefix(line, "#") {
+			b.WriteString(line + "\n")
+		}
+	}
+	return b.String()
+}
+
 func TestInstallIntoARootIsIdempotent(t *testing.T) {
 	bin := buildBinary(t, t.TempDir())
 	root := t.TempDir()
@@ -198,5 +209,131 @@ func TestInstallRefusals(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 || !strings.Contains(string(out), "must run as root") {
 		t.Errorf("as nobody: %v\n%s", err, out)
+	}
+}
+
+// A refused install changes nothing: every input (prefix, user, token file,
+// binary, checksum) is checked before the first file is written, so a bad
+// one leaves the binary, the unit and every key of the env file as they
+// were. The script used to replace the binary and the unit and write the
+// prefix and GHCR_USER before it read the token file; a token with a quote
+// then left GHCR_USER without its token, and the agent refused the whole
+// env file ("GHCR_USER and GHCR_TOKEN must be set together").
+func TestInstallRefusesBeforeChangingAnything(t *testing.T) {
+	dir := t.TempDir()
+	bin := buildBinary(t, dir)
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another build: the same binary with bytes appended still runs, and
+	// installing it would change the tree.
+	other := append(data, "another build"...)
+	otherBin := filepath.Join(dir, "pull-agent-other")
+	if err := os.WriteFile(otherBin, other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	// installed is a root with a previous install, and its tree.
+	installed := func(t *testing.T) (root, before string) {
+		root = t.TempDir()
+		if code, out := installSh(t, "--root", root, "--binary", bin, "--registry", "ghcr.io/molecule-ai", "--ghcr-user", "bot", "--ghcr-token-file", writeToken(t, "ghp_before")); code != 0 {
+			t.Fatalf("first install: %d\n%s", code, out)
+		}
+		return root, tree(t, root)
+	}
+
+	// rawToken writes a token file byte for byte.
+	rawToken := func(content string) string {
+		f := filepath.Join(t.TempDir(), "ghcr-token")
+		if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	const ecr = "123456789012.dkr.ecr.us-east-2.amazonaws.com/molecule-ai"
+	goodToken := rawToken("ghp_after\n")
+	type inputs struct {
+		registry, user, token string
+		extra                 []string
+	}
+	args := func(root string, in inputs) []string {
+		if in.registry == "" {
+			in.registry = ecr
+		}
+		if in.user == "" {
+			in.user = "bot2"
+		}
+		if in.token == "" {
+			in.token = goodToken
+		}
+		if in.registry == "-" { // an empty prefix, given as such
+			in.registry = ""
+		}
+		return append([]string{"--root", root, "--binary", otherBin, "--registry", in.registry, "--ghcr-user", in.user, "--ghcr-token-file", in.token}, in.extra...)
+	}
+	tests := []struct {
+		name string
+		in   inputs
+		code int
+		want string
+	}{
+		{"token with a quote", inputs{token: rawToken("ghp_it's\n")}, 2, "quote"},
+		{"token with a newline inside", inputs{token: rawToken("ghp_one\nghp_two\n")}, 2, "newline"},
+		{"token with a NUL byte", inputs{token: rawToken("ghp_nul\x00after\n")}, 2, "NUL"},
+		{"empty token file", inputs{token: rawToken("\n")}, 2, "empty"},
+		{"missing token file", inputs{token: filepath.Join(t.TempDir(), "absent")}, 2, "cannot read"},
+		{"token file is a directory", inputs{token: t.TempDir()}, 2, "cannot read"},
+		{"prefix with a quote", inputs{registry: "ghcr.io/o'brien"}, 2, "quote"},
+		{"empty prefix", inputs{registry: "-"}, 2, "--registry"},
+		{"user with a newline", inputs{user: "bot\nGHCR_TOKEN=x"}, 2, "newline"},
+		{"binary that is not ELF", inputs{extra: []string{"--binary", rawToken("#!/bin/sh\n")}}, 6, "not an ELF"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root, before := installed(t)
+			envBefore, _ := os.ReadFile(filepath.Join(root, "etc/pull-agent/pull-agent.env"))
+			code, out := installSh(t, args(root, tt.in)...)
+			if code != tt.code || !strings.Contains(out, tt.want) {
+				t.Errorf("exit %d, want %d with %q:\n%s", code, tt.code, tt.want, out)
+			}
+			if strings.Contains(out, "ghp_") {
+				t.Errorf("the output shows a token:\n%s", out)
+			}
+			if after := tree(t, root); after != before {
+				t.Errorf("a refused install changed the tree:\n%s\n---\n%s", before, after)
+				env, _ := os.ReadFile(filepath.Join(root, "etc/pull-agent/pull-agent.env"))
+				t.Logf("settings before:\n%s\nafter:\n%s", settings(envBefore), settings(env))
+			}
+		})
+	}
+
+	// The control: the same inputs, all good,
+	// change everything, so the rows above could have seen a change.
+	root, before := installed(t)
+	code, out := installSh(t, args(root, inputs{})...)
+	if code != 0 {
+		t.Fatalf("install with good inputs: %d\n%s", code, out)
+	}
+	if tree(t, root) == before {
+		t.Fatal("good inputs changed nothing, so the refusals above prove nothing")
+	}
+	newBin, err := os.ReadFile(filepath.Join(root, "usr/local/bin/pull-agent"))
+	if err != nil || string(newBin) != string(other) {
+		t.Errorf("the installed binary is not the new build (%v)", err)
+	}
+	env, err := os.ReadFile(filepath.Join(root, "etc/pull-agent/pull-agent.env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"MOLECULE_IMAGE_REGISTRY='" + ecr + "'\n", "GHCR_USER='bot2'\n", "GHCR_TOKEN='ghp_after'\n"} {
+		if strings.Count(string(env), want) != 1 {
+			t.Errorf("env file lacks (once) %q:\n%s", want, env)
+		}
+	}
+	for _, gone := range []string{"ghcr.io/molecule-ai'", "GHCR_USER='bot'", "ghp_before"} {
+		if strings.Contains(string(env), gone) {
+			t.Errorf("env file still holds %q:\n%s", gone, env)
+		}
 	}
 }
