@@ -3,9 +3,9 @@
 # runs). Idempotent: a second run with the same inputs changes nothing and
 # restarts nothing.
 #
-#   install.sh [--binary PATH | --url URL --sha256 HEX] [--registry PREFIX]
-#              [--ghcr-user USER --ghcr-token-file FILE] [--wait-warm [SECONDS]]
-#              [--root DIR]
+#   install.sh [--binary PATH [--sha256 HEX] | --url URL --sha256 HEX]
+#              [--registry PREFIX] [--ghcr-user USER --ghcr-token-file FILE]
+#              [--wait-warm [SECONDS]] [--root DIR]
 #   install.sh --uninstall [--purge] [--root DIR]
 #
 # Without --binary or --url, the binary is built from this checkout (Go
@@ -69,6 +69,10 @@ done
 
 [ -n "$url" ] && [ -z "$sha256" ] && die 2 "--url needs --sha256" "publish the binary's sha256 next to it and pass it here"
 [ -n "$url" ] && [ -n "$binary" ] && die 2 "--binary and --url exclude each other" ""
+if [ -n "$sha256" ]; then
+	[ -n "$url" ] || [ -n "$binary" ] || die 2 "--sha256 goes with --url or --binary" ""
+	[[ $sha256 =~ ^[0-9a-fA-F]{64}$ ]] || die 2 "--sha256 needs the 64 hex digits sha256sum prints, not '$sha256'" ""
+fi
 [ "$purge" = 1 ] && [ "$uninstall" = 0 ] && die 2 "--purge goes with --uninstall" ""
 if [ -n "$ghcr_token_file" ] && [ -z "$ghcr_user" ]; then
 	die 2 "--ghcr-token-file needs --ghcr-user" ""
@@ -175,28 +179,35 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The binary is copied into $tmpdir (downloaded, or built there): the file
+# checked below is the file installed, whatever happens to its source.
 if [ -n "$url" ]; then
 	command -v curl >/dev/null 2>&1 || die 5 "curl is needed for --url" "apt-get install curl, or pass --binary"
 	curl -fsSL --retry 3 -o "$tmpdir/pull-agent" "$url" || die 5 "downloading $url failed" "check the URL and the network"
-	got=$(sha256sum "$tmpdir/pull-agent" | cut -d' ' -f1)
-	[ "$got" = "${sha256,,}" ] || die 5 "checksum mismatch for $url: got $got, want $sha256" "the download is corrupt or not the published build; nothing was installed"
-	chmod 0755 "$tmpdir/pull-agent"
-	binary="$tmpdir/pull-agent"
-elif [ -z "$binary" ]; then
-	if [ -f "$here/go.mod" ] && command -v go >/dev/null 2>&1; then
-		say "building pull-agent from $here"
-		(cd "$here" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(git -C "$here" describe --tags --always --dirty 2>/dev/null || echo dev)" -o "$tmpdir/pull-agent" ./cmd/pull-agent) ||
-			die 6 "building pull-agent failed" "pass --binary PATH or --url URL --sha256 HEX"
-		binary="$tmpdir/pull-agent"
-	else
-		die 2 "no binary: pass --binary PATH or --url URL --sha256 HEX" "or run install.sh inside the pull-agent checkout with Go installed"
+	name=$url
+elif [ -n "$binary" ]; then
+	if [ ! -f "$binary" ] || [ ! -r "$binary" ] || ! cp -- "$binary" "$tmpdir/pull-agent"; then
+		die 6 "cannot read the binary $binary" "check the path and its permissions"
 	fi
+	name=$binary
+elif [ -f "$here/go.mod" ] && command -v go >/dev/null 2>&1; then
+	say "building pull-agent from $here"
+	(cd "$here" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(git -C "$here" describe --tags --always --dirty 2>/dev/null || echo dev)" -o "$tmpdir/pull-agent" ./cmd/pull-agent) ||
+		die 6 "building pull-agent failed" "pass --binary PATH or --url URL --sha256 HEX"
+	name="pull-agent built from $here"
+else
+	die 2 "no binary: pass --binary PATH or --url URL --sha256 HEX" "or run install.sh inside the pull-agent checkout with Go installed"
 fi
+binary="$tmpdir/pull-agent"
+if [ -n "$sha256" ]; then
+	got=$(sha256sum "$binary" | cut -d' ' -f1)
+	[ "$got" = "${sha256,,}" ] || die 5 "checksum mismatch for $name: got $got, want $sha256" "the file is corrupt or not the published build; nothing was installed"
+fi
+chmod 0755 "$binary"
 
-[ -r "$binary" ] || die 6 "cannot read the binary $binary" "check the path and its permissions"
 # An ELF executable for this machine's architecture?
 magic=$(head -c 4 "$binary" | od -An -tx1 | tr -d ' \n')
-[ "$magic" = "7f454c46" ] || die 6 "$binary is not an ELF executable" "pass the pull-agent binary for Linux"
+[ "$magic" = "7f454c46" ] || die 6 "$name is not an ELF executable" "pass the pull-agent binary for Linux"
 machine=$(od -An -tu2 -j18 -N2 "$binary" | tr -d ' ')
 case "$(uname -m)" in
 x86_64) want=62 ;;
@@ -204,9 +215,9 @@ aarch64) want=183 ;;
 *) want="" ;;
 esac
 if [ -n "$want" ] && [ "$machine" != "$want" ]; then
-	die 6 "$binary is built for another architecture (ELF machine $machine, this host is $(uname -m))" "download the $(uname -m) build"
+	die 6 "$name is built for another architecture (ELF machine $machine, this host is $(uname -m))" "download the $(uname -m) build"
 fi
-"$binary" version >/dev/null 2>&1 || die 6 "$binary does not run ('$binary version' failed)" "is it a pull-agent binary for this platform?"
+"$binary" version >/dev/null 2>&1 || die 6 "$name does not run ('pull-agent version' failed)" "is it a pull-agent binary for this platform?"
 
 # The env file's new content: the current file (or the example settings),
 # each key's first line replaced, its later lines dropped, keys not there

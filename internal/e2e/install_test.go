@@ -180,6 +180,8 @@ func TestInstallRefusals(t *testing.T) {
 	}{
 		{"checksum mismatch", []string{"--url", srv.URL + "/pull-agent", "--sha256", strings.Repeat("0", 64)}, 5, "checksum mismatch"},
 		{"url without sha256", []string{"--url", srv.URL}, 2, "--url needs --sha256"},
+		{"binary with the wrong sha256", []string{"--binary", bin, "--sha256", strings.Repeat("0", 64)}, 5, "checksum mismatch"},
+		{"sha256 with nothing to check", []string{"--sha256", hex.EncodeToString(good[:])}, 2, "--sha256 goes with --url or --binary"},
 		{"token on the command line", []string{"--binary", bin, "--ghcr-token", "tok"}, 2, "shows in ps"},
 		{"token file without user", []string{"--binary", bin, "--ghcr-token-file", tokenFile}, 2, "needs --ghcr-user"},
 		{"not an ELF", []string{"--binary", notELF}, 6, "not an ELF executable"},
@@ -199,10 +201,13 @@ func TestInstallRefusals(t *testing.T) {
 			}
 		})
 	}
-	// The right checksum installs from the URL.
+	// The right checksum installs from the URL, and from a file.
 	root := t.TempDir()
 	if code, out := installSh(t, "--root", root, "--url", srv.URL+"/pull-agent", "--sha256", hex.EncodeToString(good[:])); code != 0 {
 		t.Fatalf("download with the right checksum: %d\n%s", code, out)
+	}
+	if code, out := installSh(t, "--root", t.TempDir(), "--binary", bin, "--sha256", strings.ToUpper(hex.EncodeToString(good[:]))); code != 0 {
+		t.Fatalf("binary with the right checksum: %d\n%s", code, out)
 	}
 	// Not root, on the live system.
 	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", filepath.Join(repoRoot(t), "install.sh"), "--binary", bin)
@@ -233,6 +238,7 @@ func TestInstallRefusesBeforeChangingAnything(t *testing.T) {
 	if err := os.WriteFile(otherBin, other, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	otherSum := sha256.Sum256(other)
 
 	// installed is a root with a previous install, and its tree.
 	installed := func(t *testing.T) (root, before string) {
@@ -287,6 +293,8 @@ func TestInstallRefusesBeforeChangingAnything(t *testing.T) {
 		{"prefix with a quote", inputs{registry: "ghcr.io/o'brien"}, 2, "quote"},
 		{"empty prefix", inputs{registry: "-"}, 2, "--registry"},
 		{"user with a newline", inputs{user: "bot\nGHCR_TOKEN=x"}, 2, "newline"},
+		{"wrong --sha256 for --binary", inputs{extra: []string{"--sha256", strings.Repeat("0", 64)}}, 5, "checksum mismatch"},
+		{"--sha256 that is no digest", inputs{extra: []string{"--sha256", "deadbeef"}}, 2, "--sha256"},
 		{"binary that is not ELF", inputs{extra: []string{"--binary", rawToken("#!/bin/sh\n")}}, 6, "not an ELF"},
 	}
 	for _, tt := range tests {
@@ -308,10 +316,10 @@ func TestInstallRefusesBeforeChangingAnything(t *testing.T) {
 		})
 	}
 
-	// The control: the same inputs, all good,
+	// The control: the same inputs, all good (and the right checksum),
 	// change everything, so the rows above could have seen a change.
 	root, before := installed(t)
-	code, out := installSh(t, args(root, inputs{})...)
+	code, out := installSh(t, args(root, inputs{extra: []string{"--sha256", hex.EncodeToString(otherSum[:])}})...)
 	if code != 0 {
 		t.Fatalf("install with good inputs: %d\n%s", code, out)
 	}
