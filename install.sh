@@ -17,6 +17,9 @@
 # Exit codes: 0 done; 2 usage; 3 not root; 4 no systemd; 5 checksum
 # mismatch or download failed; 6 unusable binary; 7 images not warm in time.
 set -euo pipefail
+# The caller's umask may be 077 (user-data handling a secret): directories
+# made here are for everyone to read; the env file gets its own umask.
+umask 022
 
 readonly UNIT_NAME=pull-agent.service
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -345,3 +345,30 @@ func TestInstallRefusesBeforeChangingAnything(t *testing.T) {
 		}
 	}
 }
+
+// User-data that handles a secret runs under umask 077 (the README's
+// example does); the directories install.sh creates must still be
+// readable by everyone but the settings, and the settings private.
+func TestInstallUnderAStrictUmask(t *testing.T) {
+	bin := buildBinary(t, t.TempDir())
+	root := t.TempDir()
+	cmd := exec.Command("bash", "-c", `umask 077 && exec bash "$0" "$@"`, filepath.Join(repoRoot(t), "install.sh"),
+		"--root", root, "--binary", bin, "--registry", "ghcr.io/molecule-ai", "--ghcr-user", "bot", "--ghcr-token-file", writeToken(t, "ghp_umask"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("install under umask 077: %v\n%s", err, out)
+	}
+	for path, mode := range map[string]os.FileMode{
+		"usr/local/bin":                         0o755,
+		"usr/local/bin/pull-agent":              0o755,
+		"etc/systemd/system":                    0o755,
+		"etc/systemd/system/pull-agent.service": 0o644,
+		"etc/pull-agent":                        0o750,
+		"etc/pull-agent/pull-agent.env":         0o600,
+	} {
+		if st, err := os.Stat(filepath.Join(root, path)); err != nil {
+			t.Error(err)
+		} else if st.Mode().Perm() != mode {
+			t.Errorf("%s: mode %v, want %v", path, st.Mode().Perm(), mode)
+		}
+	}
+}
