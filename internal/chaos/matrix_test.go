@@ -3,6 +3,7 @@ package chaos
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -86,6 +87,24 @@ func (r *rig) anyFailed(timeout time.Duration, classes ...string) (time.Duration
 		return false
 	})
 	return took, class
+}
+
+// refusedAtStart starts the agent, which must exit non-zero at once with
+// an error containing want, and returns that error.
+func (r *rig) refusedAtStart(want string) string {
+	r.t.Helper()
+	p := r.start()
+	select {
+	case <-p.Done():
+	case <-time.After(15 * time.Second):
+		r.t.Fatal("the agent did not refuse to start")
+	}
+	msg := strings.TrimSpace(p.Output.String())
+	if p.Err() == nil || !strings.Contains(msg, want) {
+		r.t.Errorf("agent start: %v, %q; want an error with %q", p.Err(), msg, want)
+	}
+	r.outputs = append(r.outputs, msg)
+	return msg
 }
 
 // serverRow is a registry answer injected by the HTTP proxy.
@@ -306,6 +325,29 @@ func rows() []row {
 				must(r.t, r.w.tcp.Up())
 				up = true
 				return "every image network after " + secs(took)
+			}},
+		{group: "registry", fault: "an error carrying escapes and a signed URL", inject: "HTTP proxy answers 403 DENIED, its message holding OSC title, cursor-up + erase-line, OSC 8, OSC 52, a C1 CSI and a pre-signed URL", expect: "auth failure showing the registry's words; no escape byte and no URL token in log, state, socket, status, check or pull output", fast: true,
+			run: func(r *rig) string {
+				msg := "access revoked by the mirror\x1b]0;owned\x07\x1b[1A\x1b[2K\rall warm\x1b]8;;http://evil.test/\x1b\\here\x1b]8;;\x1b\\" +
+					"\x1b]52;c;cm0gLXJmIH4=\x07\u009b2J see https://bucket.s3.amazonaws.com/b?X-Amz-Security-Token=" + r.w.urlToken + "&X-Amz-Signature=" + r.w.urlToken
+				body, err := json.Marshal(map[string]any{"errors": []map[string]string{{"code": "DENIED", "message": msg}}})
+				must(r.t, err)
+				p, ds := r.next(fromMain, testbed.SeedOptions{})
+				r.w.http.SetFault(&testbed.Fault{Match: "/manifests/", Status: 403, Body: string(body)})
+				r.t.Cleanup(func() { r.w.http.SetFault(nil) })
+				r.flip(p, ds)
+				took := r.failing(30*time.Second, string(agent.ClassAuth))
+				status := r.command("status", "--status-socket", r.socket, "--state-dir", r.stateDir)
+				check := r.command("check", "--env-file", r.envFile, "--state-dir", r.stateDir)
+				pull := r.command("pull", "--env-file", r.envFile, "--state-dir", r.stateDir)
+				for name, out := range map[string]string{"status": status, "check": check, "pull": pull} {
+					if !strings.Contains(out, "access revoked by the mirror") {
+						r.t.Errorf("%s does not show the registry's words:\n%s", name, out)
+					}
+				}
+				r.w.http.SetFault(nil)
+				must(r.t, r.proc.Cmd.Process.Signal(syscall.SIGHUP))
+				return fmt.Sprintf("every image auth after %s; status, check and pull show %q", secs(took), "access revoked by the mirror … ?REDACTED")
 			}},
 		{group: "registry", fault: "answering 500", inject: "HTTP proxy answers 500 to manifest requests", expect: "server failures, retried with backoff", fast: true,
 			run: serverRow(500, nil, `{"errors":[{"code":"UNKNOWN","message":"chaos: internal error"}]}`, string(agent.ClassServer))},
@@ -550,6 +592,10 @@ func rows() []row {
 				b[0] = 0xff // never valid UTF-8
 				writeAtomic(r.t, r.envFile, string(b), 0o600)
 			}, "env", nil)},
+		{group: "env file", fault: "a token on a line without '='", inject: "GHCR_TOKEN ghp_… (a blank instead of '=')", expect: "refused naming the line and the key, never the token; last good kept", fast: true,
+			run: envRow(func(r *rig) {
+				r.writeEnv(strings.Replace(r.w.envFile(r.want), agent.KeyGHCRToken+"=", agent.KeyGHCRToken+" ", 1))
+			}, "the line setting GHCR_TOKEN has no '='", nil)},
 		{group: "env file", fault: "a NUL byte", inject: "a good file with a NUL in a value", expect: "refused; last good kept", fast: true,
 			run: envRow(func(r *rig) { r.writeEnv(strings.Replace(r.w.envFile(r.want), "codex", "co\x00dex", 1)) }, "NUL", nil)},
 		{group: "env file", fault: "10 MB", inject: "10 MB of comment lines", expect: "refused by size without reading it all; last good kept", fast: true,
@@ -587,6 +633,32 @@ func rows() []row {
 			run: configRow(`{"credHelpers": {"HOST": "pa-garbage"}}`, "not credentials JSON", false)},
 		{group: "config.json", fault: "a credHelper named with a path", inject: `credHelpers → "../pa-good"`, expect: "refused, nothing run", fast: true,
 			run: configRow(`{"credHelpers": {"HOST": "../pa-good"}}`, "refused", false)},
+		{group: "config.json", fault: "a credHelper that prints credentials, then exits 1", inject: "credHelpers → a helper printing the registry's credentials JSON, exit 1", expect: "auth failure naming the helper and its exit status; its output never repeated", fast: true,
+			run: configRow(`{"credHelpers": {"HOST": "pa-leak"}}`, "docker-credential-pa-leak failed (exit status 1)", false)},
+		{group: "config.json", fault: "a credHelper killed after printing credentials", inject: "credHelpers → a helper printing the credentials JSON, then SIGKILL", expect: "auth failure naming the helper and the signal; its output never repeated", fast: true,
+			run: configRow(`{"credHelpers": {"HOST": "pa-killed"}}`, "docker-credential-pa-killed failed (signal: killed)", false)},
+		{group: "config.json", fault: "a credHelper that dumps its environment", own: true, inject: "the agent's environment holds the env file's keys (as EnvironmentFile= puts them); credHelpers → a helper writing its environment to a file", expect: "pulled with the helper's credentials; the helper saw PATH, HOME, DOCKER_CONFIG, AWS_* and proxies only: no GHCR_*, no env-file key", fast: true,
+			run: func(r *rig) string {
+				r.env = append(r.env, agent.KeyGHCRUser+"=molecule-bot", agent.KeyGHCRToken+"="+r.w.ghcrToken, agent.KeyRegistry+"=ghcr.io/molecule-ai", agent.KeyRuntimes+"=codex")
+				r.warmUp(fromMain)
+				r.helperDump = filepath.Join(r.dir, "helper-env")
+				must(r.t, testbed.ConfigureCredentialHelpers(r.w.helpers, testbed.HelperConfig{User: r.w.user, Secret: r.w.pass, EnvDump: r.helperDump}))
+				r.t.Cleanup(func() {
+					_ = testbed.ConfigureCredentialHelpers(r.w.helpers, testbed.HelperConfig{User: r.w.user, Secret: r.w.pass})
+				})
+				r.writeDockerConfig(fmt.Sprintf(`{"credHelpers": {%q: "pa-envdump"}}`, r.w.tcp.Addr))
+				p, ds := r.next(fromMain, testbed.SeedOptions{})
+				r.flip(p, ds)
+				took := r.waitFor("the new prefix warm through the helper", 60*time.Second, r.converged)
+				dump, err := os.ReadFile(r.helperDump)
+				must(r.t, err)
+				var keys []string
+				for _, line := range strings.Split(strings.TrimSpace(string(dump)), "\n") {
+					k, _, _ := strings.Cut(line, "=")
+					keys = append(keys, k)
+				}
+				return fmt.Sprintf("warm through the helper in %s; it saw %s", secs(took), strings.Join(keys, " "))
+			}},
 		// State file
 		{group: "state file", fault: "truncated", inject: "state.json cut in half while the agent is stopped", expect: "status exits 3 with one line; the agent starts and rewrites it", fast: true,
 			run: corruptState(func(b []byte) []byte { return b[:len(b)/2] }, "state.json")},
@@ -620,6 +692,22 @@ func rows() []row {
 				}
 				return fmt.Sprintf("converged live; one warning; state file current again %s after chmod 0700", secs(time.Since(start)))
 			}},
+		{group: "state file", fault: "the lock is a symbolic link", own: true, inject: "state/lock → a file elsewhere, before the agent starts", expect: "the agent refuses to start, naming the link; the link's target is untouched; starts once it is gone", fast: true,
+			run: func(r *rig) string {
+				must(r.t, os.MkdirAll(r.stateDir, 0o700))
+				target := filepath.Join(r.dir, "precious")
+				must(r.t, os.WriteFile(target, []byte("keep me\n"), 0o600))
+				must(r.t, os.Symlink(target, filepath.Join(r.stateDir, "lock")))
+				first, ds := r.w.seed(r.t, fromMain, testbed.SeedOptions{})
+				r.flip(first, ds)
+				msg := r.refusedAtStart("symbolic link")
+				if data, _ := os.ReadFile(target); string(data) != "keep me\n" {
+					r.t.Errorf("the lock link's target was written: %q", data)
+				}
+				must(r.t, os.Remove(filepath.Join(r.stateDir, "lock")))
+				r.warmUp(fromMain)
+				return fmt.Sprintf("refused: %q; target untouched; started once the link was gone", shorten(msg))
+			}},
 		// Status socket
 		{group: "status socket", fault: "stale socket of a killed agent", inject: "SIGKILL, then a new agent on the same path", expect: "the new agent replaces the socket", fast: true,
 			run: func(r *rig) string {
@@ -631,6 +719,19 @@ func rows() []row {
 				r.flip(p, ds)
 				restart(r)
 				return "replaced; status served"
+			}},
+		{group: "status socket", fault: "a regular file at the socket path", own: true, inject: "a file where --status-socket points, before the agent starts", expect: "the agent refuses to start and leaves the file; starts once it is gone", fast: true,
+			run: func(r *rig) string {
+				must(r.t, os.WriteFile(r.socket, []byte("not a socket\n"), 0o600))
+				first, ds := r.w.seed(r.t, fromMain, testbed.SeedOptions{})
+				r.flip(first, ds)
+				msg := r.refusedAtStart("not a socket")
+				if data, _ := os.ReadFile(r.socket); string(data) != "not a socket\n" {
+					r.t.Errorf("the file at the socket path was touched: %q", data)
+				}
+				must(r.t, os.Remove(r.socket))
+				r.warmUp(fromMain)
+				return fmt.Sprintf("refused: %q; the file kept; started once it was gone", shorten(msg))
 			}},
 		{group: "status socket", fault: "clients that connect and never read", inject: "20 clients silent after connecting, 20 that send GET /status and never read", expect: "other clients served at once; the connections are closed by timeouts", fast: true,
 			run: func(r *rig) string {

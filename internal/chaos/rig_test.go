@@ -51,6 +51,9 @@ type rig struct {
 	baseline agent.Counts
 	// outputs are other texts the row produced (status output, errors).
 	outputs []string
+	// helperDump is where a credential helper wrote its environment, if
+	// the row had one do so; it is searched for secrets too.
+	helperDump string
 }
 
 // agentProc is one 'pull-agent run' process.
@@ -146,7 +149,19 @@ func (r *rig) spawn(stateDir, socket string) *agentProc {
 		name = "setpriv"
 	}
 	cmd := exec.Command(name, args...)
-	cmd.Env = append([]string{
+	cmd.Env = r.environ()
+	proc, err := testbed.StartProcess(cmd)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	p := &agentProc{proc}
+	r.procs = append(r.procs, p)
+	return p
+}
+
+// environ is the environment the rig's agent and commands run with.
+func (r *rig) environ() []string {
+	return append([]string{
 		"PATH=" + r.w.helpers + ":" + os.Getenv("PATH"),
 		"DOCKER_HOST=" + r.dockerHost,
 		"DOCKER_CONFIG=" + filepath.Join(r.dir, "docker"),
@@ -159,13 +174,20 @@ func (r *rig) spawn(stateDir, socket string) *agentProc {
 		"AWS_MAX_ATTEMPTS=1",
 		"GORACE=halt_on_error=1",
 	}, r.env...)
-	proc, err := testbed.StartProcess(cmd)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	p := &agentProc{proc}
-	r.procs = append(r.procs, p)
-	return p
+}
+
+// command runs 'pull-agent ARGS' as an operator would beside the rig's
+// agent, keeps its output for the secret and escape checks, and returns
+// it.
+func (r *rig) command(args ...string) string {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, r.w.bin, args...)
+	cmd.Env = r.environ()
+	out, _ := cmd.CombinedOutput() // the exit code is the command's business
+	r.outputs = append(r.outputs, string(out))
+	return string(out)
 }
 
 // stop sends sig, which ends the agent, and returns how long the exit
@@ -395,6 +417,10 @@ func (r *rig) invariants() outcome {
 		t.Errorf("pull-agent status after convergence: %v\n%s", err, out)
 	}
 	r.outputs = append(r.outputs, string(out))
+	// What an operator runs beside the agent says nothing secret and
+	// sends no escape sequence either.
+	r.command("check", "--env-file", r.envFile, "--state-dir", r.stateDir)
+	r.command("pull", "--env-file", r.envFile, "--state-dir", r.stateDir)
 	r.noSecrets()
 
 	// Counts: idle connections close and timed-out clients go; give
@@ -423,7 +449,10 @@ func (r *rig) invariants() outcome {
 	return o
 }
 
-// noSecrets fails the row if any secret is in anything the agent wrote.
+// noSecrets fails the row if any secret is in anything the agent or a
+// command wrote, if a credential helper's environment held a secret or a
+// setting of the env file, or if any of those texts holds an escape
+// sequence (raw, or JSON-escaped in a document).
 func (r *rig) noSecrets() {
 	r.t.Helper()
 	texts := append([]string(nil), r.outputs...)
@@ -438,6 +467,33 @@ func (r *rig) noSecrets() {
 			if strings.Contains(text, s) {
 				r.t.Errorf("secret %.12s… appears in the agent's output", s)
 				break
+			}
+		}
+	}
+	for _, text := range texts {
+		for _, esc := range []string{"\x1b", "\u009b", "\u009d", "\x07", `\u001b`, `\u0007`, `\u009b`, `\x1b`} {
+			if strings.Contains(text, esc) {
+				r.t.Errorf("an escape sequence (%q) reached the output:\n%s", esc, tail(text, 2000))
+				break
+			}
+		}
+	}
+	if r.helperDump != "" {
+		dump, err := os.ReadFile(r.helperDump)
+		if err != nil {
+			r.t.Errorf("the credential helper's environment dump: %v", err)
+		}
+		for _, s := range r.w.secrets() {
+			// The AWS key is for helpers such as ecr-login: AWS_* is
+			// passed on by design.
+			if s != r.w.awsKey && strings.Contains(string(dump), s) {
+				r.t.Errorf("secret %.12s… is in a credential helper's environment", s)
+			}
+		}
+		for _, line := range strings.Split(string(dump), "\n") {
+			k, _, _ := strings.Cut(line, "=")
+			if strings.HasPrefix(k, "GHCR_") || strings.HasPrefix(k, "MOLECULE_") || k == "DOCKER_HOST" {
+				r.t.Errorf("a credential helper got %s from the agent's environment", k)
 			}
 		}
 	}

@@ -57,6 +57,9 @@ type world struct {
 
 	// ghcrToken is in every env file; it must never be sent or printed.
 	ghcrToken string
+	// urlToken is the token in the pre-signed URL a hostile registry
+	// names in its error.
+	urlToken string
 
 	mu     sync.Mutex
 	serial int
@@ -106,7 +109,7 @@ func secret(prefix string) string {
 
 func newWorld(logf func(string, ...any)) (_ *world, err error) {
 	ctx := context.Background()
-	w := &world{user: "chaos", pass: secret("main"), tokPass: secret("tok"), ecrPass: secret("ecr"), awsKey: secret("aws"), ghcrToken: secret("ghcr")}
+	w := &world{user: "chaos", pass: secret("main"), tokPass: secret("tok"), ecrPass: secret("ecr"), awsKey: secret("aws"), ghcrToken: secret("ghcr"), urlToken: secret("url")}
 	defer func() {
 		if err != nil {
 			w.close()
@@ -131,6 +134,11 @@ func newWorld(logf func(string, ...any)) (_ *world, err error) {
 		return nil, err
 	}
 	if w.helpers, err = testbed.BuildCredentialHelpers(hdir); err != nil {
+		return nil, err
+	}
+	// The helpers answer with the main registry's credentials: those
+	// that work, and those that must never be printed.
+	if err := testbed.ConfigureCredentialHelpers(w.helpers, testbed.HelperConfig{User: w.user, Secret: w.pass}); err != nil {
 		return nil, err
 	}
 	w.bed, err = testbed.Start(ctx, testbed.Options{Logf: logf, Hosts: map[string]string{ecrHost: "127.0.0.1"}})
@@ -199,7 +207,7 @@ func (w *world) ecrRegistryHost() string {
 func (w *world) secrets() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return append([]string{w.pass, w.tokPass, w.ecrPass, w.awsKey, w.ghcrToken, "helper-s3cret"}, w.rotated...)
+	return append([]string{w.pass, w.tokPass, w.ecrPass, w.awsKey, w.ghcrToken, w.urlToken, "helper-s3cret"}, w.rotated...)
 }
 
 // source is where a row's images come from.
