@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
@@ -164,24 +165,28 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { bed.Stop() })
-	reg, err := bed.StartRegistry(ctx, "main", testbed.RegistryOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ns := range []string{"first", "second"} {
-		if _, err := bed.Seed(ctx, reg, ns, agent.KnownRuntimes(), testbed.SeedOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	// What user-data would have: the binary, install.sh and the unit.
-	stage := t.TempDir()
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
+	reg, err := bed.StartRegistry(ctx, "main", testbed.RegistryOptions{})
+	must(err)
+	for _, ns := range []string{"first", "second"} {
+		if _, err := bed.Seed(ctx, reg, ns, agent.KnownRuntimes(), testbed.SeedOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The same storage behind basic auth: the service pulls from it only
+	// with the credentials in /root/.docker/config.json.
+	users, err := testbed.Htpasswd(map[string]string{"puller": "e2e-basic-s3cret"})
+	must(err)
+	authReg, err := bed.StartRegistry(ctx, "authed", testbed.RegistryOptions{Htpasswd: users, Root: reg.Root})
+	must(err)
+
+	// What user-data would have: the binary, install.sh and the unit.
+	stage := t.TempDir()
 	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-X main.version=e2e", "-o", filepath.Join(stage, "pull-agent"), "./cmd/pull-agent")
 	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -193,11 +198,18 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 		must(err)
 		must(os.WriteFile(filepath.Join(stage, f), data, 0o755))
 	}
-	prefixA, prefixB := reg.Prefix("first"), reg.Prefix("second")
+	// Registry credentials where the docker CLI keeps root's.
+	dockerConfig := `{"auths":{"` + authReg.Addr + `":{"auth":"` + base64.StdEncoding.EncodeToString([]byte("puller:e2e-basic-s3cret")) + `"}}}`
+	must(os.WriteFile(filepath.Join(stage, "docker-config.json"), []byte(dockerConfig), 0o600))
+
+	// A is open; B needs the credentials in /root/.docker/config.json.
+	prefixA, prefixB := reg.Prefix("first"), authReg.Prefix("second")
 	userdata := "#!/bin/bash\nset -euo pipefail\n/opt/pa/install.sh --binary /opt/pa/pull-agent --registry " + prefixA + " --wait-warm 120\n"
 	must(os.WriteFile(filepath.Join(stage, "user-data.sh"), []byte(userdata), 0o755))
 
 	c := boot(t, rootfs, stage, strings.TrimPrefix(bed.DockerHost, "unix://"))
+	c.must(t, 10*time.Second, "install", "-d", "-m", "0700", "/root/.docker")
+	c.must(t, 10*time.Second, "install", "-m", "0600", "/opt/pa/docker-config.json", "/root/.docker/config.json")
 
 	out := c.must(t, 3*time.Minute, "bash", "/opt/pa/user-data.sh")
 	t.Logf("user-data:\n%s", out)
@@ -218,6 +230,7 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 	if st := c.must(t, 10*time.Second, "systemctl", "show", "-p", "StatusText", "pull-agent"); !strings.Contains(st, "StatusText=9/9 images warm from "+prefixA) {
 		t.Errorf("STATUS= not seen by systemd: %s", st)
 	}
+
 	// install.sh again: nothing changes, nothing restarts.
 	pid1 := c.must(t, 10*time.Second, "systemctl", "show", "-p", "MainPID", "pull-agent")
 	c.must(t, 2*time.Minute, "bash", "/opt/pa/user-data.sh")
@@ -225,10 +238,13 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 		t.Errorf("a second install restarted the service: %s → %s", pid1, pid2)
 	}
 
-	// The prefix flipped in the env file: warm from B, no restart.
+	// The prefix flipped in the env file to the registry behind basic auth:
+	// warm from B with the credentials of /root/.docker/config.json, as the
+	// service sees it, no restart.
 	c.must(t, 10*time.Second, "sed", "-i", "s#^MOLECULE_IMAGE_REGISTRY=.*#MOLECULE_IMAGE_REGISTRY="+prefixB+"#", "/etc/pull-agent/pull-agent.env")
-	waitStatus(t, c, "warm from B", func(s string) bool {
-		return strings.Contains(s, "prefix:         "+prefixB) && strings.Contains(s, "images warm:    9/9")
+	waitStatus(t, c, "warm from B with config.json credentials", func(s string) bool {
+		return strings.Contains(s, "prefix:         "+prefixB) && strings.Contains(s, "images warm:    9/9") &&
+			strings.Contains(s, "credentials:    "+authReg.Addr+": config.json auths")
 	})
 	if n := c.must(t, 10*time.Second, "systemctl", "show", "-p", "NRestarts", "pull-agent"); strings.TrimSpace(n) != "NRestarts=0" {
 		t.Errorf("the flip restarted the service: %s", n)
