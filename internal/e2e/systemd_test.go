@@ -198,9 +198,11 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 		must(err)
 		must(os.WriteFile(filepath.Join(stage, f), data, 0o755))
 	}
-	// Registry credentials where the docker CLI keeps root's.
+	// What root's home holds on a host: registry credentials the service
+	// needs, and an SSH key it has no business reading.
 	dockerConfig := `{"auths":{"` + authReg.Addr + `":{"auth":"` + base64.StdEncoding.EncodeToString([]byte("puller:e2e-basic-s3cret")) + `"}}}`
 	must(os.WriteFile(filepath.Join(stage, "docker-config.json"), []byte(dockerConfig), 0o600))
+	must(os.WriteFile(filepath.Join(stage, "id_ed25519"), []byte("-----BEGIN OPENSSH PRIVATE KEY-----\ne2e-not-a-key\n-----END OPENSSH PRIVATE KEY-----\n"), 0o600))
 
 	// A is open; B needs the credentials in /root/.docker/config.json.
 	prefixA, prefixB := reg.Prefix("first"), authReg.Prefix("second")
@@ -208,8 +210,9 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 	must(os.WriteFile(filepath.Join(stage, "user-data.sh"), []byte(userdata), 0o755))
 
 	c := boot(t, rootfs, stage, strings.TrimPrefix(bed.DockerHost, "unix://"))
-	c.must(t, 10*time.Second, "install", "-d", "-m", "0700", "/root/.docker")
+	c.must(t, 10*time.Second, "install", "-d", "-m", "0700", "/root/.docker", "/root/.ssh")
 	c.must(t, 10*time.Second, "install", "-m", "0600", "/opt/pa/docker-config.json", "/root/.docker/config.json")
+	c.must(t, 10*time.Second, "install", "-m", "0600", "/opt/pa/id_ed25519", "/root/.ssh/id_ed25519")
 
 	out := c.must(t, 3*time.Minute, "bash", "/opt/pa/user-data.sh")
 	t.Logf("user-data:\n%s", out)
@@ -230,6 +233,9 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 	if st := c.must(t, 10*time.Second, "systemctl", "show", "-p", "StatusText", "pull-agent"); !strings.Contains(st, "StatusText=9/9 images warm from "+prefixA) {
 		t.Errorf("STATUS= not seen by systemd: %s", st)
 	}
+
+	mainPID := strings.TrimSpace(c.must(t, 10*time.Second, "systemctl", "show", "-p", "MainPID", "--value", "pull-agent"))
+	checkServiceMounts(t, c, mainPID, dockerConfig)
 
 	// install.sh again: nothing changes, nothing restarts.
 	pid1 := c.must(t, 10*time.Second, "systemctl", "show", "-p", "MainPID", "pull-agent")
@@ -273,6 +279,36 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 	}
 	if out, _ := c.exec(t, 10*time.Second, "pull-agent", "status"); !strings.Contains(out, "NOT RUNNING") {
 		t.Errorf("status after stop:\n%s", out)
+	}
+}
+
+// checkServiceMounts looks at the files from inside the service's own mount
+// namespace (the process pid, as the container numbers it): root's home
+// shows /root/.docker and nothing else, and /proc shows processes only.
+func checkServiceMounts(t *testing.T, c *container, pid, dockerConfig string) {
+	t.Helper()
+	svc := strings.TrimSpace(c.must(t, 10*time.Second, "readlink", "/proc/"+pid+"/ns/mnt"))
+	if init := strings.TrimSpace(c.must(t, 10*time.Second, "readlink", "/proc/1/ns/mnt")); svc == init {
+		t.Fatalf("the service (pid %s) runs in the container's own mount namespace %s", pid, svc)
+	}
+	inService := func(args ...string) (string, error) {
+		return c.exec(t, 10*time.Second, append([]string{"nsenter", "-t", pid, "-m", "--"}, args...)...)
+	}
+	if out, err := inService("cat", "/root/.docker/config.json"); err != nil || out != dockerConfig {
+		t.Errorf("the service cannot read /root/.docker/config.json: %v\n%s", err, out)
+	}
+	c.must(t, 10*time.Second, "test", "-s", "/root/.ssh/id_ed25519") // there, outside the service
+	if out, err := inService("cat", "/root/.ssh/id_ed25519"); err == nil || !strings.Contains(out, "No such file or directory") {
+		t.Errorf("the service can read /root/.ssh/id_ed25519 (err %v, %d bytes read); ProtectHome= must hide it", err, len(out))
+	}
+	if out, err := inService("ls", "-A", "/root"); err != nil || strings.Join(strings.Fields(out), " ") != ".docker" {
+		t.Errorf("/root as the service sees it holds %q (err %v), want .docker alone", strings.Fields(out), err)
+	}
+	if out, err := inService("cat", "/proc/"+pid+"/status"); err != nil || !strings.Contains(out, "Name:\tpull-agent") {
+		t.Errorf("the service's /proc lacks its own process: %v\n%s", err, out)
+	}
+	if out, err := inService("cat", "/proc/meminfo"); err == nil {
+		t.Errorf("the service's /proc shows /proc/meminfo (%d bytes); ProcSubset=pid must hide it", len(out))
 	}
 }
 
