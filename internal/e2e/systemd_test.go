@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -203,10 +204,13 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 	dockerConfig := `{"auths":{"` + authReg.Addr + `":{"auth":"` + base64.StdEncoding.EncodeToString([]byte("puller:e2e-basic-s3cret")) + `"}}}`
 	must(os.WriteFile(filepath.Join(stage, "docker-config.json"), []byte(dockerConfig), 0o600))
 	must(os.WriteFile(filepath.Join(stage, "id_ed25519"), []byte("-----BEGIN OPENSSH PRIVATE KEY-----\ne2e-not-a-key\n-----END OPENSSH PRIVATE KEY-----\n"), 0o600))
+	const ghcrToken = "ghp_e2eTokenS3cret"
+	must(os.WriteFile(filepath.Join(stage, "ghcr-token"), []byte(ghcrToken+"\n"), 0o600))
 
 	// A is open; B needs the credentials in /root/.docker/config.json.
 	prefixA, prefixB := reg.Prefix("first"), authReg.Prefix("second")
-	userdata := "#!/bin/bash\nset -euo pipefail\n/opt/pa/install.sh --binary /opt/pa/pull-agent --registry " + prefixA + " --wait-warm 120\n"
+	userdata := "#!/bin/bash\nset -euo pipefail\n/opt/pa/install.sh --binary /opt/pa/pull-agent --registry " + prefixA +
+		" --ghcr-user e2e-bot --ghcr-token-file /opt/pa/ghcr-token --wait-warm 120\n"
 	must(os.WriteFile(filepath.Join(stage, "user-data.sh"), []byte(userdata), 0o755))
 
 	c := boot(t, rootfs, stage, strings.TrimPrefix(bed.DockerHost, "unix://"))
@@ -236,6 +240,7 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 
 	mainPID := strings.TrimSpace(c.must(t, 10*time.Second, "systemctl", "show", "-p", "MainPID", "--value", "pull-agent"))
 	checkServiceMounts(t, c, mainPID, dockerConfig)
+	checkServiceEnviron(t, c, mainPID, ghcrToken)
 
 	// install.sh again: nothing changes, nothing restarts.
 	pid1 := c.must(t, 10*time.Second, "systemctl", "show", "-p", "MainPID", "pull-agent")
@@ -310,6 +315,40 @@ func checkServiceMounts(t *testing.T, c *container, pid, dockerConfig string) {
 	if out, err := inService("cat", "/proc/meminfo"); err == nil {
 		t.Errorf("the service's /proc shows /proc/meminfo (%d bytes); ProcSubset=pid must hide it", len(out))
 	}
+}
+
+// checkServiceEnviron reads the service's environment from outside: none of
+// the env file's keys, above all GHCR_TOKEN, may be there (every credential
+// helper the agent starts inherits it), although the file sets them.
+func checkServiceEnviron(t *testing.T, c *container, pid, ghcrToken string) {
+	t.Helper()
+	file := c.must(t, 10*time.Second, "cat", "/etc/pull-agent/pull-agent.env")
+	if !strings.Contains(file, "\nGHCR_TOKEN='"+ghcrToken+"'\n") || !strings.Contains(file, "\nGHCR_USER='e2e-bot'\n") {
+		t.Fatalf("install.sh did not put GHCR_USER and GHCR_TOKEN into the env file")
+	}
+	vars := strings.Split(strings.TrimRight(c.must(t, 10*time.Second, "cat", "/proc/"+pid+"/environ"), "\x00"), "\x00")
+	if !slices.Contains(vars, "AWS_ECR_CACHE_DIR=/var/lib/pull-agent/ecr-cache") {
+		t.Fatalf("pid %s has not the service's environment (no AWS_ECR_CACHE_DIR from Environment=); keys: %s", pid, envKeys(vars))
+	}
+	var leaked []string
+	for _, v := range vars {
+		if k, _, _ := strings.Cut(v, "="); k == agent.KeyGHCRToken || k == agent.KeyGHCRUser || k == agent.KeyRegistry || strings.Contains(v, ghcrToken) {
+			leaked = append(leaked, k)
+		}
+	}
+	if leaked != nil {
+		t.Errorf("the service's environment holds %s from the env file, and every credential helper inherits it (keys: %s)", strings.Join(leaked, ", "), envKeys(vars))
+	}
+}
+
+// envKeys lists the names of environment entries, never their values.
+func envKeys(vars []string) string {
+	keys := make([]string, 0, len(vars))
+	for _, v := range vars {
+		k, _, _ := strings.Cut(v, "=")
+		keys = append(keys, k)
+	}
+	return strings.Join(keys, " ")
 }
 
 func waitStatus(t *testing.T, c *container, what string, ok func(string) bool) {
