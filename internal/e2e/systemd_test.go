@@ -5,12 +5,14 @@ package e2e
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -164,24 +166,28 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { bed.Stop() })
-	reg, err := bed.StartRegistry(ctx, "main", testbed.RegistryOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ns := range []string{"first", "second"} {
-		if _, err := bed.Seed(ctx, reg, ns, agent.KnownRuntimes(), testbed.SeedOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	// What user-data would have: the binary, install.sh and the unit.
-	stage := t.TempDir()
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
+	reg, err := bed.StartRegistry(ctx, "main", testbed.RegistryOptions{})
+	must(err)
+	for _, ns := range []string{"first", "second"} {
+		if _, err := bed.Seed(ctx, reg, ns, agent.KnownRuntimes(), testbed.SeedOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The same storage behind basic auth: the service pulls from it only
+	// with the credentials in /root/.docker/config.json.
+	users, err := testbed.Htpasswd(map[string]string{"puller": "e2e-basic-s3cret"})
+	must(err)
+	authReg, err := bed.StartRegistry(ctx, "authed", testbed.RegistryOptions{Htpasswd: users, Root: reg.Root})
+	must(err)
+
+	// What user-data would have: the binary, install.sh and the unit.
+	stage := t.TempDir()
 	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-X main.version=e2e", "-o", filepath.Join(stage, "pull-agent"), "./cmd/pull-agent")
 	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -193,11 +199,24 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 		must(err)
 		must(os.WriteFile(filepath.Join(stage, f), data, 0o755))
 	}
-	prefixA, prefixB := reg.Prefix("first"), reg.Prefix("second")
-	userdata := "#!/bin/bash\nset -euo pipefail\n/opt/pa/install.sh --binary /opt/pa/pull-agent --registry " + prefixA + " --wait-warm 120\n"
+	// What root's home holds on a host: registry credentials the service
+	// needs, and an SSH key it has no business reading.
+	dockerConfig := `{"auths":{"` + authReg.Addr + `":{"auth":"` + base64.StdEncoding.EncodeToString([]byte("puller:e2e-basic-s3cret")) + `"}}}`
+	must(os.WriteFile(filepath.Join(stage, "docker-config.json"), []byte(dockerConfig), 0o600))
+	must(os.WriteFile(filepath.Join(stage, "id_ed25519"), []byte("-----BEGIN OPENSSH PRIVATE KEY-----\ne2e-not-a-key\n-----END OPENSSH PRIVATE KEY-----\n"), 0o600))
+	const ghcrToken = "ghp_e2eTokenS3cret"
+	must(os.WriteFile(filepath.Join(stage, "ghcr-token"), []byte(ghcrToken+"\n"), 0o600))
+
+	// A is open; B needs the credentials in /root/.docker/config.json.
+	prefixA, prefixB := reg.Prefix("first"), authReg.Prefix("second")
+	userdata := "#!/bin/bash\nset -euo pipefail\n/opt/pa/install.sh --binary /opt/pa/pull-agent --registry " + prefixA +
+		" --ghcr-user e2e-bot --ghcr-token-file /opt/pa/ghcr-token --wait-warm 120\n"
 	must(os.WriteFile(filepath.Join(stage, "user-data.sh"), []byte(userdata), 0o755))
 
 	c := boot(t, rootfs, stage, strings.TrimPrefix(bed.DockerHost, "unix://"))
+	c.must(t, 10*time.Second, "install", "-d", "-m", "0700", "/root/.docker", "/root/.ssh")
+	c.must(t, 10*time.Second, "install", "-m", "0600", "/opt/pa/docker-config.json", "/root/.docker/config.json")
+	c.must(t, 10*time.Second, "install", "-m", "0600", "/opt/pa/id_ed25519", "/root/.ssh/id_ed25519")
 
 	out := c.must(t, 3*time.Minute, "bash", "/opt/pa/user-data.sh")
 	t.Logf("user-data:\n%s", out)
@@ -218,6 +237,11 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 	if st := c.must(t, 10*time.Second, "systemctl", "show", "-p", "StatusText", "pull-agent"); !strings.Contains(st, "StatusText=9/9 images warm from "+prefixA) {
 		t.Errorf("STATUS= not seen by systemd: %s", st)
 	}
+
+	mainPID := strings.TrimSpace(c.must(t, 10*time.Second, "systemctl", "show", "-p", "MainPID", "--value", "pull-agent"))
+	checkServiceMounts(t, c, mainPID, dockerConfig)
+	checkServiceEnviron(t, c, mainPID, ghcrToken)
+
 	// install.sh again: nothing changes, nothing restarts.
 	pid1 := c.must(t, 10*time.Second, "systemctl", "show", "-p", "MainPID", "pull-agent")
 	c.must(t, 2*time.Minute, "bash", "/opt/pa/user-data.sh")
@@ -225,10 +249,13 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 		t.Errorf("a second install restarted the service: %s → %s", pid1, pid2)
 	}
 
-	// The prefix flipped in the env file: warm from B, no restart.
+	// The prefix flipped in the env file to the registry behind basic auth:
+	// warm from B with the credentials of /root/.docker/config.json, as the
+	// service sees it, no restart.
 	c.must(t, 10*time.Second, "sed", "-i", "s#^MOLECULE_IMAGE_REGISTRY=.*#MOLECULE_IMAGE_REGISTRY="+prefixB+"#", "/etc/pull-agent/pull-agent.env")
-	waitStatus(t, c, "warm from B", func(s string) bool {
-		return strings.Contains(s, "prefix:         "+prefixB) && strings.Contains(s, "images warm:    9/9")
+	waitStatus(t, c, "warm from B with config.json credentials", func(s string) bool {
+		return strings.Contains(s, "prefix:         "+prefixB) && strings.Contains(s, "images warm:    9/9") &&
+			strings.Contains(s, "credentials:    "+authReg.Addr+": config.json auths")
 	})
 	if n := c.must(t, 10*time.Second, "systemctl", "show", "-p", "NRestarts", "pull-agent"); strings.TrimSpace(n) != "NRestarts=0" {
 		t.Errorf("the flip restarted the service: %s", n)
@@ -258,6 +285,70 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 	if out, _ := c.exec(t, 10*time.Second, "pull-agent", "status"); !strings.Contains(out, "NOT RUNNING") {
 		t.Errorf("status after stop:\n%s", out)
 	}
+}
+
+// checkServiceMounts looks at the files from inside the service's own mount
+// namespace (the process pid, as the container numbers it): root's home
+// shows /root/.docker and nothing else, and /proc shows processes only.
+func checkServiceMounts(t *testing.T, c *container, pid, dockerConfig string) {
+	t.Helper()
+	svc := strings.TrimSpace(c.must(t, 10*time.Second, "readlink", "/proc/"+pid+"/ns/mnt"))
+	if init := strings.TrimSpace(c.must(t, 10*time.Second, "readlink", "/proc/1/ns/mnt")); svc == init {
+		t.Fatalf("the service (pid %s) runs in the container's own mount namespace %s", pid, svc)
+	}
+	inService := func(args ...string) (string, error) {
+		return c.exec(t, 10*time.Second, append([]string{"nsenter", "-t", pid, "-m", "--"}, args...)...)
+	}
+	if out, err := inService("cat", "/root/.docker/config.json"); err != nil || out != dockerConfig {
+		t.Errorf("the service cannot read /root/.docker/config.json: %v\n%s", err, out)
+	}
+	c.must(t, 10*time.Second, "test", "-s", "/root/.ssh/id_ed25519") // there, outside the service
+	if out, err := inService("cat", "/root/.ssh/id_ed25519"); err == nil || !strings.Contains(out, "No such file or directory") {
+		t.Errorf("the service can read /root/.ssh/id_ed25519 (err %v, %d bytes read); ProtectHome= must hide it", err, len(out))
+	}
+	if out, err := inService("ls", "-A", "/root"); err != nil || strings.Join(strings.Fields(out), " ") != ".docker" {
+		t.Errorf("/root as the service sees it holds %q (err %v), want .docker alone", strings.Fields(out), err)
+	}
+	if out, err := inService("cat", "/proc/"+pid+"/status"); err != nil || !strings.Contains(out, "Name:\tpull-agent") {
+		t.Errorf("the service's /proc lacks its own process: %v\n%s", err, out)
+	}
+	if out, err := inService("cat", "/proc/meminfo"); err == nil {
+		t.Errorf("the service's /proc shows /proc/meminfo (%d bytes); ProcSubset=pid must hide it", len(out))
+	}
+}
+
+// checkServiceEnviron reads the service's environment from outside: none of
+// the env file's keys, above all GHCR_TOKEN, may be there (every credential
+// helper the agent starts inherits it), although the file sets them.
+func checkServiceEnviron(t *testing.T, c *container, pid, ghcrToken string) {
+	t.Helper()
+	file := c.must(t, 10*time.Second, "cat", "/etc/pull-agent/pull-agent.env")
+	if !strings.Contains(file, "\nGHCR_TOKEN='"+ghcrToken+"'\n") || !strings.Contains(file, "\nGHCR_USER='e2e-bot'\n") {
+		t.Fatalf("install.sh did not put GHCR_USER and GHCR_TOKEN into the env file")
+	}
+	vars := strings.Split(strings.TrimRight(c.must(t, 10*time.Second, "cat", "/proc/"+pid+"/environ"), "\x00"), "\x00")
+	if !slices.Contains(vars, "AWS_ECR_CACHE_DIR=/var/lib/pull-agent/ecr-cache") {
+		t.Fatalf("pid %s has not the service's environment (no AWS_ECR_CACHE_DIR from Environment=); keys: %s", pid, envKeys(vars))
+	}
+	var leaked []string
+	for _, v := range vars {
+		if k, _, _ := strings.Cut(v, "="); k == agent.KeyGHCRToken || k == agent.KeyGHCRUser || k == agent.KeyRegistry || strings.Contains(v, ghcrToken) {
+			leaked = append(leaked, k)
+		}
+	}
+	if leaked != nil {
+		t.Errorf("the service's environment holds %s from the env file, and every credential helper inherits it (keys: %s)", strings.Join(leaked, ", "), envKeys(vars))
+	}
+}
+
+// envKeys lists the names of environment entries, never their values.
+func envKeys(vars []string) string {
+	keys := make([]string, 0, len(vars))
+	for _, v := range vars {
+		k, _, _ := strings.Cut(v, "=")
+		keys = append(keys, k)
+	}
+	return strings.Join(keys, " ")
 }
 
 func waitStatus(t *testing.T, c *container, what string, ok func(string) bool) {
