@@ -296,6 +296,13 @@ if [ -n "$env_tmp" ]; then
 fi
 staged=()
 chmod 0600 "$env_path"
+# The unit binds /root/.docker read-only into an otherwise empty /root
+# (ProtectHome=tmpfs): it must exist when the service starts, or a later
+# 'docker login' is not seen until a restart.
+if [ ! -e "$root/root/.docker" ]; then
+	mkdir -p "$root/root"
+	mkdir -m 0700 "$root/root/.docker"
+fi
 
 if ! live; then
 	say "installed into $root (no systemctl with --root)"

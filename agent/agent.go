@@ -397,10 +397,10 @@ func (a *Agent) notify(state string) {
 	}
 }
 
-// initialEnv drops from the process environment the keys systemd's
-// EnvironmentFile= copied there from the same env file at start: otherwise
-// a key later removed from the file would fall back to its old value
-// instead of the default.
+// initialEnv drops from the process environment the keys copied there
+// from the same env file at start (by an EnvironmentFile= a drop-in may
+// add; the shipped unit has none): otherwise a key later removed from the
+// file would fall back to its old value instead of the default.
 func (a *Agent) initialEnv() {
 	getenv := a.opts.Getenv
 	vars, err := ReadEnvFile(a.opts.EnvFile)
@@ -451,6 +451,7 @@ func (a *Agent) loadConfig(initial, force bool) {
 	cfg, err := LoadConfig(a.opts.EnvFile, vars, a.baseEnv)
 	if err == nil {
 		WarnEnvFileMode(a.log, a.opts.EnvFile, vars)
+		WarnUnusedKeys(a.log, a.opts.EnvFile, vars)
 		_, err = cfg.Images()
 	}
 	if err != nil {

@@ -151,6 +151,24 @@ func WarnEnvFileMode(log *slog.Logger, path string, vars []EnvVar) {
 	}
 }
 
+// Keys are the keys pull-agent reads from its env file.
+func Keys() []string {
+	return []string{KeyRegistry, KeyRuntimes, KeyPins, KeyPlatform, KeyGHCRUser, KeyGHCRToken, KeyDockerHost, KeyAlias, KeyPrune, KeyDiskMargin}
+}
+
+// WarnUnusedKeys logs a warning for each key of the env file that
+// pull-agent does not read. The unit has no EnvironmentFile=, so such a key
+// reaches nothing: a variable for the process itself (HTTPS_PROXY,
+// AWS_REGION…) belongs in a systemd drop-in as Environment=. Only key names
+// are logged.
+func WarnUnusedKeys(log *slog.Logger, path string, vars []EnvVar) {
+	for _, v := range vars {
+		if !slices.Contains(Keys(), v.Key) {
+			log.Warn("env file sets a key pull-agent does not read; for the process environment (proxy, AWS_*) use a systemd drop-in with Environment=", "env_file", path, "key", v.Key, "line", v.Line)
+		}
+	}
+}
+
 // IsNotExist reports whether err says the env file does not exist.
 func IsNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
 

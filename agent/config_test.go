@@ -387,3 +387,22 @@ func TestWarnEnvFileMode(t *testing.T) {
 		})
 	}
 }
+
+// A key the agent does not read is named (the unit no longer copies the
+// file into the environment, so it reaches nothing), its value never.
+func TestWarnUnusedKeys(t *testing.T) {
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	vars, err := ParseEnvFile("f.env", strings.NewReader(KeyRegistry+"=ghcr.io/x\nHTTPS_PROXY=http://u:proxy-s3cret@proxy:3128\n"+KeyGHCRToken+"=ghp_x\nAWS_REGION=eu-west-1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	WarnUnusedKeys(log, "f.env", vars)
+	out := logs.String()
+	if strings.Count(out, "does not read") != 2 || !strings.Contains(out, "key=HTTPS_PROXY line=2") || !strings.Contains(out, "key=AWS_REGION line=4") {
+		t.Errorf("warnings:\n%s", out)
+	}
+	if strings.Contains(out, "s3cret") || strings.Contains(out, KeyRegistry) || strings.Contains(out, KeyGHCRToken) {
+		t.Errorf("a value or a key the agent reads is in the warnings:\n%s", out)
+	}
+}

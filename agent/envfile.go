@@ -283,7 +283,7 @@ func knownKey(s string) string {
 	s = strings.TrimSpace(s)
 	s = strings.TrimPrefix(s, "export ")
 	s = strings.TrimLeft(s, " \t")
-	for _, k := range []string{KeyRegistry, KeyRuntimes, KeyPins, KeyPlatform, KeyGHCRUser, KeyGHCRToken, KeyDockerHost, KeyAlias, KeyPrune, KeyDiskMargin} {
+	for _, k := range Keys() {
 		if rest, ok := strings.CutPrefix(s, k); ok && (rest == "" || strings.ContainsRune(" \t:", rune(rest[0]))) {
 			return k
 		}

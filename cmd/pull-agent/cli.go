@@ -170,6 +170,7 @@ func (c *common) loadConfig(fs *flag.FlagSet, getenv func(string) string, log *s
 		return agent.Config{}, usageErr(fmt.Errorf("configuration refused:\n%w", err))
 	}
 	agent.WarnEnvFileMode(log, c.envFile, vars)
+	agent.WarnUnusedKeys(log, c.envFile, vars)
 	return cfg, nil
 }
 
