@@ -58,7 +58,7 @@ func runCheck(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		prefixes = append(prefixes, q)
 	}
-	engine, err := agent.NewDockerEngine(cfg.DockerHost)
+	engine, err := agent.NewDockerEngine(cfg.DockerEndpoint())
 	if err != nil {
 		return &exitError{code: checkUsage, err: err}
 	}

@@ -272,7 +272,7 @@ func runPull(ctx context.Context, args []string, getenv func(string) string, std
 		return err
 	}
 	log, cfg, images, sel := env.log, env.cfg, env.images, env.sel
-	engine, err := agent.NewDockerEngine(cfg.DockerHost)
+	engine, err := agent.NewDockerEngine(cfg.DockerEndpoint())
 	if err != nil {
 		return usageErr(err)
 	}
