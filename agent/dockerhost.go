@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net/url"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // DockerEndpoint is how to reach the Docker Engine API: its address and,
@@ -161,4 +164,54 @@ func checkDockerCertFiles(dir string) error {
 		return fmt.Errorf("%s and %s are not a certificate and its unencrypted private key (%v); put this host's client certificate and key there", ep.certFile(), ep.keyFile(), err)
 	}
 	return nil
+}
+
+// socketOwnerRisks says who, besides root and the docker group, could be
+// the process behind the Docker socket st describes: its owner unless that
+// is root or uid (this process), its group unless that is root, dockerGID
+// (-1 when there is no docker group) or gid. dockerd makes its socket
+// root:docker; anyone else owning it may have bound it, impersonate the
+// daemon and receive every registry credential the agent sends. Nothing is
+// said of a file that is not a socket, or without an owner to read.
+func socketOwnerRisks(st fs.FileInfo, uid, gid, dockerGID int) (owner, group bool) {
+	if st == nil || st.Mode().Type() != fs.ModeSocket {
+		return false, false
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return false, false
+	}
+	owner = sys.Uid != 0 && int64(sys.Uid) != int64(uid)
+	group = sys.Gid != 0 && int64(sys.Gid) != int64(dockerGID) && int64(sys.Gid) != int64(gid)
+	return owner, group
+}
+
+// WarnDockerSocketOwner logs a warning when host is a unix socket that a
+// user other than root (or this process's) owns, or whose group is neither
+// root nor docker (nor this process's): see socketOwnerRisks.
+func WarnDockerSocketOwner(log *slog.Logger, host string) {
+	path, ok := strings.CutPrefix(host, "unix://")
+	if !ok {
+		return
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return // the ping says what is wrong
+	}
+	dockerGID := -1
+	if g, err := user.LookupGroup("docker"); err == nil {
+		if n, err := strconv.Atoi(g.Gid); err == nil {
+			dockerGID = n
+		}
+	}
+	owner, group := socketOwnerRisks(st, os.Geteuid(), os.Getegid(), dockerGID)
+	sys, _ := st.Sys().(*syscall.Stat_t)
+	if owner {
+		log.Warn("Docker socket is owned by a user other than root, who could listen there in the daemon's place and receive every registry credential; check who serves it (ss -xlp), then chown root",
+			"socket", path, "uid", sys.Uid)
+	}
+	if group {
+		log.Warn("Docker socket's group is neither root nor docker, so another program may have created it and would receive every registry credential; check who serves it (ss -xlp), then chgrp docker",
+			"socket", path, "gid", sys.Gid)
+	}
 }

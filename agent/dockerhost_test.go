@@ -10,11 +10,13 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"io/fs"
 	"log/slog"
 	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -258,6 +260,55 @@ func TestLoadConfigRefusesDockerHosts(t *testing.T) {
 				if strings.Contains(err.Error(), secret) {
 					t.Fatalf("the error repeats a secret: %v", err)
 				}
+			}
+		})
+	}
+}
+
+// fakeStat is a stat result for socketOwnerRisks.
+type fakeStat struct {
+	mode fs.FileMode
+	sys  any
+}
+
+func (f fakeStat) Name() string       { return "docker.sock" }
+func (f fakeStat) Size() int64        { return 0 }
+func (f fakeStat) Mode() fs.FileMode  { return f.mode }
+func (f fakeStat) ModTime() time.Time { return time.Time{} }
+func (f fakeStat) IsDir() bool        { return false }
+func (f fakeStat) Sys() any           { return f.sys }
+
+func TestSocketOwnerRisks(t *testing.T) {
+	const docker = 998
+	sock := func(uid, gid uint32) fakeStat {
+		return fakeStat{mode: fs.ModeSocket | 0o660, sys: &syscall.Stat_t{Uid: uid, Gid: gid}}
+	}
+	tests := []struct {
+		name         string
+		st           fs.FileInfo
+		uid, gid     int // this process
+		dockerGID    int
+		owner, group bool
+	}{
+		{"root:docker, as dockerd makes it", sock(0, docker), 0, 0, docker, false, false},
+		{"root:root", sock(0, 0), 0, 0, docker, false, false},
+		{"root:root without a docker group", sock(0, 0), 0, 0, -1, false, false},
+		{"owned by a user", sock(1000, docker), 0, 0, docker, true, false},
+		{"a user's group", sock(0, 1000), 0, 0, docker, false, true},
+		{"a user's socket, entirely", sock(1000, 1000), 0, 0, docker, true, true},
+		{"a group when there is no docker group", sock(0, docker), 0, 0, -1, false, true},
+		{"rootless: the agent's own user", sock(1000, 1000), 1000, 1000, docker, false, false},
+		{"rootless: another user than the agent's", sock(1001, 1000), 1000, 1000, docker, true, false},
+		{"nobody", sock(65534, 65534), 0, 0, docker, true, true},
+		{"not a socket", fakeStat{mode: 0o644, sys: &syscall.Stat_t{Uid: 1000, Gid: 1000}}, 0, 0, docker, false, false},
+		{"no owner to read", fakeStat{mode: fs.ModeSocket}, 0, 0, docker, false, false},
+		{"nothing", nil, 0, 0, docker, false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			owner, group := socketOwnerRisks(tt.st, tt.uid, tt.gid, tt.dockerGID)
+			if owner != tt.owner || group != tt.group {
+				t.Fatalf("owner risk %v, group risk %v; want %v, %v", owner, group, tt.owner, tt.group)
 			}
 		})
 	}

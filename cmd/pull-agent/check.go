@@ -63,6 +63,7 @@ func runCheck(ctx context.Context, args []string, getenv func(string) string, st
 		return &exitError{code: checkUsage, err: err}
 	}
 	defer engine.Close()
+	agent.WarnDockerSocketOwner(env.log, cfg.DockerHost)
 	if err := engine.Ping(ctx); err != nil {
 		return &exitError{code: checkUnreachable, err: err}
 	}

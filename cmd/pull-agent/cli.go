@@ -277,6 +277,7 @@ func runPull(ctx context.Context, args []string, getenv func(string) string, std
 		return usageErr(err)
 	}
 	defer engine.Close()
+	agent.WarnDockerSocketOwner(log, cfg.DockerHost)
 	if err := engine.Ping(ctx); err != nil {
 		return &exitError{code: exitFailed, err: fmt.Errorf("no image can be pulled: %w", err)}
 	}

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
@@ -200,5 +203,90 @@ func TestPullThroughADaemonThatWantsTLS(t *testing.T) {
 				t.Fatalf("check: exit %d (want %d)\nstderr %s", code, checkUnreachable, errOut)
 			}
 		})
+	}
+}
+
+// fakeDaemonSocket serves a unix socket that answers pings like dockerd
+// and fails everything else, owned by uid:gid.
+func fakeDaemonSocket(t *testing.T, uid, gid int) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		testbed.SkipOrFail(t, errors.New("giving a socket to another user needs root"))
+	}
+	dir, err := os.MkdirTemp("/tmp", "pa-sock-") // short: socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "docker.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(path, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/_ping") {
+			w.Header().Set("Api-Version", "1.41")
+			w.Write([]byte("OK"))
+			return
+		}
+		http.Error(w, `{"message":"a fake daemon"}`, http.StatusInternalServerError)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "unix://" + path
+}
+
+const ownerWarning = "Docker socket is owned by a user other than root"
+
+// A socket owned by someone else than root could be anyone's: pull and
+// check warn on stderr, run logs the warning once, when it connects.
+func TestWarnsWhenTheDockerSocketHasAnotherOwner(t *testing.T) {
+	f := writeFile(t, agent.KeyRegistry+"=registry.example.test/m\n"+agent.KeyRuntimes+"=codex\n")
+	dockerConfig := t.TempDir()
+	t.Run("pull and check", func(t *testing.T) {
+		env := map[string]string{"DOCKER_CONFIG": dockerConfig, agent.KeyDockerHost: fakeDaemonSocket(t, 65534, 65534)}
+		for _, cmd := range []string{"pull", "check"} {
+			_, _, errOut := runCLI(t, env, cmd, "--env-file", f)
+			if strings.Count(errOut, ownerWarning) != 1 || !strings.Contains(errOut, "uid=65534") ||
+				!strings.Contains(errOut, "Docker socket's group is neither root nor docker") {
+				t.Errorf("%s: no warning, or not once:\n%s", cmd, errOut)
+			}
+		}
+	})
+	t.Run("root's socket", func(t *testing.T) {
+		env := map[string]string{"DOCKER_CONFIG": dockerConfig, agent.KeyDockerHost: fakeDaemonSocket(t, 0, 0)}
+		for _, cmd := range []string{"pull", "check"} {
+			if _, _, errOut := runCLI(t, env, cmd, "--env-file", f); strings.Contains(errOut, "Docker socket") {
+				t.Errorf("%s warned about root's socket:\n%s", cmd, errOut)
+			}
+		}
+	})
+	t.Run("run", func(t *testing.T) {
+		envFile := writeFile(t, agent.KeyRegistry+"=registry.example.test/m\n"+agent.KeyRuntimes+"=codex\n")
+		p := startProcess(t, []string{"DOCKER_CONFIG=" + dockerConfig, "DOCKER_HOST=" + fakeDaemonSocket(t, 65534, 0)}, "--env-file", envFile, "--debounce", "10ms")
+		waitOutput(t, p, "the first configuration", func(s string) bool { return strings.Count(s, `msg="configuration loaded"`) == 1 })
+		// A new configuration does not connect again, nor warn again.
+		if err := os.WriteFile(envFile, []byte(agent.KeyRegistry+"=registry.example.test/m\n"+agent.KeyRuntimes+"=codex,hermes\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		waitOutput(t, p, "the second configuration", func(s string) bool { return strings.Count(s, `msg="configuration loaded"`) == 2 })
+		if out := p.Output.String(); strings.Count(out, ownerWarning) != 1 || strings.Contains(out, "group is neither") {
+			t.Fatalf("want one owner warning and no group warning:\n%s", out)
+		}
+	})
+}
+
+// waitOutput waits until the agent's output satisfies cond.
+func waitOutput(t *testing.T, p *agentProcess, what string, cond func(string) bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond(p.Output.String()) {
+		if time.Now().After(deadline) || !p.Running() {
+			t.Fatalf("waiting for %s; agent output:\n%s", what, p.Output.String())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
