@@ -38,8 +38,8 @@ type Options struct {
 	EnvFile string
 	// Getenv is the process environment.
 	Getenv func(string) string
-	// NewEngine connects to the Docker daemon at host.
-	NewEngine func(host string) (Engine, error)
+	// NewEngine connects to the Docker daemon at an endpoint.
+	NewEngine func(DockerEndpoint) (Engine, error)
 	// NewAuthorizer builds the credential selection for a configuration.
 	NewAuthorizer func(Config) (Authorizer, error)
 	Logger        *slog.Logger
@@ -485,15 +485,16 @@ func (a *Agent) refuseLocked(err error) {
 func (a *Agent) applyLocked(cfg Config) {
 	prev := a.cfg
 	if a.engine == nil {
-		e, err := a.opts.NewEngine(cfg.DockerHost)
+		e, err := a.opts.NewEngine(cfg.DockerEndpoint())
 		if err != nil {
 			a.refuseLocked(err)
 			return
 		}
 		a.engine = e
-	} else if prev != nil && cfg.DockerHost != prev.DockerHost {
-		a.log.Warn("DOCKER_HOST changed; restart the agent to use it", "in_use", prev.DockerHost, "configured", cfg.DockerHost)
-		cfg.DockerHost = prev.DockerHost
+	} else if prev != nil && cfg.DockerEndpoint() != prev.DockerEndpoint() {
+		a.log.Warn("DOCKER_HOST, DOCKER_TLS_VERIFY or DOCKER_CERT_PATH changed; restart the agent to use it", "in_use", prev.DockerHost, "configured", cfg.DockerHost,
+			"tls_verify_in_use", prev.DockerTLSVerify, "tls_verify_configured", cfg.DockerTLSVerify)
+		cfg.DockerHost, cfg.DockerTLSVerify, cfg.DockerCertPath = prev.DockerHost, prev.DockerTLSVerify, prev.DockerCertPath
 	}
 	authz, err := a.opts.NewAuthorizer(cfg)
 	if err != nil {

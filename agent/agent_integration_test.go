@@ -54,7 +54,7 @@ func startAgent(t *testing.T, dockerHost, envFile string, env map[string]string,
 	env[agent.KeyDockerHost] = dockerHost
 	o.Getenv = func(k string) string { return env[k] }
 	o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	o.NewEngine = func(host string) (agent.Engine, error) { return agent.NewDockerEngine(host) }
+	o.NewEngine = func(ep agent.DockerEndpoint) (agent.Engine, error) { return agent.NewDockerEngine(ep) }
 	o.NewAuthorizer = func(c agent.Config) (agent.Authorizer, error) {
 		return auth.NewSelector(auth.Options{GHCRUser: c.GHCRUser, GHCRToken: c.GHCRToken})
 	}
@@ -723,7 +723,7 @@ func TestDiskGuardRefusesWhatCannotFit(t *testing.T) {
 	must(t, err)
 	_, err = f.bed.Seed(ctxT(t), f.reg, f.ns, []string{"crewai"}, testbed.SeedOptions{BaseSize: 256 << 10, LayerSize: 96 << 20})
 	must(t, err)
-	engine, err := agent.NewDockerEngine(small.DockerHost)
+	engine, err := agent.NewDockerEngine(agent.DockerEndpoint{Host: small.DockerHost})
 	must(t, err)
 	root, err := engine.RootDir(ctxT(t))
 	must(t, err)

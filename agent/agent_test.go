@@ -155,7 +155,7 @@ func TestSnapshotWhileRunStarts(t *testing.T) {
 		a, err := New(Options{
 			EnvFile:       env,
 			Getenv:        func(string) string { return "" },
-			NewEngine:     func(string) (Engine, error) { return e, nil },
+			NewEngine:     func(DockerEndpoint) (Engine, error) { return e, nil },
 			NewAuthorizer: func(Config) (Authorizer, error) { return anonymous{}, nil },
 			Logger:        slog.New(slog.DiscardHandler),
 		})

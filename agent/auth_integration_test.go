@@ -264,7 +264,7 @@ func TestAuthECREndToEnd(t *testing.T) {
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
 	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
-	engine, err := agent.NewDockerEngine(own.DockerHost)
+	engine, err := agent.NewDockerEngine(agent.DockerEndpoint{Host: own.DockerHost})
 	must(t, err)
 	_, port, _ := strings.Cut(reg.Addr, ":")
 	prefix := ecrHost + ":" + port + "/molecule-ai"
@@ -321,7 +321,7 @@ func TestAuthGHCRUnderItsRealName(t *testing.T) {
 	_, err = own.StartRegistry(ctxT(t), "ghcr", testbed.RegistryOptions{Addr: "127.0.0.1:80", InBedNetwork: true, Root: plain.Root,
 		Htpasswd: htpasswd(t, map[string]string{"gh-bot": "gh-token-s3cret"})})
 	must(t, err)
-	engine, err := agent.NewDockerEngine(own.DockerHost)
+	engine, err := agent.NewDockerEngine(agent.DockerEndpoint{Host: own.DockerHost})
 	must(t, err)
 	logs := &testbed.Buffer{}
 	rs := pullOne(t, engine, "ghcr.io/molecule-ai", []string{"codex"}, auth.Options{GHCRUser: "gh-bot", GHCRToken: auth.NewSecret("gh-token-s3cret")}, logs)

@@ -35,6 +35,14 @@ const (
 	KeyDiskMargin = "MOLECULE_DISK_MARGIN_MB"
 )
 
+// The keys of the Docker daemon's TLS, read like DOCKER_HOST and named as
+// the docker CLI names them: DOCKER_TLS_VERIFY set to any value (even 0)
+// turns TLS on; DOCKER_CERT_PATH holds ca.pem, cert.pem and key.pem.
+const (
+	KeyDockerTLSVerify = "DOCKER_TLS_VERIFY"
+	KeyDockerCertPath  = "DOCKER_CERT_PATH"
+)
+
 // clip makes a value from outside fit an error message: one sanitised line
 // (no escape sequences, URL queries redacted), cut by rune. A 1 MB line must
 // not come back as a 1 MB error in the log and the state document.
@@ -75,8 +83,17 @@ type Config struct {
 	// GHCRUser and GHCRToken are basic credentials for ghcr.io.
 	GHCRUser  string
 	GHCRToken auth.Secret
-	// DockerHost is the Docker Engine API address.
+	// DockerHost is the Docker Engine API address: a unix socket, or a
+	// TCP address that is loopback or used with DockerTLSVerify.
 	DockerHost string
+	// DockerTLSVerify (DOCKER_TLS_VERIFY set to any value) speaks TLS to
+	// DockerHost: the daemon's certificate is verified against ca.pem in
+	// DockerCertPath, and cert.pem and key.pem there are presented.
+	DockerTLSVerify bool
+	// DockerCertPath is the directory of ca.pem, cert.pem and key.pem
+	// (DOCKER_CERT_PATH; default the docker CLI's config directory). Its
+	// files are checked only with DockerTLSVerify.
+	DockerCertPath string
 	// AliasPrefix, if set, also names every pulled image
 	// <AliasPrefix>/workspace-template-<runtime>:latest.
 	AliasPrefix string
@@ -153,7 +170,7 @@ func WarnEnvFileMode(log *slog.Logger, path string, vars []EnvVar) {
 
 // Keys are the keys pull-agent reads from its env file.
 func Keys() []string {
-	return []string{KeyRegistry, KeyRuntimes, KeyPins, KeyPlatform, KeyGHCRUser, KeyGHCRToken, KeyDockerHost, KeyAlias, KeyPrune, KeyDiskMargin}
+	return []string{KeyRegistry, KeyRuntimes, KeyPins, KeyPlatform, KeyGHCRUser, KeyGHCRToken, KeyDockerHost, KeyDockerTLSVerify, KeyDockerCertPath, KeyAlias, KeyPrune, KeyDiskMargin}
 }
 
 // WarnUnusedKeys logs a warning for each key of the env file that
@@ -249,9 +266,22 @@ func LoadConfig(file string, fileVars []EnvVar, getenv func(string) string) (Con
 		}
 	}
 
-	cfg.DockerHost, _ = l.get(KeyDockerHost)
-	if cfg.DockerHost == "" {
-		cfg.DockerHost = DefaultDockerHost
+	host, hostSrc := l.get(KeyDockerHost)
+	if host == "" {
+		host, hostSrc = DefaultDockerHost, "default ("+KeyDockerHost+" unset)"
+	}
+	verify, _ := l.get(KeyDockerTLSVerify)
+	certPath, certSrc := l.get(KeyDockerCertPath)
+	if certPath == "" {
+		certPath, certSrc = auth.DockerConfigDir(l.processEnv), "default ("+KeyDockerCertPath+" unset)"
+	}
+	cfg.DockerHost, cfg.DockerTLSVerify, cfg.DockerCertPath = host, verify != "", certPath
+	if err := checkDockerHost(host, cfg.DockerTLSVerify); err != nil {
+		errs = append(errs, &ConfigError{Key: KeyDockerHost, Value: redactDockerHost(host), Source: hostSrc, Reason: err.Error()})
+	} else if cfg.DockerTLSVerify {
+		if err := checkDockerCertFiles(certPath); err != nil {
+			errs = append(errs, &ConfigError{Key: KeyDockerCertPath, Value: certPath, Source: certSrc, Reason: err.Error()})
+		}
 	}
 
 	if err := errors.Join(errs...); err != nil {
@@ -264,6 +294,15 @@ type layered struct {
 	file   string
 	vars   map[string]EnvVar
 	getenv func(string) string
+}
+
+// processEnv is key in the process environment alone (HOME and
+// DOCKER_CONFIG, which locate the docker CLI's directory).
+func (l layered) processEnv(key string) string {
+	if l.getenv == nil {
+		return ""
+	}
+	return l.getenv(key)
 }
 
 // get returns the value of key and where it came from.

@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"fmt"
-	cerrdefs "github.com/containerd/errdefs"
 	"io"
+	"strings"
+
+	cerrdefs "github.com/containerd/errdefs"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
@@ -17,20 +19,34 @@ import (
 // DockerEngine is the Engine backed by the Docker Engine API. It is the only
 // code that imports the Docker SDK.
 type DockerEngine struct {
-	cli  *client.Client
-	host string
+	cli *client.Client
+	ep  DockerEndpoint
 }
 
 var _ Engine = (*DockerEngine)(nil)
 
-// NewDockerEngine returns an Engine for the daemon at host (for example
-// unix:///var/run/docker.sock), negotiating the API version with it.
-func NewDockerEngine(host string) (*DockerEngine, error) {
-	cli, err := client.NewClientWithOpts(client.WithHost(host), client.WithAPIVersionNegotiation())
-	if err != nil {
-		return nil, fmt.Errorf("docker host %q: %w (set DOCKER_HOST to unix:///path/to/docker.sock or tcp://host:port)", host, err)
+// NewDockerEngine returns an Engine for the daemon at ep.Host (for example
+// unix:///var/run/docker.sock), negotiating the API version with it. With
+// ep.TLSVerify it speaks TLS, verifies the daemon against ep's ca.pem and
+// presents its cert.pem and key.pem. An address where registry credentials
+// would cross the network in clear text is refused, as LoadConfig refuses
+// it.
+func NewDockerEngine(ep DockerEndpoint) (*DockerEngine, error) {
+	if err := checkDockerHost(ep.Host, ep.TLSVerify); err != nil {
+		return nil, fmt.Errorf("%s=%q: %w", KeyDockerHost, redactDockerHost(ep.Host), err)
 	}
-	return &DockerEngine{cli: cli, host: host}, nil
+	opts := []client.Opt{client.WithHost(ep.Host), client.WithAPIVersionNegotiation()}
+	if ep.TLSVerify {
+		if err := checkDockerCertFiles(ep.CertPath); err != nil {
+			return nil, fmt.Errorf("%s: %w", KeyDockerCertPath, err)
+		}
+		opts = append(opts, client.WithTLSClientConfig(ep.caFile(), ep.certFile(), ep.keyFile()))
+	}
+	cli, err := client.NewClientWithOpts(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("docker host %q: %w (set DOCKER_HOST to unix:///path/to/docker.sock or tcp://host:port)", redactDockerHost(ep.Host), err)
+	}
+	return &DockerEngine{cli: cli, ep: ep}, nil
 }
 
 // Close releases the client's connections.
@@ -41,10 +57,25 @@ func (d *DockerEngine) Close() error { return d.cli.Close() }
 func (d *DockerEngine) CloseIdleConnections() { _ = d.cli.Close() }
 
 func (d *DockerEngine) wrap(err error) error {
-	if client.IsErrConnectionFailed(err) {
-		return fmt.Errorf("%w at %s: %v (is dockerd running? is DOCKER_HOST right?)", ErrDaemonUnreachable, d.host, err)
+	if err == nil {
+		return nil
 	}
-	return err
+	host := redactDockerHost(d.ep.Host)
+	msg := err.Error()
+	switch {
+	case !d.ep.TLSVerify && msg == "Error response from daemon: Client sent an HTTP request to an HTTPS server.":
+		// What Go's TLS server answers to plain HTTP, verbatim.
+		return fmt.Errorf("%w at %s: it speaks TLS (dockerd --tlsverify) and the agent does not: set %s=1 and %s to the directory of ca.pem, cert.pem and key.pem", ErrDaemonUnreachable, host, KeyDockerTLSVerify, KeyDockerCertPath)
+	case !client.IsErrConnectionFailed(err):
+		return err
+	case d.ep.TLSVerify && (strings.Contains(msg, "server gave HTTP response to HTTPS client") || strings.Contains(msg, "first record does not look like a TLS handshake")):
+		return fmt.Errorf("%w at %s: it does not speak TLS there, and %s is set: check the port (dockerd's TLS port is usually 2376) and that dockerd runs with --tlsverify", ErrDaemonUnreachable, host, KeyDockerTLSVerify)
+	case d.ep.TLSVerify && strings.Contains(msg, "x509:"):
+		return fmt.Errorf("%w at %s: its certificate does not verify against %s: %v (put the CA that signed the daemon's certificate there, and make sure the certificate names the host of %s)", ErrDaemonUnreachable, host, d.ep.caFile(), err, KeyDockerHost)
+	case d.ep.TLSVerify && strings.Contains(msg, "remote error: tls:"):
+		return fmt.Errorf("%w at %s: the daemon refused this host's client certificate %s: %v (have it signed by the CA of the daemon's --tlscacert)", ErrDaemonUnreachable, host, d.ep.certFile(), err)
+	}
+	return fmt.Errorf("%w at %s: %v (is dockerd running? is DOCKER_HOST right?)", ErrDaemonUnreachable, host, err)
 }
 
 // Ping implements Engine.

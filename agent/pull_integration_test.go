@@ -39,7 +39,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	b := bed.Get(t)
-	e, err := agent.NewDockerEngine(b.DockerHost)
+	e, err := agent.NewDockerEngine(agent.DockerEndpoint{Host: b.DockerHost})
 	if err != nil {
 		t.Fatal(err)
 	}

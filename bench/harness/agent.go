@@ -130,7 +130,7 @@ func (e *env) reactionAndIdle(ctx context.Context, flips int, idle time.Duration
 	if err := waitWarm(regs["a"].Prefix("molecule-ai"), 2*time.Minute); err != nil {
 		return Reaction{}, Idle{}, err
 	}
-	engine, err := agent.NewDockerEngine(e.bed.DockerHost)
+	engine, err := agent.NewDockerEngine(agent.DockerEndpoint{Host: e.bed.DockerHost})
 	if err != nil {
 		return Reaction{}, Idle{}, err
 	}

@@ -59,11 +59,12 @@ func runCheck(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		prefixes = append(prefixes, q)
 	}
-	engine, err := agent.NewDockerEngine(cfg.DockerHost)
+	engine, err := agent.NewDockerEngine(cfg.DockerEndpoint())
 	if err != nil {
 		return &exitError{code: checkUsage, err: err}
 	}
 	defer engine.Close()
+	agent.WarnDockerSocketOwner(env.log, cfg.DockerHost)
 	if err := engine.Ping(ctx); err != nil {
 		return &exitError{code: checkUnreachable, err: err}
 	}

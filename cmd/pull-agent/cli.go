@@ -274,11 +274,12 @@ func runPull(ctx context.Context, args []string, getenv func(string) string, std
 		return err
 	}
 	log, cfg, images, sel := env.log, env.cfg, env.images, env.sel
-	engine, err := agent.NewDockerEngine(cfg.DockerHost)
+	engine, err := agent.NewDockerEngine(cfg.DockerEndpoint())
 	if err != nil {
 		return usageErr(err)
 	}
 	defer engine.Close()
+	agent.WarnDockerSocketOwner(log, cfg.DockerHost)
 	if err := engine.Ping(ctx); err != nil {
 		return &exitError{code: exitFailed, err: fmt.Errorf("no image can be pulled: %w", err)}
 	}

@@ -69,7 +69,14 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	o.Getenv = getenv
 	o.Logger = log
 	o.Notifier = agent.SystemdNotifier{}
-	o.NewEngine = func(host string) (agent.Engine, error) { return agent.NewDockerEngine(host) }
+	o.NewEngine = func(ep agent.DockerEndpoint) (agent.Engine, error) {
+		e, err := agent.NewDockerEngine(ep)
+		if err != nil {
+			return nil, err
+		}
+		agent.WarnDockerSocketOwner(log, ep.Host)
+		return e, nil
+	}
 	auth.RouteECRLogs(log)
 	o.NewAuthorizer = func(cfg agent.Config) (agent.Authorizer, error) {
 		return c.authorizer(cfg, getenv, log)

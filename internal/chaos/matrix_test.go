@@ -464,7 +464,7 @@ func rows() []row {
 						msg = i.LastError
 					}
 				}
-				engine, err := agent.NewDockerEngine(small.DockerHost)
+				engine, err := agent.NewDockerEngine(agent.DockerEndpoint{Host: small.DockerHost})
 				must(r.t, err)
 				root, err := engine.RootDir(context.Background())
 				engine.Close()

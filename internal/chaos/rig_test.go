@@ -381,7 +381,7 @@ func (r *rig) invariants() outcome {
 	}
 	o.converge = r.waitFor("every image of the final prefix warm and verified", 90*time.Second, r.converged)
 
-	engine, err := agent.NewDockerEngine(r.dockerHost)
+	engine, err := agent.NewDockerEngine(agent.DockerEndpoint{Host: r.dockerHost})
 	if err != nil {
 		t.Fatal(err)
 	}

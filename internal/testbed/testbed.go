@@ -67,6 +67,10 @@ type Options struct {
 	// join it, so a registry can answer on port 80 as a real host name
 	// (ghcr.io) for this daemon alone.
 	PrivateNetwork bool
+	// TLS also has the daemon listen on tcp://127.0.0.1:<free port> with
+	// --tlsverify and certificates the bed makes (Bed.TLS). Not with
+	// PrivateNetwork: the port would be inside the daemon's namespace.
+	TLS bool
 }
 
 // Bed is a running test bed.
@@ -74,6 +78,8 @@ type Bed struct {
 	Dir string
 	// DockerHost is the daemon's address, unix://<Dir>/docker.sock.
 	DockerHost string
+	// TLS is the daemon's TLS listener when Options.TLS is set, else nil.
+	TLS *DaemonTLS
 
 	opts Options
 
@@ -110,6 +116,18 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 			b.Stop()
 		}
 	}()
+	if opts.TLS {
+		if opts.PrivateNetwork {
+			return nil, errors.New("testbed: TLS and PrivateNetwork together: the TLS port would be unreachable outside the daemon's network namespace")
+		}
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		if b.TLS, err = newDaemonTLS(filepath.Join(opts.Dir, "tls"), port); err != nil {
+			return nil, fmt.Errorf("making the daemon's TLS certificates: %w", err)
+		}
+	}
 	if err := b.StartDockerd(ctx); err != nil {
 		return nil, err
 	}
@@ -172,6 +190,9 @@ func (b *Bed) StartDockerd(ctx context.Context) error {
 		"--pidfile", filepath.Join(b.Dir, "docker-exec.pid"),
 		"--storage-driver=vfs", "--iptables=false", "--ip-masq=false", "--bridge=none",
 	}
+	if b.TLS != nil {
+		args = append(args, b.TLS.dockerdArgs()...)
+	}
 	var p *proc
 	var err error
 	if len(b.opts.Hosts) == 0 && !b.opts.PrivateNetwork {
@@ -205,7 +226,10 @@ func (b *Bed) StartDockerd(ctx context.Context) error {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
 	}}}
-	if err := waitReady(ctx, p, 90*time.Second, func(ctx context.Context) bool { return httpOK(ctx, hc, "http://docker/_ping") }); err != nil {
+	ready := func(ctx context.Context) bool {
+		return httpOK(ctx, hc, "http://docker/_ping") && (b.TLS == nil || b.TLS.ready(ctx))
+	}
+	if err := waitReady(ctx, p, 90*time.Second, ready); err != nil {
 		return fmt.Errorf("dockerd did not become ready: %w\n%s", err, b.logTail("dockerd"))
 	}
 	b.opts.Logf("dockerd ready at %s (pid %d)", b.DockerHost, p.cmd.Process.Pid)
