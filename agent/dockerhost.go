@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
 // DockerEndpoint is how to reach the Docker Engine API: its address and,
@@ -122,7 +124,7 @@ func redactDockerHost(host string) string {
 		end = len(rest)
 	}
 	if i := strings.LastIndexByte(rest[:end], '@'); i >= 0 {
-		return scheme + "://…@" + rest[i+1:]
+		return scheme + "://" + safetext.Redacted + "@" + rest[i+1:]
 	}
 	return host
 }

@@ -94,8 +94,8 @@ func TestCheckDockerHost(t *testing.T) {
 
 func TestRedactDockerHost(t *testing.T) {
 	for in, want := range map[string]string{
-		"tcp://bob:hunter2@h:2376":      "tcp://…@h:2376",
-		"tcp://bob:hun@ter2@h:2376/p@x": "tcp://…@h:2376/p@x",
+		"tcp://bob:hunter2@h:2376":      "tcp://REDACTED@h:2376",
+		"tcp://bob:hun@ter2@h:2376/p@x": "tcp://REDACTED@h:2376/p@x",
 		"tcp://h:2376/p@x":              "tcp://h:2376/p@x",
 		DefaultDockerHost:               DefaultDockerHost,
 		"no scheme@all":                 "no scheme@all",
@@ -231,7 +231,7 @@ func TestLoadConfigRefusesDockerHosts(t *testing.T) {
 		{"TLS on the default socket", nil, map[string]string{KeyDockerTLSVerify: "1"},
 			KeyDockerHost, `default (DOCKER_HOST unset): DOCKER_HOST="unix:///var/run/docker.sock": is a unix socket, but DOCKER_TLS_VERIFY is set`},
 		{"a password in the address", nil, map[string]string{KeyDockerHost: "tcp://bob:hunter2@10.0.0.5:2376", KeyDockerTLSVerify: "1", KeyDockerCertPath: certs},
-			KeyDockerHost, `DOCKER_HOST="tcp://…@10.0.0.5:2376": carries a user name or password`},
+			KeyDockerHost, `DOCKER_HOST="tcp://REDACTED@10.0.0.5:2376": carries a user name or password`},
 		{"ca.pem missing", nil, map[string]string{KeyDockerHost: "tcp://10.0.0.5:2376", KeyDockerTLSVerify: "1", KeyDockerCertPath: noCA},
 			KeyDockerCertPath, noCA + "/ca.pem (the CA certificate that signed the daemon's certificate) cannot be read: no such file or directory; copy it there, or set DOCKER_CERT_PATH to the directory that holds ca.pem, cert.pem and key.pem"},
 		{"key.pem missing", nil, map[string]string{KeyDockerHost: "tcp://10.0.0.5:2376", KeyDockerTLSVerify: "1", KeyDockerCertPath: noKey},
