@@ -20,6 +20,8 @@ import (
 	ecrconfig "github.com/awslabs/amazon-ecr-credential-helper/ecr-login/config"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
 // IsECRHost reports whether the ecr-login library accepts host (with or
@@ -50,7 +52,8 @@ func (slogHook) Levels() []logrus.Level { return logrus.AllLevels }
 func (h slogHook) Fire(e *logrus.Entry) error {
 	attrs := make([]any, 0, 2*len(e.Data))
 	for k, v := range e.Data {
-		attrs = append(attrs, k, fmt.Sprint(v))
+		// The library logs the API's error text; the API is outside.
+		attrs = append(attrs, k, safetext.Line(fmt.Sprint(v), 512))
 	}
 	lvl := slog.LevelInfo
 	switch {
@@ -61,7 +64,7 @@ func (h slogHook) Fire(e *logrus.Entry) error {
 	case e.Level >= logrus.DebugLevel:
 		lvl = slog.LevelDebug
 	}
-	h.log.Log(context.Background(), lvl, e.Message, attrs...)
+	h.log.Log(context.Background(), lvl, safetext.Line(e.Message, 200), attrs...)
 	return nil
 }
 
