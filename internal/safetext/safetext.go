@@ -155,9 +155,10 @@ func isBidiControl(r rune) bool {
 }
 
 var (
-	// A URL: scheme://, then anything up to white space or a character
-	// that ends a URL quoted in an error message.
-	urlRE = regexp.MustCompile(`(?i)\b[a-z][a-z0-9+.-]*://[^\s"'<>` + "`" + `]+`)
+	// A URL: scheme://, then anything up to white space, a character
+	// that ends a URL quoted in an error message, or the ellipsis of a cut
+	// (so that sanitising a cut text again keeps it as it is).
+	urlRE = regexp.MustCompile(`(?i)\b[a-z][a-z0-9+.-]*://[^\s"'<>` + "`" + Ellipsis + `]+`)
 	// A parameter that carries a credential, wherever it stands.
 	paramRE = regexp.MustCompile(`(?i)\b(x-amz-security-token|x-amz-signature|x-amz-credential|signature|key-pair-id|policy|access_token|refresh_token|id_token|token|sig|password|passwd|secret|client_secret|api_key|apikey)=[^&\s"'<>;,` + "`" + `]+`)
 )
