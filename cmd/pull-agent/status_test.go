@@ -84,10 +84,10 @@ func TestStatusThroughTheAgentsLife(t *testing.T) {
 
 	px.Clear()
 	code, out, errOut := p.status(t, "--wait", "--timeout", "60s")
-	if code != statusOK || !strings.Contains(out, "running, all warm") {
+	if code != exitOK || !strings.Contains(out, "running, all warm") {
 		t.Fatalf("--wait: exit %d\n%s%s", code, out, errOut)
 	}
-	if code, out, errOut := p.status(t, "--quiet"); code != statusOK || out != "" || errOut != "" {
+	if code, out, errOut := p.status(t, "--quiet"); code != exitOK || out != "" || errOut != "" {
 		t.Errorf("--quiet: exit %d %q %q", code, out, errOut)
 	}
 
@@ -262,7 +262,7 @@ func TestStatusWithoutAnAgent(t *testing.T) {
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("status took %s against a silent socket", d)
 	}
-	if code, _, errOut := runCLI(t, nil, "status", "--bogus"); code != statusUsage {
+	if code, _, errOut := runCLI(t, nil, "status", "--bogus"); code != exitUsage {
 		t.Errorf("usage: exit %d %s", code, errOut)
 	}
 }
