@@ -7,9 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -21,6 +18,9 @@ import (
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
+
+// statusTimeout is how long the agent has to answer on its socket.
+const statusTimeout = time.Second
 
 // runStatus is 'pull-agent status'.
 func runStatus(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -47,10 +47,11 @@ not answer, reads its last saved state and says how old it is.`)
 	statePath := filepath.Join(*stateDir, agent.StateFileName)
 	color := isTerminal(stdout) && getenv("NO_COLOR") == "" && getenv("TERM") != "dumb"
 
+	client := agent.NewStatusClient(*socket, statusTimeout)
 	if *wait {
 		deadline := time.Now().Add(*timeout)
 		for {
-			doc, err := queryStatus(ctx, *socket)
+			doc, err := client.Status(ctx)
 			if err == nil && doc.Healthy() {
 				return report(doc, nil, statePath, *asJSON, *quiet, color, stdout)
 			}
@@ -67,49 +68,8 @@ not answer, reads its last saved state and says how old it is.`)
 			}
 		}
 	}
-	doc, err := queryStatus(ctx, *socket)
+	doc, err := client.Status(ctx)
 	return report(doc, err, statePath, *asJSON, *quiet, color, stdout)
-}
-
-// queryStatus asks the agent over its socket, within a second.
-func queryStatus(ctx context.Context, socket string) (agent.StateDoc, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", socket)
-	}}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://pull-agent/status", nil)
-	if err != nil {
-		return agent.StateDoc{}, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		var opErr *net.OpError
-		switch {
-		case errors.Is(err, os.ErrPermission):
-			return agent.StateDoc{}, fmt.Errorf("permission denied on %s (run as root or a member of its group)", socket)
-		case errors.Is(err, os.ErrNotExist):
-			return agent.StateDoc{}, fmt.Errorf("no status socket at %s", socket)
-		case errors.Is(err, context.DeadlineExceeded):
-			return agent.StateDoc{}, fmt.Errorf("the agent at %s did not answer within 1 s", socket)
-		case errors.As(err, &opErr):
-			return agent.StateDoc{}, fmt.Errorf("nothing answers on %s", socket)
-		}
-		return agent.StateDoc{}, fmt.Errorf("asking %s: %v", socket, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return agent.StateDoc{}, fmt.Errorf("the agent at %s answered %s", socket, resp.Status)
-	}
-	doc, err := agent.DecodeState(socket, resp.Body)
-	if err != nil {
-		if ctx.Err() != nil {
-			return agent.StateDoc{}, fmt.Errorf("the agent at %s did not answer within 1 s", socket)
-		}
-		return agent.StateDoc{}, err
-	}
-	return doc, nil
 }
 
 // report prints the live document, or, when the agent did not answer
