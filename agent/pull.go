@@ -12,6 +12,7 @@ import (
 
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/molecule-ai/pull-agent/auth"
 )
@@ -247,35 +248,32 @@ func (p *Puller) PullAll(ctx context.Context, images []Image, obs Observer) []Pu
 			fresh = append(fresh, i)
 		}
 	}
+	notStarted := func(i int) {
+		results[i] = PullResult{Image: images[i], Started: p.opts.Now(), Err: &PullError{Class: ClassCanceled, Err: fmt.Errorf("pull of %s not started: %w", images[i].Ref, ctx.Err())}}
+		obs.PullFinished(results[i])
+	}
 	var wg sync.WaitGroup
 	for _, q := range []struct {
-		idx     []int
-		workers int
+		idx   []int
+		limit int
 	}{{fresh, p.opts.Concurrency}, {held, p.opts.Concurrency * RefreshConcurrencyFactor}} {
-		next := make(chan int)
-		for range min(q.workers, len(q.idx)) {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := range next {
-					results[i] = p.Pull(ctx, images[i], obs)
-				}
-			}()
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer close(next)
-			// Images start in the order given, so the first runtimes warm first.
+		wg.Go(func() {
+			var g errgroup.Group
+			g.SetLimit(q.limit)
+			// Images start in the order given, so the first runtimes warm
+			// first; once ctx is done, those not started are not pulled.
 			for _, i := range q.idx {
-				select {
-				case next <- i:
-				case <-ctx.Done():
-					results[i] = PullResult{Image: images[i], Started: p.opts.Now(), Err: &PullError{Class: ClassCanceled, Err: fmt.Errorf("pull of %s not started: %w", images[i].Ref, ctx.Err())}}
-					obs.PullFinished(results[i])
-				}
+				g.Go(func() error {
+					if ctx.Err() != nil {
+						notStarted(i)
+						return nil
+					}
+					results[i] = p.Pull(ctx, images[i], obs)
+					return nil // one failure never stops the others
+				})
 			}
-		}()
+			g.Wait()
+		})
 	}
 	wg.Wait()
 	return results
