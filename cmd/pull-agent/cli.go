@@ -228,7 +228,9 @@ Nothing is pulled and the Docker daemon is not asked.`)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RUNTIME\tIMAGE\tHOST\tAUTH")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", oneLine(r.Runtime), oneLine(r.Image), oneLine(r.Host), oneLine(r.Auth))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n",
+			safetext.Line(r.Runtime, maxLineRunes), safetext.Line(r.Image, maxLineRunes),
+			safetext.Line(r.Host, maxLineRunes), safetext.Line(r.Auth, maxLineRunes))
 	}
 	return tw.Flush()
 }
@@ -304,16 +306,14 @@ func summarize(results []agent.PullResult, quiet bool, stdout, stderr io.Writer)
 	}
 	fmt.Fprintf(stderr, "%d image(s) failed:\n", len(failed))
 	for _, r := range failed {
-		fmt.Fprintf(stderr, "  %s  %s  [%s] %s\n", r.Image.Runtime, r.Image.Ref, agent.ClassOf(r.Err), oneLine(r.Err.Error()))
+		fmt.Fprintf(stderr, "  %s  %s  [%s] %s\n", r.Image.Runtime, r.Image.Ref, agent.ClassOf(r.Err), safetext.Line(r.Err.Error(), maxLineRunes))
 	}
 	return &exitError{code: exitFailed}
 }
 
-// oneLine is text from outside (a registry's or the daemon's words) as
-// printed or logged: one sanitised line (see internal/safetext).
-func oneLine(s string) string {
-	return safetext.Line(s, 500)
-}
+// maxLineRunes bounds text from outside (a registry's or the daemon's
+// words) as printed or logged, one sanitised line by safetext.Line.
+const maxLineRunes = 500
 
 // terminalText is an error as printed on stderr: each of its lines
 // sanitised, so that a registry's words cannot drive the terminal.
@@ -343,7 +343,7 @@ func (o logObserver) PullProgress(agent.Image, agent.Progress) {}
 
 func (o logObserver) PullFinished(r agent.PullResult) {
 	if r.Err != nil {
-		o.log.Error("pull failed", "runtime", r.Image.Runtime, "image", r.Image.Ref, "class", string(agent.ClassOf(r.Err)), "error", oneLine(r.Err.Error()), "duration_s", r.Duration.Seconds())
+		o.log.Error("pull failed", "runtime", r.Image.Runtime, "image", r.Image.Ref, "class", string(agent.ClassOf(r.Err)), "error", safetext.Line(r.Err.Error(), maxLineRunes), "duration_s", r.Duration.Seconds())
 		return
 	}
 	o.log.Info("image pulled", "runtime", r.Image.Runtime, "image", r.Image.Ref, "digest", r.Digest.String(), "bytes", r.Bytes, "size", r.Size, "up_to_date", r.UpToDate, "duration_s", r.Duration.Seconds())

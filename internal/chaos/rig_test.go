@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -81,18 +82,11 @@ func newRig(t *testing.T, w *world) *rig {
 		}
 		if t.Failed() {
 			for i, p := range r.procs {
-				t.Logf("agent %d stderr (last 6000 bytes):\n%s", i, tail(p.Output.String(), 6000))
+				t.Logf("agent %d stderr (last 6000 characters):\n%s", i, safetext.Tail(p.Output.String(), 6000))
 			}
 		}
 	})
 	return r
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
 }
 
 func (r *rig) writeDockerConfig(s string) {
@@ -426,7 +420,7 @@ func (r *rig) invariants() outcome {
 	}
 	for _, p := range r.procs {
 		if s := p.Output.String(); strings.Contains(s, "panic:") || strings.Contains(s, "WARNING: DATA RACE") {
-			t.Errorf("a panic or data race in the agent's output:\n%s", tail(s, 4000))
+			t.Errorf("a panic or data race in the agent's output:\n%s", safetext.Tail(s, 4000))
 		}
 	}
 	return o
@@ -456,7 +450,7 @@ func (r *rig) noSecrets() {
 	for _, text := range texts {
 		for _, esc := range []string{"\x1b", "\u009b", "\u009d", "\x07", `\u001b`, `\u0007`, `\u009b`, `\x1b`} {
 			if strings.Contains(text, esc) {
-				r.t.Errorf("an escape sequence (%q) reached the output:\n%s", esc, tail(text, 2000))
+				r.t.Errorf("an escape sequence (%q) reached the output:\n%s", esc, safetext.Tail(text, 2000))
 				break
 			}
 		}
