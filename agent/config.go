@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -101,6 +102,28 @@ type Config struct {
 	// DiskMarginBytes is kept free beyond an image's compressed size before
 	// a pull starts; -1 turns the disk guard off.
 	DiskMarginBytes int64
+}
+
+// TargetPlatform is the platform images are checked and sized for: the
+// configured one, or linux/<this machine's architecture> when none is
+// (pulls then leave the choice to the daemon).
+func (c Config) TargetPlatform() string { return platformOrDefault(c.Platform) }
+
+// platformOrDefault is p, or linux/<this machine's architecture> when p
+// is empty.
+func platformOrDefault(p string) string {
+	if p == "" {
+		return "linux/" + runtime.GOARCH
+	}
+	return p
+}
+
+// PullerOptions are the options of a Puller for this configuration (its
+// platform and disk guard), with the concurrency and timeouts the caller
+// chose.
+func (c Config) PullerOptions(concurrency int, timeouts PullTimeouts) PullerOptions {
+	return PullerOptions{Concurrency: concurrency, Timeouts: timeouts, Platform: c.Platform,
+		DiskGuard: c.DiskMarginBytes >= 0, DiskMargin: max(c.DiskMarginBytes, 0)}
 }
 
 // DefaultDiskMarginMB is the disk guard's default safety margin.

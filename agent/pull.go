@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -221,11 +220,7 @@ func NewPuller(engine Engine, authz Authorizer, logger *slog.Logger, opts Puller
 	}
 	p := &Puller{engine: engine, auth: authz, log: logger.With("component", "puller"), opts: opts}
 	if opts.DiskGuard {
-		platform := opts.Platform
-		if platform == "" {
-			platform = "linux/" + runtime.GOARCH
-		}
-		p.disk = &diskGuard{margin: opts.DiskMargin, platform: platform}
+		p.disk = &diskGuard{margin: opts.DiskMargin, platform: platformOrDefault(opts.Platform)}
 	}
 	return p, nil
 }

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"runtime"
 	"strings"
 	"text/tabwriter"
 
@@ -61,10 +60,7 @@ each runtime: how to prove a mirror complete before a flip.`)
 	if err := engine.Ping(ctx); err != nil {
 		return &exitError{code: checkUnreachable, err: err}
 	}
-	platform := cfg.Platform
-	if platform == "" {
-		platform = "linux/" + runtime.GOARCH
-	}
+	platform := cfg.TargetPlatform()
 	var reports []agent.CheckReport
 	for _, p := range prefixes {
 		pc := cfg
@@ -77,7 +73,9 @@ each runtime: how to prove a mirror complete before a flip.`)
 		if err != nil {
 			return err
 		}
-		puller, err := agent.NewPuller(engine, sel, env.log, agent.PullerOptions{})
+		// Check only asks the registry (Remote): the timeouts of a pull
+		// do not apply.
+		puller, err := agent.NewPuller(engine, sel, env.log, pc.PullerOptions(0, agent.PullTimeouts{}))
 		if err != nil {
 			return err
 		}

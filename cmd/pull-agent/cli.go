@@ -266,8 +266,7 @@ others.`)
 	if err := engine.Ping(ctx); err != nil {
 		return &exitError{code: exitFailed, err: fmt.Errorf("no image can be pulled: %w", err)}
 	}
-	puller, err := agent.NewPuller(engine, sel, log, agent.PullerOptions{Concurrency: *concurrency, Platform: cfg.Platform, Timeouts: agent.DefaultPullTimeouts(),
-		DiskGuard: cfg.DiskMarginBytes >= 0, DiskMargin: max(cfg.DiskMarginBytes, 0)})
+	puller, err := agent.NewPuller(engine, sel, log, cfg.PullerOptions(*concurrency, agent.DefaultPullTimeouts()))
 	if err != nil {
 		return err
 	}
