@@ -501,8 +501,7 @@ func (a *Agent) applyLocked(cfg Config) {
 		a.refuseLocked(err)
 		return
 	}
-	puller, err := NewPuller(a.engine, authz, a.opts.Logger, PullerOptions{Concurrency: a.opts.Concurrency, Platform: cfg.Platform, Timeouts: a.opts.Timeouts,
-		DiskGuard: cfg.DiskMarginBytes >= 0, DiskMargin: max(cfg.DiskMarginBytes, 0)})
+	puller, err := NewPuller(a.engine, authz, a.opts.Logger, cfg.PullerOptions(a.opts.Concurrency, a.opts.Timeouts))
 	if err != nil {
 		a.refuseLocked(err)
 		return

@@ -3,9 +3,9 @@ package agent
 import (
 	"context"
 	"slices"
-	"sync"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
@@ -60,14 +60,10 @@ func (r CheckReport) OK() bool {
 // pull would use, at most three at a time. platform is os/arch[/variant].
 func Check(ctx context.Context, p *Puller, prefix, platform string, images []Image) CheckReport {
 	rep := CheckReport{Prefix: prefix, Platform: platform, Images: make([]CheckResult, len(images))}
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 3)
+	var g errgroup.Group
+	g.SetLimit(3)
 	for i, img := range images {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
+		g.Go(func() error {
 			r := CheckResult{Runtime: img.Runtime, Image: img.Ref}
 			ri, err := p.Remote(ctx, img)
 			if err != nil {
@@ -84,9 +80,10 @@ func Check(ctx context.Context, p *Puller, prefix, platform string, images []Ima
 				}
 			}
 			rep.Images[i] = r
-		}()
+			return nil // an image's failure is in its result; the others go on
+		})
 	}
-	wg.Wait()
+	g.Wait()
 	hosts := map[string]*HostCheck{}
 	var order []string
 	for i, img := range images {

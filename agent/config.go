@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -43,12 +44,10 @@ const (
 	KeyDockerCertPath  = "DOCKER_CERT_PATH"
 )
 
-// clip makes a value from outside fit an error message: one sanitised line
-// (no escape sequences, URL queries redacted), cut by rune. A 1 MB line must
-// not come back as a 1 MB error in the log and the state document.
-func clip(s string) string {
-	return safetext.Line(s, 160)
-}
+// maxValueRunes bounds a value from outside quoted in an error message,
+// as safetext.Line makes it one sanitised line: a 1 MB line must not come
+// back as a 1 MB error in the log and the state document.
+const maxValueRunes = 160
 
 // DefaultPrefix is the registry prefix used when MOLECULE_IMAGE_REGISTRY is
 // unset or empty.
@@ -105,6 +104,28 @@ type Config struct {
 	DiskMarginBytes int64
 }
 
+// TargetPlatform is the platform images are checked and sized for: the
+// configured one, or linux/<this machine's architecture> when none is
+// (pulls then leave the choice to the daemon).
+func (c Config) TargetPlatform() string { return platformOrDefault(c.Platform) }
+
+// platformOrDefault is p, or linux/<this machine's architecture> when p
+// is empty.
+func platformOrDefault(p string) string {
+	if p == "" {
+		return "linux/" + runtime.GOARCH
+	}
+	return p
+}
+
+// PullerOptions are the options of a Puller for this configuration (its
+// platform and disk guard), with the concurrency and timeouts the caller
+// chose.
+func (c Config) PullerOptions(concurrency int, timeouts PullTimeouts) PullerOptions {
+	return PullerOptions{Concurrency: concurrency, Timeouts: timeouts, Platform: c.Platform,
+		DiskGuard: c.DiskMarginBytes >= 0, DiskMargin: max(c.DiskMarginBytes, 0)}
+}
+
 // DefaultDiskMarginMB is the disk guard's default safety margin.
 const DefaultDiskMarginMB = 1024
 
@@ -117,7 +138,7 @@ type ConfigError struct {
 }
 
 func (e *ConfigError) Error() string {
-	return fmt.Sprintf("%s: %s=%q: %s", e.Source, e.Key, clip(e.Value), e.Reason)
+	return fmt.Sprintf("%s: %s=%q: %s", e.Source, e.Key, safetext.Line(e.Value, maxValueRunes), e.Reason)
 }
 
 // ReadEnvFile opens and parses the env file at path. A missing file is
@@ -342,18 +363,18 @@ func ParsePrefix(s string) (string, error) {
 			return "", errors.New("has an empty path segment ('//' or a leading '/')")
 		}
 		if i > 0 && strings.Contains(seg, ":") {
-			return "", fmt.Errorf("path segment %q contains ':' (a tag?); the prefix cannot carry a tag, images always use :latest or a pin", clip(seg))
+			return "", fmt.Errorf("path segment %q contains ':' (a tag?); the prefix cannot carry a tag, images always use :latest or a pin", safetext.Line(seg, maxValueRunes))
 		}
 	}
 	if len(segs) == 1 && strings.Contains(p, ":") && !strings.HasPrefix(p, "[") {
 		if _, port, _ := strings.Cut(p, ":"); strings.Trim(port, "0123456789") != "" {
-			return "", fmt.Errorf("%q is neither a host:port nor a path: a prefix cannot carry a tag", clip(p))
+			return "", fmt.Errorf("%q is neither a host:port nor a path: a prefix cannot carry a tag", safetext.Line(p, maxValueRunes))
 		}
 	}
 	if i := strings.LastIndex(segs[0], ":"); i >= 0 && !strings.HasSuffix(segs[0], "]") {
 		if port := segs[0][i+1:]; port != "" && strings.Trim(port, "0123456789") == "" {
 			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-				return "", fmt.Errorf("port %s of registry host %q is out of range (1-65535)", clip(port), clip(segs[0]))
+				return "", fmt.Errorf("port %s of registry host %q is out of range (1-65535)", safetext.Line(port, maxValueRunes), safetext.Line(segs[0], maxValueRunes))
 			}
 		}
 	}
@@ -380,7 +401,7 @@ func ParseRuntimes(s string) ([]string, error) {
 			continue // a trailing or doubled comma
 		}
 		if len(name) > 64 || !runtimeName.MatchString(name) {
-			return nil, fmt.Errorf("runtime %q is not a valid name: use lower-case letters, digits and '-', not at either end, at most 64 characters", clip(name))
+			return nil, fmt.Errorf("runtime %q is not a valid name: use lower-case letters, digits and '-', not at either end, at most 64 characters", safetext.Line(name, maxValueRunes))
 		}
 		out = append(out, name)
 	}
@@ -403,14 +424,14 @@ func ParsePins(s string, runtimes []string) (map[string]digest.Digest, error) {
 		rt, d, ok := strings.Cut(pair, "=")
 		rt, d = strings.TrimSpace(rt), strings.TrimSpace(d)
 		if !ok || rt == "" || d == "" {
-			return nil, fmt.Errorf("%q is not runtime=sha256:<64 hex digits>", clip(pair))
+			return nil, fmt.Errorf("%q is not runtime=sha256:<64 hex digits>", safetext.Line(pair, maxValueRunes))
 		}
 		if !slices.Contains(runtimes, rt) {
 			return nil, fmt.Errorf("pin for runtime %q, which is not in the runtime list %v", rt, runtimes)
 		}
 		dg, err := digest.Parse(d)
 		if err != nil || dg.Algorithm() != digest.SHA256 {
-			return nil, fmt.Errorf("pin for %s: %q is not a digest of the form sha256:<64 lower-case hex digits>", rt, clip(d))
+			return nil, fmt.Errorf("pin for %s: %q is not a digest of the form sha256:<64 lower-case hex digits>", rt, safetext.Line(d, maxValueRunes))
 		}
 		if _, dup := pins[rt]; dup {
 			return nil, fmt.Errorf("runtime %q is pinned twice", rt)

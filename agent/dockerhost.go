@@ -82,7 +82,7 @@ func checkDockerHost(host string, tlsVerify bool) error {
 		if lower := strings.ToLower(scheme); lower != scheme && (lower == "unix" || lower == "tcp" || lower == "http" || lower == "https") {
 			return fmt.Errorf("write the scheme in lower case (%s://)", lower)
 		}
-		return fmt.Errorf("scheme %q is not supported (the Docker client would dial it as plain TCP); use unix:///path/to/docker.sock, or tcp://host:port with %s", clip(scheme), KeyDockerTLSVerify)
+		return fmt.Errorf("scheme %q is not supported (the Docker client would dial it as plain TCP); use unix:///path/to/docker.sock, or tcp://host:port with %s", safetext.Line(scheme, maxValueRunes), KeyDockerTLSVerify)
 	}
 	u, err := url.Parse("tcp://" + rest)
 	if err != nil {
@@ -107,7 +107,7 @@ func checkDockerHost(host string, tlsVerify bool) error {
 	// not count: DNS can change its answer.
 	if !isLoopbackHost(u.Hostname()) {
 		return fmt.Errorf("%s is not a loopback address and %s is not set: every registry credential sent with a pull would cross the network in clear text, to whoever answers at that address; set %s=1 and %s (the directory of %s, %s, %s), or use the daemon's unix socket (%s)",
-			clip(u.Hostname()), KeyDockerTLSVerify, KeyDockerTLSVerify, KeyDockerCertPath, certFileCA, certFileClient, certFileKey, DefaultDockerHost)
+			safetext.Line(u.Hostname(), maxValueRunes), KeyDockerTLSVerify, KeyDockerTLSVerify, KeyDockerCertPath, certFileCA, certFileClient, certFileKey, DefaultDockerHost)
 	}
 	return nil
 }

@@ -5,6 +5,8 @@ import (
 
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
 // Image is one workspace-template image the agent keeps warm.
@@ -51,7 +53,7 @@ func (c Config) Images() ([]Image, error) {
 		}
 		named, err := reference.ParseNormalizedNamed(ref)
 		if err != nil {
-			return nil, fmt.Errorf("resolving image for runtime %s: %q: %w", rt, clip(ref), err)
+			return nil, fmt.Errorf("resolving image for runtime %s: %q: %w", rt, safetext.Line(ref, maxValueRunes), err)
 		}
 		out = append(out, Image{Runtime: rt, Ref: ref, Name: named, Pin: pin})
 	}

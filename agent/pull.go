@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/molecule-ai/pull-agent/auth"
 )
@@ -220,11 +220,7 @@ func NewPuller(engine Engine, authz Authorizer, logger *slog.Logger, opts Puller
 	}
 	p := &Puller{engine: engine, auth: authz, log: logger.With("component", "puller"), opts: opts}
 	if opts.DiskGuard {
-		platform := opts.Platform
-		if platform == "" {
-			platform = "linux/" + runtime.GOARCH
-		}
-		p.disk = &diskGuard{margin: opts.DiskMargin, platform: platform}
+		p.disk = &diskGuard{margin: opts.DiskMargin, platform: platformOrDefault(opts.Platform)}
 	}
 	return p, nil
 }
@@ -247,35 +243,32 @@ func (p *Puller) PullAll(ctx context.Context, images []Image, obs Observer) []Pu
 			fresh = append(fresh, i)
 		}
 	}
+	notStarted := func(i int) {
+		results[i] = PullResult{Image: images[i], Started: p.opts.Now(), Err: &PullError{Class: ClassCanceled, Err: fmt.Errorf("pull of %s not started: %w", images[i].Ref, ctx.Err())}}
+		obs.PullFinished(results[i])
+	}
 	var wg sync.WaitGroup
 	for _, q := range []struct {
-		idx     []int
-		workers int
+		idx   []int
+		limit int
 	}{{fresh, p.opts.Concurrency}, {held, p.opts.Concurrency * RefreshConcurrencyFactor}} {
-		next := make(chan int)
-		for range min(q.workers, len(q.idx)) {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := range next {
-					results[i] = p.Pull(ctx, images[i], obs)
-				}
-			}()
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer close(next)
-			// Images start in the order given, so the first runtimes warm first.
+		wg.Go(func() {
+			var g errgroup.Group
+			g.SetLimit(q.limit)
+			// Images start in the order given, so the first runtimes warm
+			// first; once ctx is done, those not started are not pulled.
 			for _, i := range q.idx {
-				select {
-				case next <- i:
-				case <-ctx.Done():
-					results[i] = PullResult{Image: images[i], Started: p.opts.Now(), Err: &PullError{Class: ClassCanceled, Err: fmt.Errorf("pull of %s not started: %w", images[i].Ref, ctx.Err())}}
-					obs.PullFinished(results[i])
-				}
+				g.Go(func() error {
+					if ctx.Err() != nil {
+						notStarted(i)
+						return nil
+					}
+					results[i] = p.Pull(ctx, images[i], obs)
+					return nil // one failure never stops the others
+				})
 			}
-		}()
+			g.Wait()
+		})
 	}
 	wg.Wait()
 	return results

@@ -282,19 +282,31 @@ func TestPullConcurrencyIsBoundedAndFailuresIsolated(t *testing.T) {
 	}
 }
 
+// Once the caller cancels, the images still waiting for a slot are
+// reported canceled and never reach the daemon.
 func TestPullCanceledBeforeStart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	e := goodEngine()
+	e := goodEngine() // every image held: one pool of RefreshConcurrencyFactor
+	var pulls atomic.Int32
 	e.pull = func(ctx context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
+		pulls.Add(1)
 		cancel()
 		<-ctx.Done()
 		return nil, ctx.Err()
 	}
-	res := newTestPuller(t, e, auth.Options{}, PullerOptions{Concurrency: 1}).PullAll(ctx, testImages(t, "ghcr.io/x"), nil)
+	imgs := testImages(t, "ghcr.io/x")
+	res := newTestPuller(t, e, auth.Options{}, PullerOptions{Concurrency: 1}).PullAll(ctx, imgs, nil)
+	notStarted := 0
 	for _, r := range res {
 		if ClassOf(r.Err) != ClassCanceled {
 			t.Errorf("%s: %v (%s)", r.Image.Runtime, r.Err, ClassOf(r.Err))
 		}
+		if r.Err != nil && strings.Contains(r.Err.Error(), "not started") {
+			notStarted++
+		}
+	}
+	if n := pulls.Load(); n > RefreshConcurrencyFactor || int(n)+notStarted != len(imgs) {
+		t.Errorf("%d pulls reached the daemon and %d were not started, of %d; want at most the %d already running when the context ended", n, notStarted, len(imgs), RefreshConcurrencyFactor)
 	}
 }
 

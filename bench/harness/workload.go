@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"sync"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -18,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"golang.org/x/sync/errgroup"
 )
 
 // workload is a set of images like the real ones, scaled down: one shared
@@ -42,23 +42,17 @@ func (w workload) layers() (v1.Layer, []v1.Layer, error) {
 		return nil, nil, err
 	}
 	uniq := make([]v1.Layer, w.count)
-	errs := make([]error, w.count)
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, runtime.NumCPU())
+	var g errgroup.Group
+	g.SetLimit(runtime.NumCPU())
 	for i := range w.count {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			uniq[i], errs[i] = cachedLayer(filepath.Join(dir, fmt.Sprintf("unique-%03d.tar.gz", i)), w.uniqueSize)
-		}()
+		g.Go(func() error {
+			var err error
+			uniq[i], err = cachedLayer(filepath.Join(dir, fmt.Sprintf("unique-%03d.tar.gz", i)), w.uniqueSize)
+			return err
+		})
 	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return nil, nil, err
-		}
+	if err := g.Wait(); err != nil {
+		return nil, nil, err
 	}
 	return base, uniq, nil
 }
@@ -101,15 +95,10 @@ func (w workload) push(ctx context.Context, registry, ns string, runtimes []stri
 	if err != nil {
 		return err
 	}
-	errs := make([]error, len(runtimes))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 4)
+	var g errgroup.Group
+	g.SetLimit(4)
 	for i, rt := range runtimes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
+		g.Go(func() error {
 			cf, _ := empty.Image.ConfigFile()
 			cf = cf.DeepCopy()
 			cf.OS, cf.Architecture = "linux", runtime.GOARCH
@@ -119,22 +108,14 @@ func (w workload) push(ctx context.Context, registry, ns string, runtimes []stri
 				img, err = mutate.AppendLayers(img, base, uniq[i%len(uniq)])
 			}
 			if err != nil {
-				errs[i] = err
-				return
+				return err
 			}
 			ref, err := name.NewTag(registry+"/"+ns+"/workspace-template-"+rt+":latest", name.Insecure)
 			if err != nil {
-				errs[i] = err
-				return
+				return err
 			}
-			errs[i] = remote.Write(ref, img, remote.WithContext(ctx))
-		}()
+			return remote.Write(ref, img, remote.WithContext(ctx))
+		})
 	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return g.Wait()
 }

@@ -3,11 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"runtime"
 	"strings"
 	"text/tabwriter"
 
@@ -15,32 +13,26 @@ import (
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
-// Exit codes of 'pull-agent check'.
-const (
-	checkOK          = 0
-	checkFailed      = 1
-	checkUnreachable = 2
-	checkUsage       = 64
-)
-
 // runCheck is 'pull-agent check': what the registry holds, before a flip.
 func runCheck(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	setUsage(fs, stderr, "[--prefix P] [--compare Q] [--json]", `
+Asks the registry, through the daemon and with the credentials a pull
+would use, about every image under prefix P (default: the configured one):
+present or missing, digest, platforms, and whether each host authenticated.
+Nothing is pulled. --compare Q does the same for Q and reports the parity of
+each runtime: how to prove a mirror complete before a flip.`)
 	var c common
 	c.register(fs)
 	prefixFlag := fs.String("prefix", "", "prefix to check (default: the configured one)")
 	compare := fs.String("compare", "", "a second prefix to compare digests with (a mirror)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseFlagsCode(fs, args, checkUsage); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	env, err := c.prepare(fs, getenv, stderr)
 	if err != nil {
-		var ee *exitError
-		if errors.As(err, &ee) && ee.code == exitUsage {
-			ee.code = checkUsage
-		}
 		return err
 	}
 	cfg := env.cfg
@@ -48,43 +40,42 @@ func runCheck(ctx context.Context, args []string, getenv func(string) string, st
 	if *prefixFlag != "" {
 		p, err := agent.ParsePrefix(*prefixFlag)
 		if err != nil {
-			return &exitError{code: checkUsage, err: fmt.Errorf("--prefix %q: %v", *prefixFlag, err)}
+			return usageErr(fmt.Errorf("--prefix %q: %v", *prefixFlag, err))
 		}
 		prefixes[0] = p
 	}
 	if *compare != "" {
 		q, err := agent.ParsePrefix(*compare)
 		if err != nil {
-			return &exitError{code: checkUsage, err: fmt.Errorf("--compare %q: %v", *compare, err)}
+			return usageErr(fmt.Errorf("--compare %q: %v", *compare, err))
 		}
 		prefixes = append(prefixes, q)
 	}
 	engine, err := agent.NewDockerEngine(cfg.DockerEndpoint())
 	if err != nil {
-		return &exitError{code: checkUsage, err: err}
+		return usageErr(err)
 	}
 	defer engine.Close()
 	agent.WarnDockerSocketOwner(env.log, cfg.DockerHost)
 	if err := engine.Ping(ctx); err != nil {
 		return &exitError{code: checkUnreachable, err: err}
 	}
-	platform := cfg.Platform
-	if platform == "" {
-		platform = "linux/" + runtime.GOARCH
-	}
+	platform := cfg.TargetPlatform()
 	var reports []agent.CheckReport
 	for _, p := range prefixes {
 		pc := cfg
 		pc.Prefix = p
 		images, err := pc.Images()
 		if err != nil {
-			return &exitError{code: checkUsage, err: err}
+			return usageErr(err)
 		}
 		sel, err := c.authorizer(pc, getenv, env.log)
 		if err != nil {
 			return err
 		}
-		puller, err := agent.NewPuller(engine, sel, env.log, agent.PullerOptions{})
+		// Check only asks the registry (Remote): the timeouts of a pull
+		// do not apply.
+		puller, err := agent.NewPuller(engine, sel, env.log, pc.PullerOptions(0, agent.PullTimeouts{}))
 		if err != nil {
 			return err
 		}

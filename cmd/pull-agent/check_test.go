@@ -45,7 +45,7 @@ func TestCheckMirrorParity(t *testing.T) {
 
 	copyTo("complete")
 	code, out, errOut := check(mirror.Prefix("complete"))
-	if code != checkOK || strings.Count(out, " same\n") != 9 {
+	if code != exitOK || strings.Count(out, " same\n") != 9 {
 		t.Fatalf("complete mirror: exit %d\n%s%s", code, out, errOut)
 	}
 	t.Logf("complete mirror:\n%s", out)

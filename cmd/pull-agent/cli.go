@@ -22,31 +22,9 @@ import (
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
-// Exit codes.
-const (
-	exitFailed = 1 // the command ran and something it checked failed
-	exitUsage  = 2 // bad flags or configuration
-)
-
-// exitError carries an exit code; a nil err means the command already said
-// what went wrong.
-type exitError struct {
-	code int
-	err  error
-}
-
-func (e *exitError) Error() string {
-	if e.err == nil {
-		return fmt.Sprintf("exit status %d", e.code)
-	}
-	return e.err.Error()
-}
-
-func (e *exitError) Unwrap() error { return e.err }
-
-func usageErr(err error) error { return &exitError{code: exitUsage, err: err} }
-
-const usage = `pull-agent keeps the workspace-template images warm in the local Docker daemon.
+// usage is the overview 'pull-agent help' prints.
+func usage() string {
+	return `pull-agent keeps the workspace-template images warm in the local Docker daemon.
 
 Usage:
   pull-agent images  [--env-file F] [--json]              list the images and where they come from
@@ -57,21 +35,20 @@ Usage:
                                                           pull, refresh, retry (the systemd service)
   pull-agent status  [--json | --quiet] [--wait [--timeout D]]
                                                           what is warm, what is not and why
-                                                          (exit 0 all warm, 1 degraded, 2 agent down,
-                                                          3 no state, 64 usage)
   pull-agent check   [--prefix P] [--compare Q] [--json]
                                                           is every image there and can this host
                                                           authenticate? mirror parity before a flip
-                                                          (exit 0 ok, 1 not, 2 Docker unreachable)
   pull-agent version                                      print the version
 
-Run 'pull-agent COMMAND -h' for a command's flags.
+` + exitOverview() + `
+Run 'pull-agent COMMAND -h' for a command's flags and exit codes.
 `
+}
 
 // run is the whole program; main only wires it to the process.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usage())
 		return usageErr(errors.New("no command given"))
 	}
 	cmd, rest := args[0], args[1:]
@@ -90,10 +67,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "check":
 		return runCheck(ctx, rest, getenv, stdout, stderr)
 	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, usage())
 		return nil
 	default:
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usage())
 		return usageErr(fmt.Errorf("unknown command %q", cmd))
 	}
 }
@@ -116,21 +93,17 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.helperTimeout, "helper-timeout", auth.DefaultHelperTimeout, "a credential helper that has not answered after this long is killed (the pull is retried)")
 }
 
+// parseFlags parses args; -h exits 0, a bad flag or a stray argument is a
+// usage error.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	return parseFlagsCode(fs, args, exitUsage)
-}
-
-// parseFlagsCode parses args; a bad flag or a stray argument exits with
-// code (commands used in shell ifs reserve 2 for other meanings).
-func parseFlagsCode(fs *flag.FlagSet, args []string, code int) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return &exitError{code: 0}
+			return &exitError{code: exitOK}
 		}
-		return &exitError{code: code, err: err}
+		return usageErr(err)
 	}
 	if fs.NArg() > 0 {
-		return &exitError{code: code, err: fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
+		return usageErr(fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0)))
 	}
 	return nil
 }
@@ -206,7 +179,7 @@ func (c *common) prepare(fs *flag.FlagSet, getenv func(string) string, stderr io
 		return p, err
 	}
 	if p.images, err = p.cfg.Images(); err != nil {
-		return p, err
+		return p, usageErr(fmt.Errorf("configuration refused:\n%w", err))
 	}
 	auth.RouteECRLogs(p.log)
 	p.sel, err = c.authorizer(p.cfg, getenv, p.log)
@@ -224,6 +197,10 @@ type imageRow struct {
 func runImages(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("images", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	setUsage(fs, stderr, "[--env-file F] [--json]", `
+Lists the images of the configuration (the env file over the process
+environment), their registry hosts and the credentials each host would get.
+Nothing is pulled and the Docker daemon is not asked.`)
 	var c common
 	c.register(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -251,7 +228,9 @@ func runImages(args []string, getenv func(string) string, stdout, stderr io.Writ
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RUNTIME\tIMAGE\tHOST\tAUTH")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", oneLine(r.Runtime), oneLine(r.Image), oneLine(r.Host), oneLine(r.Auth))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n",
+			safetext.Line(r.Runtime, maxLineRunes), safetext.Line(r.Image, maxLineRunes),
+			safetext.Line(r.Host, maxLineRunes), safetext.Line(r.Auth, maxLineRunes))
 	}
 	return tw.Flush()
 }
@@ -259,6 +238,10 @@ func runImages(args []string, getenv func(string) string, stdout, stderr io.Writ
 func runPull(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pull", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	setUsage(fs, stderr, "[--env-file F] [--concurrency N] [--quiet]", `
+Pulls every image of the configuration once and verifies that the daemon
+holds the digest the registry served. One failed image never stops the
+others.`)
 	var c common
 	c.register(fs)
 	concurrency := fs.Int("concurrency", agent.DefaultConcurrency, "how many images to pull at once")
@@ -283,8 +266,7 @@ func runPull(ctx context.Context, args []string, getenv func(string) string, std
 	if err := engine.Ping(ctx); err != nil {
 		return &exitError{code: exitFailed, err: fmt.Errorf("no image can be pulled: %w", err)}
 	}
-	puller, err := agent.NewPuller(engine, sel, log, agent.PullerOptions{Concurrency: *concurrency, Platform: cfg.Platform, Timeouts: agent.DefaultPullTimeouts(),
-		DiskGuard: cfg.DiskMarginBytes >= 0, DiskMargin: max(cfg.DiskMarginBytes, 0)})
+	puller, err := agent.NewPuller(engine, sel, log, cfg.PullerOptions(*concurrency, agent.DefaultPullTimeouts()))
 	if err != nil {
 		return err
 	}
@@ -323,16 +305,14 @@ func summarize(results []agent.PullResult, quiet bool, stdout, stderr io.Writer)
 	}
 	fmt.Fprintf(stderr, "%d image(s) failed:\n", len(failed))
 	for _, r := range failed {
-		fmt.Fprintf(stderr, "  %s  %s  [%s] %s\n", r.Image.Runtime, r.Image.Ref, agent.ClassOf(r.Err), oneLine(r.Err.Error()))
+		fmt.Fprintf(stderr, "  %s  %s  [%s] %s\n", r.Image.Runtime, r.Image.Ref, agent.ClassOf(r.Err), safetext.Line(r.Err.Error(), maxLineRunes))
 	}
 	return &exitError{code: exitFailed}
 }
 
-// oneLine is text from outside (a registry's or the daemon's words) as
-// printed or logged: one sanitised line (see internal/safetext).
-func oneLine(s string) string {
-	return safetext.Line(s, 500)
-}
+// maxLineRunes bounds text from outside (a registry's or the daemon's
+// words) as printed or logged, one sanitised line by safetext.Line.
+const maxLineRunes = 500
 
 // terminalText is an error as printed on stderr: each of its lines
 // sanitised, so that a registry's words cannot drive the terminal.
@@ -362,7 +342,7 @@ func (o logObserver) PullProgress(agent.Image, agent.Progress) {}
 
 func (o logObserver) PullFinished(r agent.PullResult) {
 	if r.Err != nil {
-		o.log.Error("pull failed", "runtime", r.Image.Runtime, "image", r.Image.Ref, "class", string(agent.ClassOf(r.Err)), "error", oneLine(r.Err.Error()), "duration_s", r.Duration.Seconds())
+		o.log.Error("pull failed", "runtime", r.Image.Runtime, "image", r.Image.Ref, "class", string(agent.ClassOf(r.Err)), "error", safetext.Line(r.Err.Error(), maxLineRunes), "duration_s", r.Duration.Seconds())
 		return
 	}
 	o.log.Info("image pulled", "runtime", r.Image.Runtime, "image", r.Image.Ref, "digest", r.Digest.String(), "bytes", r.Bytes, "size", r.Size, "up_to_date", r.UpToDate, "duration_s", r.Duration.Seconds())

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -120,7 +121,109 @@ func TestImagesGolden(t *testing.T) {
 	}
 }
 
-func TestConfigErrorsExitTwoAndNameTheLine(t *testing.T) {
+// Every command ends a usage error with the same code, 64: a bad flag, a
+// bad flag value, a stray argument, a refused env file or configuration.
+// 'run' is the exception for the env file alone: the agent starts with a
+// refused one and waits for a good one (TestRunStartsWithARefusedEnvFile).
+func TestUsageErrorsExit64InEveryCommand(t *testing.T) {
+	if exitUsage != 64 {
+		t.Fatalf("exitUsage = %d; the usage code is EX_USAGE, 64", exitUsage)
+	}
+	badLine := writeFile(t, "A=1\nnot an assignment\n")
+	badPrefix := writeFile(t, agent.KeyRegistry+"=https://ghcr.io/x\n")
+	missing := filepath.Join(t.TempDir(), "none.env")
+	good := writeFile(t, agent.KeyRuntimes+"=codex\n")
+	type tc struct {
+		name string
+		args []string
+		want string // in stderr
+	}
+	common := func(cmd string) []tc {
+		return []tc{
+			{"unknown flag", []string{"--bogus"}, "flag provided but not defined: -bogus"},
+			{"stray argument", []string{"--env-file", good, "extra"}, `unexpected argument "extra"`},
+			{"bad --log-level", []string{"--env-file", good, "--log-level", "loud"}, `--log-level "loud"`},
+			{"bad --log-format", []string{"--env-file", good, "--log-format", "xml"}, `--log-format "xml"`},
+			{"flag without value", []string{"--env-file"}, "flag needs an argument"},
+		}
+	}
+	refused := []tc{
+		{"env file with a bad line", []string{"--env-file", badLine}, badLine + ":2: the line has no '='"},
+		{"configuration refused", []string{"--env-file", badPrefix}, "configuration refused"},
+		{"named env file missing", []string{"--env-file", missing}, "no such file"},
+	}
+	tests := map[string][]tc{
+		"images": append(common("images"), refused...),
+		"pull": append(append(common("pull"), refused...),
+			tc{"--concurrency 0", []string{"--env-file", good, "--concurrency", "0"}, "--concurrency 0: must be 1 or more"}),
+		"check": append(append(common("check"), refused...),
+			tc{"bad --prefix", []string{"--env-file", good, "--prefix", "https://ghcr.io/x"}, `--prefix "https://ghcr.io/x"`},
+			tc{"bad --compare", []string{"--env-file", good, "--compare", "ghcr.io/X"}, `--compare "ghcr.io/X"`}),
+		"run": append(common("run"),
+			tc{"--concurrency 0", []string{"--concurrency", "0"}, "--concurrency 0: must be 1 or more"},
+			tc{"negative duration", []string{"--debounce", "-1s"}, "durations must not be negative"},
+			tc{"--retry-max below --retry-initial", []string{"--retry-initial", "2s", "--retry-max", "1s"}, "--retry-max 1s is below --retry-initial 2s"}),
+		"status": {
+			{"unknown flag", []string{"--bogus"}, "flag provided but not defined: -bogus"},
+			{"stray argument", []string{"extra"}, `unexpected argument "extra"`},
+			{"--json and --quiet", []string{"--json", "--quiet"}, "exclude each other"},
+			{"--timeout 0", []string{"--wait", "--timeout", "0s"}, "--timeout 0s: must be positive"},
+			{"bad duration", []string{"--timeout", "soon"}, `invalid value "soon" for flag -timeout`},
+		},
+	}
+	if len(tests) != len(commands()) {
+		t.Fatalf("cases for %d commands, %d have exit codes", len(tests), len(commands()))
+	}
+	for _, cmd := range commands() {
+		for _, tt := range tests[cmd] {
+			t.Run(cmd+"/"+tt.name, func(t *testing.T) {
+				code, _, errOut := runCLI(t, nil, append([]string{cmd}, tt.args...)...)
+				if code != exitUsage || !strings.Contains(errOut, tt.want) {
+					t.Errorf("exit %d, want %d; stderr %q, want it to contain %q", code, exitUsage, errOut, tt.want)
+				}
+			})
+		}
+	}
+}
+
+// 'run' with a refused env file is no usage error: the agent starts, says
+// why it has nothing to pull, and waits for a good file (here, until its
+// context, cancelled from the start, stops it: exit 0).
+func TestRunStartsWithARefusedEnvFile(t *testing.T) {
+	dir := t.TempDir()
+	bad := writeFile(t, "A=1\nnot an assignment\n")
+	code, errOut := runCLICancelled(t, nil, "run", "--env-file", bad, "--state-dir", filepath.Join(dir, "state"), "--status-socket", filepath.Join(dir, "status.sock"))
+	if code != exitOK || !strings.Contains(errOut, "configuration refused; nothing to pull until the env file is fixed") {
+		t.Fatalf("exit %d, want %d; stderr:\n%s", code, exitOK, errOut)
+	}
+}
+
+// Every command's -h prints its exit codes from the one table, usage
+// included, and exits 0; so does the overview.
+func TestHelpPrintsTheExitCodes(t *testing.T) {
+	for _, cmd := range commands() {
+		code, _, errOut := runCLI(t, nil, cmd, "-h")
+		if code != exitOK {
+			t.Errorf("%s -h: exit %d", cmd, code)
+		}
+		for _, m := range exitCodes(cmd) {
+			if !strings.Contains(errOut, fmt.Sprintf("\n  %-3d ", m.code)) {
+				t.Errorf("%s -h does not list exit code %d:\n%s", cmd, m.code, errOut)
+			}
+		}
+		if !strings.Contains(errOut, "  64  usage error") {
+			t.Errorf("%s -h: no usage code:\n%s", cmd, errOut)
+		}
+	}
+	_, out, _ := runCLI(t, nil, "help")
+	for _, want := range []string{"64 is a usage error in every command", "  status   0 all warm, 1 degraded, 2 agent down, 3 no state\n", "  check    0 ok, 1 not ok, 2 Docker unreachable\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("help lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestConfigErrorsExitUsageAndNameTheLine(t *testing.T) {
 	tests := []struct {
 		name, file, want string
 	}{
@@ -131,7 +234,7 @@ func TestConfigErrorsExitTwoAndNameTheLine(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := writeFile(t, tt.file)
-			for _, cmd := range []string{"images", "pull"} {
+			for _, cmd := range []string{"images", "pull", "check"} {
 				code, _, errOut := runCLI(t, nil, cmd, "--env-file", f)
 				if code != exitUsage || !strings.Contains(errOut, f+tt.want) {
 					t.Errorf("%s: exit %d, stderr %q, want %q", cmd, code, errOut, f+tt.want)

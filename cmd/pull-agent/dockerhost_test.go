@@ -41,8 +41,8 @@ func runCLICancelled(t *testing.T, env map[string]string, args ...string) (int, 
 }
 
 // A DOCKER_HOST where credentials would cross the network in clear text is
-// a configuration error: each command exits with its usage code and says
-// why, before any connection.
+// a configuration error: each command exits 64 (usage) and says why,
+// before any connection.
 func TestCommandsRefuseACleartextDockerHost(t *testing.T) {
 	f := writeFile(t, agent.KeyRuntimes+"=codex\n")
 	tests := []struct {
@@ -61,10 +61,10 @@ func TestCommandsRefuseACleartextDockerHost(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			for cmd, code := range map[string]int{"images": exitUsage, "pull": exitUsage, "check": checkUsage} {
+			for _, cmd := range []string{"images", "pull", "check"} {
 				got, errOut := runCLICancelled(t, tt.env, cmd, "--env-file", f)
-				if got != code || !strings.Contains(errOut, "configuration refused") || !strings.Contains(errOut, tt.want) {
-					t.Errorf("%s: exit %d (want %d), stderr:\n%s\nwant it to contain:\n%s", cmd, got, code, errOut, tt.want)
+				if got != exitUsage || !strings.Contains(errOut, "configuration refused") || !strings.Contains(errOut, tt.want) {
+					t.Errorf("%s: exit %d (want %d), stderr:\n%s\nwant it to contain:\n%s", cmd, got, exitUsage, errOut, tt.want)
 				}
 			}
 		})
@@ -124,7 +124,7 @@ func TestPullThroughADaemonThatWantsTLS(t *testing.T) {
 			t.Errorf("the pull was not a credentialed one:\n%s", errOut)
 		}
 		code, out, errOut = runCLI(t, tlsEnv(b.TLS.CertDir), "check", "--env-file", f)
-		if code != checkOK {
+		if code != exitOK {
 			t.Fatalf("check: exit %d\nstdout %s\nstderr %s", code, out, errOut)
 		}
 		// The image is in the daemon, as its unix socket shows.
@@ -146,7 +146,7 @@ func TestPullThroughADaemonThatWantsTLS(t *testing.T) {
 		}
 		p := startProcess(t, env, "--env-file", envFile)
 		code, out, errOut := p.status(t, "--wait", "--timeout", "60s")
-		if code != statusOK || !strings.Contains(out, "running, all warm") {
+		if code != exitOK || !strings.Contains(out, "running, all warm") {
 			t.Fatalf("status --wait: exit %d\n%s%s", code, out, errOut)
 		}
 		if out := p.Output.String(); !regexp.MustCompile(`msg="image pulled" .*runtime=hermes`).MatchString(out) {

@@ -27,6 +27,6 @@ func main() {
 			os.Exit(ee.code)
 		}
 		fmt.Fprintln(os.Stderr, "pull-agent:", terminalText(err.Error()))
-		os.Exit(1)
+		os.Exit(exitFailed)
 	}
 }

@@ -22,6 +22,13 @@ import (
 func runAgent(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	setUsage(fs, stderr, "[--env-file F] [--refresh-interval D] [flags]", `
+Keeps every image warm (the systemd service): watches the env file, pulls
+on start and on every change, refreshes, retries by error class, serves
+its state on the status socket and reports to systemd. A refused env file
+(at start or later) does not stop it: the error is logged and shown by
+'pull-agent status', the last good configuration, if any, stays in force,
+and the agent waits for a good one.`)
 	var c common
 	c.register(fs)
 	o := agent.DefaultOptions()

@@ -7,9 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -22,61 +19,39 @@ import (
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
-// Exit codes of 'pull-agent status'.
-const (
-	statusOK       = 0  // every image warm, configuration valid
-	statusDegraded = 1  // an image not warm (failed, stale, pending, pulling) or the config refused
-	statusDown     = 2  // the agent is not running or cannot be reached (saved state shown if any)
-	statusNoState  = 3  // no state at all
-	statusUsage    = 64 // bad flags
-)
-
-const statusHelp = `Usage: pull-agent status [--json | --quiet] [--wait [--timeout D]]
-
-Asks the running agent (its status socket) what is warm; when the agent does
-not answer, reads its last saved state and says how old it is.
-
-Exit codes:
-  0   every image warm and the configuration valid
-  1   degraded: an image failed, stale, pending or still pulling, or the last
-      configuration load failed (with --wait: not all warm by the timeout)
-  2   the agent is not running or cannot be reached (saved state shown if any)
-  3   no state at all
-  64  usage error
-
-Flags:
-`
+// statusTimeout is how long the agent has to answer on its socket.
+const statusTimeout = time.Second
 
 // runStatus is 'pull-agent status'.
 func runStatus(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, statusHelp)
-		fs.PrintDefaults()
-	}
+	setUsage(fs, stderr, "[--json | --quiet] [--wait [--timeout D]]", `
+Asks the running agent (its status socket) what is warm; when the agent does
+not answer, reads its last saved state and says how old it is.`)
 	socket := fs.String("status-socket", defaultStatusSocket, "the agent's status socket")
 	stateDir := fs.String("state-dir", "/var/lib/pull-agent", "the agent's state directory (state.json)")
 	asJSON := fs.Bool("json", false, "print the state document (schema in the README)")
 	quiet := fs.Bool("quiet", false, "print nothing; exit code only")
 	wait := fs.Bool("wait", false, "block until every image is warm")
 	timeout := fs.Duration("timeout", 30*time.Minute, "with --wait: give up after this long (exit 1)")
-	if err := parseFlagsCode(fs, args, statusUsage); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *asJSON && *quiet {
-		return &exitError{code: statusUsage, err: errors.New("status: --json and --quiet exclude each other")}
+		return usageErr(errors.New("status: --json and --quiet exclude each other"))
 	}
 	if *timeout <= 0 {
-		return &exitError{code: statusUsage, err: fmt.Errorf("--timeout %s: must be positive", *timeout)}
+		return usageErr(fmt.Errorf("--timeout %s: must be positive", *timeout))
 	}
 	statePath := filepath.Join(*stateDir, agent.StateFileName)
 	color := isTerminal(stdout) && getenv("NO_COLOR") == "" && getenv("TERM") != "dumb"
 
+	client := agent.NewStatusClient(*socket, statusTimeout)
 	if *wait {
 		deadline := time.Now().Add(*timeout)
 		for {
-			doc, err := queryStatus(ctx, *socket)
+			doc, err := client.Status(ctx)
 			if err == nil && doc.Healthy() {
 				return report(doc, nil, statePath, *asJSON, *quiet, color, stdout)
 			}
@@ -93,49 +68,8 @@ func runStatus(ctx context.Context, args []string, getenv func(string) string, s
 			}
 		}
 	}
-	doc, err := queryStatus(ctx, *socket)
+	doc, err := client.Status(ctx)
 	return report(doc, err, statePath, *asJSON, *quiet, color, stdout)
-}
-
-// queryStatus asks the agent over its socket, within a second.
-func queryStatus(ctx context.Context, socket string) (agent.StateDoc, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", socket)
-	}}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://pull-agent/status", nil)
-	if err != nil {
-		return agent.StateDoc{}, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		var opErr *net.OpError
-		switch {
-		case errors.Is(err, os.ErrPermission):
-			return agent.StateDoc{}, fmt.Errorf("permission denied on %s (run as root or a member of its group)", socket)
-		case errors.Is(err, os.ErrNotExist):
-			return agent.StateDoc{}, fmt.Errorf("no status socket at %s", socket)
-		case errors.Is(err, context.DeadlineExceeded):
-			return agent.StateDoc{}, fmt.Errorf("the agent at %s did not answer within 1 s", socket)
-		case errors.As(err, &opErr):
-			return agent.StateDoc{}, fmt.Errorf("nothing answers on %s", socket)
-		}
-		return agent.StateDoc{}, fmt.Errorf("asking %s: %v", socket, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return agent.StateDoc{}, fmt.Errorf("the agent at %s answered %s", socket, resp.Status)
-	}
-	doc, err := agent.DecodeState(socket, resp.Body)
-	if err != nil {
-		if ctx.Err() != nil {
-			return agent.StateDoc{}, fmt.Errorf("the agent at %s did not answer within 1 s", socket)
-		}
-		return agent.StateDoc{}, err
-	}
-	return doc, nil
 }
 
 // report prints the live document, or, when the agent did not answer

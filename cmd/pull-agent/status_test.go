@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -84,10 +83,10 @@ func TestStatusThroughTheAgentsLife(t *testing.T) {
 
 	px.Clear()
 	code, out, errOut := p.status(t, "--wait", "--timeout", "60s")
-	if code != statusOK || !strings.Contains(out, "running, all warm") {
+	if code != exitOK || !strings.Contains(out, "running, all warm") {
 		t.Fatalf("--wait: exit %d\n%s%s", code, out, errOut)
 	}
-	if code, out, errOut := p.status(t, "--quiet"); code != statusOK || out != "" || errOut != "" {
+	if code, out, errOut := p.status(t, "--quiet"); code != exitOK || out != "" || errOut != "" {
 		t.Errorf("--quiet: exit %d %q %q", code, out, errOut)
 	}
 
@@ -111,19 +110,10 @@ func TestStatusThroughTheAgentsLife(t *testing.T) {
 	}
 
 	// The leak-check counts on the status socket.
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", filepath.Join(p.dir, "status.sock"))
-	}}}
-	cresp, err := hc.Get("http://pull-agent/debug/counts")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var counts agent.Counts
-	if err := json.NewDecoder(cresp.Body).Decode(&counts); err != nil || counts.Goroutines < 1 || counts.FDs < 3 {
+	counts, err := agent.NewStatusClient(filepath.Join(p.dir, "status.sock"), 5*time.Second).Counts(ctx, false)
+	if err != nil || counts.Goroutines < 1 || counts.FDs < 3 {
 		t.Errorf("/debug/counts: %+v %v", counts, err)
 	}
-	cresp.Body.Close()
 
 	// JSON against the golden file, volatile fields normalised.
 	_, out, _ = p.status(t, "--json")
@@ -262,7 +252,7 @@ func TestStatusWithoutAnAgent(t *testing.T) {
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("status took %s against a silent socket", d)
 	}
-	if code, _, errOut := runCLI(t, nil, "status", "--bogus"); code != statusUsage {
+	if code, _, errOut := runCLI(t, nil, "status", "--bogus"); code != exitUsage {
 		t.Errorf("usage: exit %d %s", code, errOut)
 	}
 }

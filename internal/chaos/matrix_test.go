@@ -13,8 +13,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -172,14 +174,14 @@ func envRow(bad func(r *rig), want string, fix func(r *rig)) func(r *rig) string
 	}
 }
 
+// shorten is a message as the report quotes it: at most 90 runes, its last
+// clause (after the last ": ") when the whole does not fit.
 func shorten(s string) string {
-	if i := strings.LastIndex(s, ": "); i >= 0 && len(s) > 90 {
-		s = "…" + s[i:]
+	const max = 90
+	if i := strings.LastIndex(s, ": "); i >= 0 && utf8.RuneCountInString(s) > max {
+		s = safetext.Ellipsis + s[i:]
 	}
-	if len(s) > 90 {
-		s = s[:87] + "…"
-	}
-	return s
+	return safetext.Truncate(s, max)
 }
 
 // configRow breaks config.json, moves to a new prefix, expects its pulls

@@ -5,9 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +14,7 @@ import (
 	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -84,18 +82,11 @@ func newRig(t *testing.T, w *world) *rig {
 		}
 		if t.Failed() {
 			for i, p := range r.procs {
-				t.Logf("agent %d stderr (last 6000 bytes):\n%s", i, tail(p.Output.String(), 6000))
+				t.Logf("agent %d stderr (last 6000 characters):\n%s", i, safetext.Tail(p.Output.String(), 6000))
 			}
 		}
 	})
 	return r
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
 }
 
 func (r *rig) writeDockerConfig(s string) {
@@ -201,27 +192,13 @@ func (p *agentProc) stop(t *testing.T, sig syscall.Signal) time.Duration {
 	return took
 }
 
-// client speaks HTTP on the status socket.
-func (r *rig) client(timeout time.Duration) *http.Client {
-	return &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", r.socket)
-		}}}
-}
-
+// get asks the agent on its status socket for path and decodes the answer
+// into v as sent (not sanitised: what the agent sends is kept for the
+// secret and escape checks).
 func (r *rig) get(path string, v any) error {
-	res, err := r.client(2 * time.Second).Get("http://agent" + path)
+	body, err := agent.NewStatusClient(r.socket, 2*time.Second).Get(context.Background(), path)
 	if err != nil {
 		return err
-	}
-	defer res.Body.Close()
-	body, err := io.ReadAll(res.Body)
-	if err != nil {
-		return err
-	}
-	if res.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", path, res.Status)
 	}
 	r.outputs = append(r.outputs, string(body))
 	if len(r.outputs) > 50 {
@@ -443,7 +420,7 @@ func (r *rig) invariants() outcome {
 	}
 	for _, p := range r.procs {
 		if s := p.Output.String(); strings.Contains(s, "panic:") || strings.Contains(s, "WARNING: DATA RACE") {
-			t.Errorf("a panic or data race in the agent's output:\n%s", tail(s, 4000))
+			t.Errorf("a panic or data race in the agent's output:\n%s", safetext.Tail(s, 4000))
 		}
 	}
 	return o
@@ -473,7 +450,7 @@ func (r *rig) noSecrets() {
 	for _, text := range texts {
 		for _, esc := range []string{"\x1b", "\u009b", "\u009d", "\x07", `\u001b`, `\u0007`, `\u009b`, `\x1b`} {
 			if strings.Contains(text, esc) {
-				r.t.Errorf("an escape sequence (%q) reached the output:\n%s", esc, tail(text, 2000))
+				r.t.Errorf("an escape sequence (%q) reached the output:\n%s", esc, safetext.Tail(text, 2000))
 				break
 			}
 		}

@@ -51,6 +51,25 @@ func Truncate(s string, max int) string {
 	return s
 }
 
+// Tail keeps the end of s: at most max runes, the first one an ellipsis
+// when anything was cut (no limit when max <= 0). It never splits a rune;
+// like Truncate, it does not sanitise (a log tail keeps its lines).
+func Tail(s string, max int) string {
+	if max <= 0 || utf8.RuneCountInString(s) <= max {
+		return s
+	}
+	n := 0
+	for i := len(s); i > 0; {
+		_, size := utf8.DecodeLastRuneInString(s[:i])
+		if n == max-1 {
+			return Ellipsis + strings.TrimLeft(s[i:], " ")
+		}
+		i -= size
+		n++
+	}
+	return s
+}
+
 // strip removes escape sequences and control characters and folds white
 // space. The result is valid UTF-8 without C0, C1 or DEL characters and
 // without the bidirectional controls that reorder what a terminal shows.

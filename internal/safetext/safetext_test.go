@@ -48,6 +48,30 @@ func TestLine(t *testing.T) {
 	}
 }
 
+func TestTruncateAndTail(t *testing.T) {
+	for _, tc := range []struct {
+		in        string
+		max       int
+		head, end string
+	}{
+		{"ééééé", 3, "éé…", "…éé"},
+		{"ééé", 3, "ééé", "ééé"},
+		{"ab cd", 4, "ab…", "…cd"},
+		{"ab cd", 3, "ab…", "…cd"},
+		{"abc", 0, "abc", "abc"},
+		{"abc", 1, "…", "…"},
+		{"a\nlog\ntail", 5, "a\nlo…", "…tail"},
+		{"", 3, "", ""},
+	} {
+		if got := Truncate(tc.in, tc.max); got != tc.head {
+			t.Errorf("Truncate(%q, %d) = %q, want %q", tc.in, tc.max, got, tc.head)
+		}
+		if got := Tail(tc.in, tc.max); got != tc.end {
+			t.Errorf("Tail(%q, %d) = %q, want %q", tc.in, tc.max, got, tc.end)
+		}
+	}
+}
+
 func TestShortDigest(t *testing.T) {
 	for in, want := range map[string]string{
 		"sha256:0123456789abcdef0123": "0123456789ab",
@@ -96,6 +120,22 @@ func FuzzLine(f *testing.F) {
 		checkSafe(t, s, out, max)
 		if Line(out, max) != out {
 			t.Fatalf("Line is not idempotent on %q: %q then %q", s, out, Line(out, max))
+		}
+		// The cuts alone, on raw input: at most max runes, never a rune
+		// split, the kept part as it was.
+		if !utf8.ValidString(s) {
+			return
+		}
+		for name, cut := range map[string]string{"Truncate": Truncate(s, max), "Tail": Tail(s, max)} {
+			kept := strings.TrimSuffix(strings.TrimPrefix(cut, Ellipsis), Ellipsis)
+			switch {
+			case !utf8.ValidString(cut):
+				t.Fatalf("%s(%q, %d) = %q: not valid UTF-8", name, s, max, cut)
+			case max > 0 && utf8.RuneCountInString(cut) > max:
+				t.Fatalf("%s(%q, %d) = %q: longer than %d runes", name, s, max, cut, max)
+			case !strings.Contains(s, kept):
+				t.Fatalf("%s(%q, %d) = %q: not a part of the input", name, s, max, cut)
+			}
 		}
 	})
 }

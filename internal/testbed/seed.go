@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 )
 
 // SeedOptions sizes seeded images.
@@ -89,28 +90,21 @@ func (r *Registry) Prefix(ns string) string { return r.Addr + "/" + ns }
 func (b *Bed) Seed(ctx context.Context, r *Registry, ns string, runtimes []string, opts SeedOptions) (map[string]Seeded, error) {
 	out := make(map[string]Seeded, len(runtimes))
 	var mu sync.Mutex
-	errs := make(chan error, len(runtimes))
-	sem := make(chan struct{}, 4)
-	var wg sync.WaitGroup
+	var g errgroup.Group // no early cancel: every push runs to its end
+	g.SetLimit(4)
 	for _, rt := range runtimes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
+		g.Go(func() error {
 			s, err := b.Push(ctx, r, ns, rt, opts)
 			if err != nil {
-				errs <- err
-				return
+				return err
 			}
 			mu.Lock()
 			out[rt] = s
 			mu.Unlock()
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	if err := g.Wait(); err != nil {
 		return nil, err
 	}
 	return out, nil

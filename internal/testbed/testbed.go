@@ -20,6 +20,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
 // Binaries the bed runs, from Debian's docker.io and docker-registry.
@@ -404,10 +406,7 @@ func (p *proc) stop() error {
 // logTail returns the end of a process's log, for error messages.
 func (b *Bed) logTail(name string) string {
 	data, _ := os.ReadFile(filepath.Join(b.Dir, "logs", name+".log"))
-	if len(data) > 2000 {
-		data = data[len(data)-2000:]
-	}
-	return string(data)
+	return safetext.Tail(string(data), 2000)
 }
 
 // waitReady polls ready until it is true, the process exits or the timeout
