@@ -191,7 +191,10 @@ type Agent struct {
 	nextPing      time.Time
 	refreshAt     time.Time
 	status        string
-	wg            sync.WaitGroup
+	// wg counts the goroutines the loop starts (pulls, pings, prunes);
+	// shutdown waits for them. Each gives up its result once the ctx of
+	// Run is done, when the loop no longer reads it.
+	wg sync.WaitGroup
 
 	started       time.Time
 	authz         Authorizer
@@ -200,7 +203,6 @@ type Agent struct {
 	lastSaved     []byte
 	saveRetry     time.Time // when a failed state save is retried; zero when saving works
 	metrics       *Metrics
-	runCtx        context.Context
 	pulled        map[string]string // ref → image ID, pulled by this agent
 	previous      []string          // refs of the previous prefix, until pruned
 	pruning       bool
@@ -311,7 +313,9 @@ func (a *Agent) Snapshot() Snapshot {
 }
 
 // Run runs the agent until ctx is done. It returns nil on a clean shutdown;
-// an error only when it cannot start at all (no inotify).
+// an error only when it cannot start at all (no inotify). Every goroutine
+// it starts has ended when it returns, but for pulls that ignore their
+// cancellation for more than 8 s (see shutdown).
 func (a *Agent) Run(ctx context.Context) error {
 	w, err := NewWatcher(a.opts.EnvFile, a.opts.Debounce, a.opts.Logger)
 	if err != nil {
@@ -321,8 +325,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("watching %s: %w", a.opts.EnvFile, err)
 	}
 	wctx, stopWatch := context.WithCancel(ctx)
+	var watching sync.WaitGroup
+	watching.Go(func() { w.Run(wctx) })
+	defer watching.Wait()
 	defer stopWatch()
-	go w.Run(wctx)
 
 	if a.opts.StateFile != "" {
 		// Temp files of a write cut short by a crash or kill -9.
@@ -331,7 +337,6 @@ func (a *Agent) Run(ctx context.Context) error {
 			_ = os.Remove(f)
 		}
 	}
-	a.runCtx = ctx
 	a.loadPulled()
 	a.initialEnv()
 	a.loadConfig(true, false)
@@ -370,7 +375,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Info("reload requested")
 			a.loadConfig(false, true)
 		case d := <-a.done:
-			a.finished(d)
+			a.finished(ctx, d)
 		case err := <-a.pingRes:
 			a.pinging = false
 			a.pinged(err)
@@ -591,7 +596,11 @@ func (a *Agent) step(ctx context.Context) {
 				defer a.wg.Done()
 				pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 				defer cancel()
-				a.pingRes <- engine.Ping(pctx)
+				err := engine.Ping(pctx)
+				select {
+				case a.pingRes <- err:
+				case <-ctx.Done():
+				}
 			}()
 		}
 		return
@@ -651,7 +660,10 @@ func (a *Agent) startLocked(ctx context.Context, st *imageState) {
 				d.remote = ri.Digest
 			}
 		}
-		a.done <- d
+		select {
+		case a.done <- d:
+		case <-ctx.Done(): // the loop has stopped reading
+		}
 	}()
 }
 
@@ -693,7 +705,7 @@ func (a *Agent) PullProgress(img Image, p Progress) {
 // PullFinished implements Observer; results are handled in the loop.
 func (a *Agent) PullFinished(PullResult) {}
 
-func (a *Agent) finished(d pullDone) {
+func (a *Agent) finished(ctx context.Context, d pullDone) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.inflight--
@@ -730,7 +742,7 @@ func (a *Agent) finished(d pullDone) {
 			a.pulled[r.Image.Ref] = r.ImageID
 			a.savePulledLocked()
 		}
-		a.maybePruneLocked()
+		a.maybePruneLocked(ctx)
 		return
 	}
 	class := ClassOf(r.Err)
@@ -812,8 +824,9 @@ func (a *Agent) retryLocked(st *imageState, class ErrorClass, now time.Time, log
 }
 
 // maybePruneLocked starts removing the previous prefix's images once
-// every current image is warm, if configured.
-func (a *Agent) maybePruneLocked() {
+// every current image is warm, if configured. The removal runs until done
+// or until ctx (Run's) is done.
+func (a *Agent) maybePruneLocked(ctx context.Context) {
 	if a.cfg == nil || !a.cfg.PrunePrevious || len(a.previous) == 0 || a.pruning {
 		return
 	}
@@ -844,12 +857,14 @@ func (a *Agent) maybePruneLocked() {
 		return
 	}
 	a.pruning = true
-	engine, ctx := a.engine, a.runCtx
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		a.pruned <- a.prune(ctx, engine, candidates)
-	}()
+	engine := a.engine
+	a.wg.Go(func() {
+		removed := a.prune(ctx, engine, candidates)
+		select {
+		case a.pruned <- removed:
+		case <-ctx.Done():
+		}
+	})
 }
 
 // prune removes refs no container uses and returns the ones removed.
@@ -1039,28 +1054,25 @@ func (a *Agent) publishStatus() {
 	}
 }
 
+// shutdown waits for the goroutines the loop started: their ctx is done,
+// so they stop and give up their results. A pull whose engine call ignores
+// its cancellation is left behind after 8 s, inside systemd's stop
+// timeout, rather than hold the exit.
 func (a *Agent) shutdown() error {
 	a.notify("STOPPING=1")
 	a.log.Info("shutting down; cancelling pulls in flight")
-	waited := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-a.done: // drain so pull goroutines can finish
-			case <-a.pingRes:
-			case <-waited:
-				return
-			}
-		}
-	}()
 	finished := make(chan struct{})
 	go func() { a.wg.Wait(); close(finished) }()
+	timer := time.NewTimer(8 * time.Second)
+	defer timer.Stop()
 	select {
 	case <-finished:
-	case <-time.After(8 * time.Second):
+	case <-timer.C:
 		a.log.Warn("pulls still finishing after 8 s; exiting anyway")
+		return nil
 	}
-	close(waited)
+	// The Docker client's idle connections each hold two goroutines.
+	a.closeIdleConnections()
 	return nil
 }
 
