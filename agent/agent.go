@@ -427,10 +427,10 @@ func (a *Agent) initialEnv() {
 
 // loadConfig reads the env file and applies it if it is valid and differs
 // from the running configuration. force also re-queues images waiting for
-// the next refresh.
+// the next refresh. The file is read and the configuration built without
+// the lock, so that a status request never waits for the disk; the loop
+// alone writes cfg, engine and baseEnv, so it reads them without the lock.
 func (a *Agent) loadConfig(initial, force bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	vars, err := ReadEnvFile(a.opts.EnvFile)
 	switch {
 	case err == nil:
@@ -441,16 +441,15 @@ func (a *Agent) loadConfig(initial, force bool) {
 		vars = nil
 	case IsNotExist(err):
 		a.log.Warn("env file is gone; keeping the last good configuration", "env_file", a.opts.EnvFile, "prefix", a.cfg.Prefix)
+		a.mu.Lock()
+		defer a.mu.Unlock()
 		a.cfgErr = fmt.Errorf("%s is gone; running on the last good configuration", a.opts.EnvFile)
 		if force {
 			a.requeueLocked(false)
 		}
 		return
 	default:
-		a.refuseLocked(err)
-		if force {
-			a.requeueLocked(false)
-		}
+		a.refuse(err, force)
 		return
 	}
 	cfg, err := LoadConfig(a.opts.EnvFile, vars, a.baseEnv)
@@ -460,21 +459,31 @@ func (a *Agent) loadConfig(initial, force bool) {
 		_, err = cfg.Images()
 	}
 	if err != nil {
-		a.refuseLocked(err)
-		if force {
-			a.requeueLocked(false)
-		}
+		a.refuse(err, force)
 		return
 	}
-	a.cfgErr = nil
 	if a.cfg != nil && reflect.DeepEqual(*a.cfg, cfg) {
 		a.log.Debug("env file read; configuration unchanged")
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		a.cfgErr = nil
 		if force {
 			a.requeueLocked(false)
 		}
 		return
 	}
-	a.applyLocked(cfg)
+	a.apply(cfg)
+}
+
+// refuse records a configuration that cannot be used; force also
+// re-queues images waiting for the next refresh.
+func (a *Agent) refuse(err error, force bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.refuseLocked(err)
+	if force {
+		a.requeueLocked(false)
+	}
 }
 
 func (a *Agent) refuseLocked(err error) {
@@ -487,31 +496,38 @@ func (a *Agent) refuseLocked(err error) {
 	a.log.Error("configuration refused; keeping the last good configuration", "env_file", a.opts.EnvFile, "error", errText(err), "prefix", a.cfg.Prefix)
 }
 
-func (a *Agent) applyLocked(cfg Config) {
+// apply makes cfg the running configuration. The Docker client, the
+// credential selection and the puller are built before the lock is taken:
+// building them reads certificate files and looks at the Docker socket.
+func (a *Agent) apply(cfg Config) {
 	prev := a.cfg
-	if a.engine == nil {
+	engine := a.engine
+	if engine == nil {
 		e, err := a.opts.NewEngine(cfg.DockerEndpoint())
 		if err != nil {
-			a.refuseLocked(err)
+			a.refuse(err, false)
 			return
 		}
-		a.engine = e
+		engine = e
 	} else if prev != nil && cfg.DockerEndpoint() != prev.DockerEndpoint() {
 		a.log.Warn("DOCKER_HOST, DOCKER_TLS_VERIFY or DOCKER_CERT_PATH changed; restart the agent to use it", "in_use", prev.DockerHost, "configured", cfg.DockerHost,
 			"tls_verify_in_use", prev.DockerTLSVerify, "tls_verify_configured", cfg.DockerTLSVerify)
 		cfg.DockerHost, cfg.DockerTLSVerify, cfg.DockerCertPath = prev.DockerHost, prev.DockerTLSVerify, prev.DockerCertPath
 	}
 	authz, err := a.opts.NewAuthorizer(cfg)
+	var puller *Puller
+	if err == nil {
+		puller, err = NewPuller(engine, authz, a.opts.Logger, PullerOptions{Concurrency: a.opts.Concurrency, Platform: cfg.Platform, Timeouts: a.opts.Timeouts,
+			DiskGuard: cfg.DiskMarginBytes >= 0, DiskMargin: max(cfg.DiskMarginBytes, 0)})
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.engine = engine // kept even when the rest is refused: it is built once
 	if err != nil {
 		a.refuseLocked(err)
 		return
 	}
-	puller, err := NewPuller(a.engine, authz, a.opts.Logger, PullerOptions{Concurrency: a.opts.Concurrency, Platform: cfg.Platform, Timeouts: a.opts.Timeouts,
-		DiskGuard: cfg.DiskMarginBytes >= 0, DiskMargin: max(cfg.DiskMarginBytes, 0)})
-	if err != nil {
-		a.refuseLocked(err)
-		return
-	}
+	a.cfgErr = nil
 	images, _ := cfg.Images()
 	a.cfg, a.puller, a.cfgAt, a.authz = &cfg, puller, time.Now(), authz
 	a.hostInfo = map[string]HostDoc{}
