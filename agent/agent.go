@@ -203,10 +203,13 @@ type Agent struct {
 	lastSaved     []byte
 	saveRetry     time.Time // when a failed state save is retried; zero when saving works
 	metrics       *Metrics
-	pulled        map[string]string // ref → image ID, pulled by this agent
-	previous      []string          // refs of the previous prefix, until pruned
-	pruning       bool
 	pruned        chan []string
+
+	// Owned by the loop goroutine; no status request reads them.
+	pulled      map[string]string // ref → image ID, pulled by this agent
+	pulledDirty bool              // pulled changed since it was last written
+	previous    []string          // refs of the previous prefix, until pruned
+	pruning     bool
 }
 
 // New returns an Agent. Zero fields of opts take DefaultOptions' values.
@@ -362,6 +365,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
+		a.savePulled()
 		a.step(ctx)
 		a.publishStatus()
 		a.saveState()
@@ -380,13 +384,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.pinging = false
 			a.pinged(err)
 		case refs := <-a.pruned:
-			a.mu.Lock()
 			for _, r := range refs {
 				delete(a.pulled, r)
 			}
+			a.pulledDirty = a.pulledDirty || len(refs) > 0
 			a.pruning = false
-			a.savePulledLocked()
-			a.mu.Unlock()
 		case <-timer.C:
 		case <-watchdog:
 			// Sent from the loop that does the work, so a wedged loop
@@ -756,7 +758,7 @@ func (a *Agent) finished(ctx context.Context, d pullDone) {
 		}
 		if r.ImageID != "" && a.pulled[r.Image.Ref] != r.ImageID {
 			a.pulled[r.Image.Ref] = r.ImageID
-			a.savePulledLocked()
+			a.pulledDirty = true // written by the loop, once the lock is released
 		}
 		a.maybePruneLocked(ctx)
 		return
@@ -937,7 +939,14 @@ func (a *Agent) loadPulled() {
 	}
 }
 
-func (a *Agent) savePulledLocked() {
+// savePulled writes the record of pulled images when it changed. Only the
+// loop calls it, so writes never overlap, and it holds no lock while the
+// file is written and synced.
+func (a *Agent) savePulled() {
+	if !a.pulledDirty {
+		return
+	}
+	a.pulledDirty = false
 	if a.opts.PulledFile == "" {
 		return
 	}
