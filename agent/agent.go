@@ -191,7 +191,10 @@ type Agent struct {
 	nextPing      time.Time
 	refreshAt     time.Time
 	status        string
-	wg            sync.WaitGroup
+	// wg counts the goroutines the loop starts (pulls, pings, prunes);
+	// shutdown waits for them. Each gives up its result once the ctx of
+	// Run is done, when the loop no longer reads it.
+	wg sync.WaitGroup
 
 	started       time.Time
 	authz         Authorizer
@@ -200,11 +203,13 @@ type Agent struct {
 	lastSaved     []byte
 	saveRetry     time.Time // when a failed state save is retried; zero when saving works
 	metrics       *Metrics
-	runCtx        context.Context
-	pulled        map[string]string // ref → image ID, pulled by this agent
-	previous      []string          // refs of the previous prefix, until pruned
-	pruning       bool
 	pruned        chan []string
+
+	// Owned by the loop goroutine; no status request reads them.
+	pulled      map[string]string // ref → image ID, pulled by this agent
+	pulledDirty bool              // pulled changed since it was last written
+	previous    []string          // refs of the previous prefix, until pruned
+	pruning     bool
 }
 
 // New returns an Agent. Zero fields of opts take DefaultOptions' values.
@@ -311,7 +316,9 @@ func (a *Agent) Snapshot() Snapshot {
 }
 
 // Run runs the agent until ctx is done. It returns nil on a clean shutdown;
-// an error only when it cannot start at all (no inotify).
+// an error only when it cannot start at all (no inotify). Every goroutine
+// it starts has ended when it returns, but for pulls that ignore their
+// cancellation for more than 8 s (see shutdown).
 func (a *Agent) Run(ctx context.Context) error {
 	w, err := NewWatcher(a.opts.EnvFile, a.opts.Debounce, a.opts.Logger)
 	if err != nil {
@@ -321,8 +328,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("watching %s: %w", a.opts.EnvFile, err)
 	}
 	wctx, stopWatch := context.WithCancel(ctx)
+	var watching sync.WaitGroup
+	watching.Go(func() { w.Run(wctx) })
+	defer watching.Wait()
 	defer stopWatch()
-	go w.Run(wctx)
 
 	if a.opts.StateFile != "" {
 		// Temp files of a write cut short by a crash or kill -9.
@@ -331,7 +340,6 @@ func (a *Agent) Run(ctx context.Context) error {
 			_ = os.Remove(f)
 		}
 	}
-	a.runCtx = ctx
 	a.loadPulled()
 	a.initialEnv()
 	a.loadConfig(true, false)
@@ -357,6 +365,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
+		a.savePulled()
 		a.step(ctx)
 		a.publishStatus()
 		a.saveState()
@@ -370,18 +379,16 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Info("reload requested")
 			a.loadConfig(false, true)
 		case d := <-a.done:
-			a.finished(d)
+			a.finished(ctx, d)
 		case err := <-a.pingRes:
 			a.pinging = false
 			a.pinged(err)
 		case refs := <-a.pruned:
-			a.mu.Lock()
 			for _, r := range refs {
 				delete(a.pulled, r)
 			}
+			a.pulledDirty = a.pulledDirty || len(refs) > 0
 			a.pruning = false
-			a.savePulledLocked()
-			a.mu.Unlock()
 		case <-timer.C:
 		case <-watchdog:
 			// Sent from the loop that does the work, so a wedged loop
@@ -422,10 +429,10 @@ func (a *Agent) initialEnv() {
 
 // loadConfig reads the env file and applies it if it is valid and differs
 // from the running configuration. force also re-queues images waiting for
-// the next refresh.
+// the next refresh. The file is read and the configuration built without
+// the lock, so that a status request never waits for the disk; the loop
+// alone writes cfg, engine and baseEnv, so it reads them without the lock.
 func (a *Agent) loadConfig(initial, force bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	vars, err := ReadEnvFile(a.opts.EnvFile)
 	switch {
 	case err == nil:
@@ -436,16 +443,15 @@ func (a *Agent) loadConfig(initial, force bool) {
 		vars = nil
 	case IsNotExist(err):
 		a.log.Warn("env file is gone; keeping the last good configuration", "env_file", a.opts.EnvFile, "prefix", a.cfg.Prefix)
+		a.mu.Lock()
+		defer a.mu.Unlock()
 		a.cfgErr = fmt.Errorf("%s is gone; running on the last good configuration", a.opts.EnvFile)
 		if force {
 			a.requeueLocked(false)
 		}
 		return
 	default:
-		a.refuseLocked(err)
-		if force {
-			a.requeueLocked(false)
-		}
+		a.refuse(err, force)
 		return
 	}
 	cfg, err := LoadConfig(a.opts.EnvFile, vars, a.baseEnv)
@@ -455,21 +461,31 @@ func (a *Agent) loadConfig(initial, force bool) {
 		_, err = cfg.Images()
 	}
 	if err != nil {
-		a.refuseLocked(err)
-		if force {
-			a.requeueLocked(false)
-		}
+		a.refuse(err, force)
 		return
 	}
-	a.cfgErr = nil
 	if a.cfg != nil && reflect.DeepEqual(*a.cfg, cfg) {
 		a.log.Debug("env file read; configuration unchanged")
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		a.cfgErr = nil
 		if force {
 			a.requeueLocked(false)
 		}
 		return
 	}
-	a.applyLocked(cfg)
+	a.apply(cfg)
+}
+
+// refuse records a configuration that cannot be used; force also
+// re-queues images waiting for the next refresh.
+func (a *Agent) refuse(err error, force bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.refuseLocked(err)
+	if force {
+		a.requeueLocked(false)
+	}
 }
 
 func (a *Agent) refuseLocked(err error) {
@@ -482,30 +498,37 @@ func (a *Agent) refuseLocked(err error) {
 	a.log.Error("configuration refused; keeping the last good configuration", "env_file", a.opts.EnvFile, "error", errText(err), "prefix", a.cfg.Prefix)
 }
 
-func (a *Agent) applyLocked(cfg Config) {
+// apply makes cfg the running configuration. The Docker client, the
+// credential selection and the puller are built before the lock is taken:
+// building them reads certificate files and looks at the Docker socket.
+func (a *Agent) apply(cfg Config) {
 	prev := a.cfg
-	if a.engine == nil {
+	engine := a.engine
+	if engine == nil {
 		e, err := a.opts.NewEngine(cfg.DockerEndpoint())
 		if err != nil {
-			a.refuseLocked(err)
+			a.refuse(err, false)
 			return
 		}
-		a.engine = e
+		engine = e
 	} else if prev != nil && cfg.DockerEndpoint() != prev.DockerEndpoint() {
 		a.log.Warn("DOCKER_HOST, DOCKER_TLS_VERIFY or DOCKER_CERT_PATH changed; restart the agent to use it", "in_use", prev.DockerHost, "configured", cfg.DockerHost,
 			"tls_verify_in_use", prev.DockerTLSVerify, "tls_verify_configured", cfg.DockerTLSVerify)
 		cfg.DockerHost, cfg.DockerTLSVerify, cfg.DockerCertPath = prev.DockerHost, prev.DockerTLSVerify, prev.DockerCertPath
 	}
 	authz, err := a.opts.NewAuthorizer(cfg)
+	var puller *Puller
+	if err == nil {
+		puller, err = NewPuller(engine, authz, a.opts.Logger, cfg.PullerOptions(a.opts.Concurrency, a.opts.Timeouts))
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.engine = engine // kept even when the rest is refused: it is built once
 	if err != nil {
 		a.refuseLocked(err)
 		return
 	}
-	puller, err := NewPuller(a.engine, authz, a.opts.Logger, cfg.PullerOptions(a.opts.Concurrency, a.opts.Timeouts))
-	if err != nil {
-		a.refuseLocked(err)
-		return
-	}
+	a.cfgErr = nil
 	images, _ := cfg.Images()
 	a.cfg, a.puller, a.cfgAt, a.authz = &cfg, puller, time.Now(), authz
 	a.hostInfo = map[string]HostDoc{}
@@ -590,7 +613,11 @@ func (a *Agent) step(ctx context.Context) {
 				defer a.wg.Done()
 				pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 				defer cancel()
-				a.pingRes <- engine.Ping(pctx)
+				err := engine.Ping(pctx)
+				select {
+				case a.pingRes <- err:
+				case <-ctx.Done():
+				}
 			}()
 		}
 		return
@@ -650,7 +677,10 @@ func (a *Agent) startLocked(ctx context.Context, st *imageState) {
 				d.remote = ri.Digest
 			}
 		}
-		a.done <- d
+		select {
+		case a.done <- d:
+		case <-ctx.Done(): // the loop has stopped reading
+		}
 	}()
 }
 
@@ -692,7 +722,7 @@ func (a *Agent) PullProgress(img Image, p Progress) {
 // PullFinished implements Observer; results are handled in the loop.
 func (a *Agent) PullFinished(PullResult) {}
 
-func (a *Agent) finished(d pullDone) {
+func (a *Agent) finished(ctx context.Context, d pullDone) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.inflight--
@@ -727,9 +757,9 @@ func (a *Agent) finished(d pullDone) {
 		}
 		if r.ImageID != "" && a.pulled[r.Image.Ref] != r.ImageID {
 			a.pulled[r.Image.Ref] = r.ImageID
-			a.savePulledLocked()
+			a.pulledDirty = true // written by the loop, once the lock is released
 		}
-		a.maybePruneLocked()
+		a.maybePruneLocked(ctx)
 		return
 	}
 	class := ClassOf(r.Err)
@@ -811,8 +841,9 @@ func (a *Agent) retryLocked(st *imageState, class ErrorClass, now time.Time, log
 }
 
 // maybePruneLocked starts removing the previous prefix's images once
-// every current image is warm, if configured.
-func (a *Agent) maybePruneLocked() {
+// every current image is warm, if configured. The removal runs until done
+// or until ctx (Run's) is done.
+func (a *Agent) maybePruneLocked(ctx context.Context) {
 	if a.cfg == nil || !a.cfg.PrunePrevious || len(a.previous) == 0 || a.pruning {
 		return
 	}
@@ -843,12 +874,14 @@ func (a *Agent) maybePruneLocked() {
 		return
 	}
 	a.pruning = true
-	engine, ctx := a.engine, a.runCtx
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		a.pruned <- a.prune(ctx, engine, candidates)
-	}()
+	engine := a.engine
+	a.wg.Go(func() {
+		removed := a.prune(ctx, engine, candidates)
+		select {
+		case a.pruned <- removed:
+		case <-ctx.Done():
+		}
+	})
 }
 
 // prune removes refs no container uses and returns the ones removed.
@@ -905,7 +938,14 @@ func (a *Agent) loadPulled() {
 	}
 }
 
-func (a *Agent) savePulledLocked() {
+// savePulled writes the record of pulled images when it changed. Only the
+// loop calls it, so writes never overlap, and it holds no lock while the
+// file is written and synced.
+func (a *Agent) savePulled() {
+	if !a.pulledDirty {
+		return
+	}
+	a.pulledDirty = false
 	if a.opts.PulledFile == "" {
 		return
 	}
@@ -1038,28 +1078,25 @@ func (a *Agent) publishStatus() {
 	}
 }
 
+// shutdown waits for the goroutines the loop started: their ctx is done,
+// so they stop and give up their results. A pull whose engine call ignores
+// its cancellation is left behind after 8 s, inside systemd's stop
+// timeout, rather than hold the exit.
 func (a *Agent) shutdown() error {
 	a.notify("STOPPING=1")
 	a.log.Info("shutting down; cancelling pulls in flight")
-	waited := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-a.done: // drain so pull goroutines can finish
-			case <-a.pingRes:
-			case <-waited:
-				return
-			}
-		}
-	}()
 	finished := make(chan struct{})
 	go func() { a.wg.Wait(); close(finished) }()
+	timer := time.NewTimer(8 * time.Second)
+	defer timer.Stop()
 	select {
 	case <-finished:
-	case <-time.After(8 * time.Second):
+	case <-timer.C:
 		a.log.Warn("pulls still finishing after 8 s; exiting anyway")
+		return nil
 	}
-	close(waited)
+	// The Docker client's idle connections each hold two goroutines.
+	a.closeIdleConnections()
 	return nil
 }
 

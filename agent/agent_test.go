@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -186,4 +187,92 @@ type anonymous struct{}
 
 func (anonymous) Select(_ context.Context, host string) (auth.Selection, error) {
 	return auth.Selection{Host: host, Source: auth.SourceAnonymous}, nil
+}
+
+// A status request never waits for the disk: while the agent reads its env
+// file (here a FIFO that a writer holds open, as a hung network file system
+// would), Snapshot and Document answer.
+func TestStatusDoesNotWaitForTheEnvFile(t *testing.T) {
+	dir := t.TempDir()
+	env := filepath.Join(dir, "env")
+	if err := os.WriteFile(env, []byte(KeyRegistry+"=r.test/x\n"+KeyRuntimes+"=codex\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Options{
+		EnvFile:       env,
+		Debounce:      10 * time.Millisecond,
+		Getenv:        func(string) string { return "" },
+		NewEngine:     func(DockerEndpoint) (Engine, error) { return goodEngine(), nil },
+		NewAuthorizer: func(Config) (Authorizer, error) { return anonymous{}, nil },
+		Logger:        slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- a.Run(ctx) }()
+	prefix := func() string {
+		if c := a.Snapshot().Config; c != nil {
+			return c.Prefix
+		}
+		return ""
+	}
+	waitPrefix := func(want string) {
+		t.Helper()
+		if !waitFor(5*time.Second, func() bool { return prefix() == want }) {
+			t.Fatalf("prefix %q, want %q", prefix(), want)
+		}
+	}
+	waitPrefix("r.test/x")
+
+	// The env file becomes a FIFO: the agent's next read blocks until
+	// something writes to it.
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(fifo, env); err != nil {
+		t.Fatal(err)
+	}
+	// writer opens the writing end once the agent has opened the FIFO;
+	// the agent then waits in read until it is closed.
+	writer := func() (*os.File, error) { return os.OpenFile(env, os.O_WRONLY|syscall.O_NONBLOCK, 0) }
+	var w *os.File
+	if !waitFor(5*time.Second, func() bool { w, err = writer(); return err == nil }) {
+		t.Fatalf("the agent never read the env file after it changed: %v", err)
+	}
+	// Whatever happens below, every later read of the FIFO ends (on an
+	// empty file, which is refused), so that Run can stop.
+	defer func() {
+		cancel()
+		for {
+			select {
+			case err := <-ran:
+				if err != nil {
+					t.Error(err)
+				}
+				return
+			case <-time.After(5 * time.Millisecond):
+				if f, err := writer(); err == nil {
+					f.Close()
+				}
+			}
+		}
+	}()
+
+	answered := make(chan struct{})
+	go func() { a.Snapshot(); a.Document(); close(answered) }()
+	select {
+	case <-answered:
+	case <-time.After(2 * time.Second):
+		w.Close() // the agent reads an empty file and lets go of the lock
+		<-answered
+		t.Fatal("a status request waited for the agent to read the env file")
+	}
+	if _, err := w.WriteString(KeyRegistry + "=r.test/y\n" + KeyRuntimes + "=codex\n"); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	waitPrefix("r.test/y")
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -89,16 +90,37 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener, log *slog.Logger) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(ProcessCounts())
 	})
-	srv := NewHTTPServer(mux, DefaultServerTimeouts())
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := ServeUntil(ctx, NewHTTPServer(mux, DefaultServerTimeouts()), ln, time.Second); err != nil {
 		log.Error("status server stopped", "error", errText(err))
 	}
+}
+
+// ServeUntil serves srv on ln until ctx is done, then stops it: requests
+// in progress get grace to finish (none when grace is 0) before their
+// connections are closed. It returns once the server has stopped, with
+// the error that stopped it before ctx was done, else nil.
+func ServeUntil(ctx context.Context, srv *http.Server, ln net.Listener, grace time.Duration) error {
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var stopping sync.WaitGroup
+	stopping.Go(func() {
+		<-sctx.Done()
+		if grace > 0 {
+			gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
+			defer cancel()
+			if srv.Shutdown(gctx) == nil {
+				return
+			}
+		}
+		_ = srv.Close()
+	})
+	err := srv.Serve(ln)
+	stop() // a server that failed on its own is stopped too
+	stopping.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
 }
 
 // closeIdleConnections drops the Docker client's idle connections, where

@@ -138,8 +138,9 @@ type Options struct {
 	// ECRCacheDir is where ecr-login caches tokens (the agent's state
 	// directory, never $HOME).
 	ECRCacheDir string
-	// HelperTimeout bounds a credential helper; 0 means
-	// DefaultHelperTimeout.
+	// HelperTimeout bounds a credential helper, and a fetch of an ECR
+	// token (the instance role's credentials and the ECR API call); 0
+	// means DefaultHelperTimeout.
 	HelperTimeout time.Duration
 	// HelperEnv is the whole environment credential helpers run with; nil
 	// means HelperEnv(os.Environ()): PATH, HOME, DOCKER_CONFIG, AWS_* and
@@ -175,7 +176,7 @@ func NewSelector(opts Options) (*Selector, error) {
 	if opts.HelperEnv == nil {
 		opts.HelperEnv = HelperEnv(os.Environ())
 	}
-	return &Selector{opts: opts, ecr: &ecrProvider{cacheDir: opts.ECRCacheDir, log: opts.Logger, now: opts.Now, http: ecrHTTPClient()}}, nil
+	return &Selector{opts: opts, ecr: &ecrProvider{cacheDir: opts.ECRCacheDir, log: opts.Logger, now: opts.Now, timeout: opts.HelperTimeout, http: ecrHTTPClient()}}, nil
 }
 
 func (s *Selector) hasGHCR(host string) bool {

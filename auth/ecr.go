@@ -14,6 +14,7 @@ import (
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/middleware"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 	"github.com/awslabs/amazon-ecr-credential-helper/ecr-login/api"
 	"github.com/awslabs/amazon-ecr-credential-helper/ecr-login/cache"
@@ -76,6 +77,8 @@ type ecrProvider struct {
 	cacheDir string
 	log      *slog.Logger
 	now      func() time.Time
+	// timeout bounds one token fetch (Options.HelperTimeout).
+	timeout time.Duration
 	// flight makes concurrent pulls from one host share one token fetch.
 	flight singleflight.Group
 	// http is shared by every fetch, so that its connections are reused
@@ -97,12 +100,53 @@ func ecrHTTPClient() *awshttp.BuildableClient {
 	return awshttp.NewBuildableClient().WithTransportOptions(func(t *nethttp.Transport) { t.DisableKeepAlives = true })
 }
 
+// get returns a token for host. Every caller that asks while a fetch for
+// host runs shares it; each returns when its own ctx is done, and the
+// fetch goes on for the others.
 func (e *ecrProvider) get(ctx context.Context, host string) (ecrResult, error) {
-	v, err, _ := e.flight.Do(host, func() (any, error) { return e.fetch(ctx, host) })
-	if err != nil {
-		return ecrResult{}, err
+	ch := e.flight.DoChan(host, func() (any, error) {
+		// The fetch belongs to every caller that joins it, not to the
+		// one that happened to start it: it must not end with that
+		// caller's pull (cancelled when its image leaves the set), only
+		// with its own timeout.
+		deadline := time.Now().Add(e.timeout)
+		fctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+		defer cancel()
+		res, err := e.fetch(fctx, host)
+		// The deadline, not fctx.Err(): an API call ends on its own
+		// context with the same deadline, which may fire first.
+		if err != nil && !time.Now().Before(deadline) && !errors.Is(err, ErrUnavailable) {
+			err = markUnavailable(fmt.Errorf("fetching the ECR token for %s took longer than %s (the credential helper timeout): %w", host, e.timeout, err))
+		}
+		return res, err
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return ecrResult{}, r.Err
+		}
+		return r.Val.(ecrResult), nil
+	case <-ctx.Done():
+		return ecrResult{}, fmt.Errorf("waiting for the ECR token for %s: %w", host, ctx.Err())
 	}
-	return v.(ecrResult), nil
+}
+
+// withDeadlineOf gives every AWS API call the deadline of ctx. ecr-login
+// calls the ECR API with context.TODO(), so without it a stalled API
+// would hold the fetch, and every pull from the host that joins it,
+// forever.
+func withDeadlineOf(ctx context.Context) func(*middleware.Stack) error {
+	return func(s *middleware.Stack) error {
+		return s.Initialize.Add(middleware.InitializeMiddlewareFunc("PullAgentFetchDeadline",
+			func(c context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+				if d, ok := ctx.Deadline(); ok {
+					var cancel context.CancelFunc
+					c, cancel = context.WithDeadline(c, d)
+					defer cancel()
+				}
+				return next.HandleInitialize(c, in)
+			}), middleware.Before)
+	}
 }
 
 func (e *ecrProvider) fetch(ctx context.Context, host string) (ecrResult, error) {
@@ -110,7 +154,8 @@ func (e *ecrProvider) fetch(ctx context.Context, host string) (ecrResult, error)
 	if err != nil {
 		return ecrResult{}, fmt.Errorf("%s is not an ECR registry host: %w", host, err)
 	}
-	opts := []func(*config.LoadOptions) error{config.WithRegion(reg.Region), config.WithHTTPClient(e.http)}
+	opts := []func(*config.LoadOptions) error{config.WithRegion(reg.Region), config.WithHTTPClient(e.http),
+		config.WithAPIOptions([]func(*middleware.Stack) error{withDeadlineOf(ctx)})}
 	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
 		return ecrResult{}, fmt.Errorf("loading the AWS configuration for %s: %w", host, err)

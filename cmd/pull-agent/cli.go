@@ -90,7 +90,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.stateDir, "state-dir", "/var/lib/pull-agent", "state directory (the ECR token cache lives here)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
-	fs.DurationVar(&c.helperTimeout, "helper-timeout", auth.DefaultHelperTimeout, "a credential helper that has not answered after this long is killed (the pull is retried)")
+	fs.DurationVar(&c.helperTimeout, "helper-timeout", auth.DefaultHelperTimeout, "a credential helper that has not answered after this long is killed, and an ECR token fetch stopped (the pull is retried)")
 }
 
 // parseFlags parses args; -h exits 0, a bad flag or a stray argument is a

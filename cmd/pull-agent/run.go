@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -12,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 
 	"github.com/molecule-ai/pull-agent/agent"
@@ -97,18 +97,25 @@ and the agent waits for a good one.`)
 		return err
 	}
 	defer os.Remove(*statusSocket)
-	go a.Serve(ctx, ln, log)
+	// Whatever ends runAgent stops every goroutine it started and waits
+	// for them (deferred calls run last first): no server answers from a
+	// removed socket or an unlocked state directory.
+	var running sync.WaitGroup
+	defer running.Wait()
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	running.Go(func() { a.Serve(ctx, ln, log) })
 	if *metricsAddr != "" {
 		mln, err := net.Listen("tcp", *metricsAddr)
 		if err != nil {
 			return usageErr(fmt.Errorf("--metrics-addr %q: %w", *metricsAddr, err))
 		}
-		go serveMetrics(ctx, mln, a.Metrics().Handler(), agent.DefaultServerTimeouts(), log)
+		running.Go(func() { serveMetrics(ctx, mln, a.Metrics().Handler(), agent.DefaultServerTimeouts(), log) })
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	go func() {
+	running.Go(func() {
 		for {
 			select {
 			case <-ctx.Done():
@@ -117,7 +124,7 @@ and the agent waits for a good one.`)
 				a.Reload()
 			}
 		}
-	}()
+	})
 	return a.Run(ctx)
 }
 
@@ -125,16 +132,11 @@ and the agent waits for a good one.`)
 const defaultStatusSocket = "/run/pull-agent/status.sock"
 
 // serveMetrics serves GET /metrics on ln until ctx is done, with the same
-// client time limits as the status socket.
+// client time limits as the status socket, and returns once it stopped.
 func serveMetrics(ctx context.Context, ln net.Listener, metrics http.Handler, t agent.ServerTimeouts, log *slog.Logger) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics)
-	srv := agent.NewHTTPServer(mux, t)
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := agent.ServeUntil(ctx, agent.NewHTTPServer(mux, t), ln, 0); err != nil {
 		log.Error("metrics server stopped", "error", err.Error())
 	}
 }

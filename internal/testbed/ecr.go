@@ -21,9 +21,12 @@ import (
 )
 
 // FakeECR answers the ECR API's GetAuthorizationToken, the one AWS call
-// pull-agent makes. It is the only stand-in of the test bed: there is no
-// AWS here. Clients reach it through the SDK's endpoint override
-// (AWS_ENDPOINT_URL_ECR=URL).
+// pull-agent makes, and the EC2 instance metadata service (IMDSv2) calls
+// that fetch an instance role's credentials. It is the only stand-in of
+// the test bed: there is no AWS here. Clients reach it through the SDK's
+// endpoint overrides (AWS_ENDPOINT_URL_ECR=URL, and for the instance role
+// AWS_EC2_METADATA_SERVICE_ENDPOINT=URL with AWS_EC2_METADATA_DISABLED
+// false).
 type FakeECR struct {
 	URL string
 	// Password is what every token decodes to ("AWS:<Password>").
@@ -32,12 +35,62 @@ type FakeECR struct {
 	srv *http.Server
 	ln  net.Listener
 
-	mu       sync.Mutex
-	ttl      time.Duration
-	endpoint string // proxyEndpoint host
-	fail     int    // HTTP status to answer with instead, 0 = none
-	failType string
-	calls    int
+	mu        sync.Mutex
+	ttl       time.Duration
+	endpoint  string // proxyEndpoint host
+	fail      int    // HTTP status to answer with instead, 0 = none
+	failType  string
+	delay     time.Duration // before each API answer
+	roleDelay time.Duration // before each instance-role credentials answer
+	calls     int
+	roleCalls int
+}
+
+// InstanceRole is the role whose credentials the fake IMDS hands out.
+const InstanceRole = "pull-agent-test-role"
+
+// serveIMDS answers IMDSv2: the session token, the role list and the
+// role's credentials (after the role delay).
+func (f *FakeECR) serveIMDS(w http.ResponseWriter, r *http.Request) {
+	const creds = "/latest/meta-data/iam/security-credentials/"
+	switch {
+	case r.Method == http.MethodPut && r.URL.Path == "/latest/api/token":
+		w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", r.Header.Get("X-Aws-Ec2-Metadata-Token-Ttl-Seconds"))
+		fmt.Fprint(w, "fake-imds-session-token")
+	case r.Method == http.MethodGet && r.URL.Path == creds:
+		fmt.Fprintln(w, InstanceRole)
+	case r.Method == http.MethodGet && r.URL.Path == creds+InstanceRole:
+		f.mu.Lock()
+		f.roleCalls++
+		delay := f.roleDelay
+		f.mu.Unlock()
+		if !sleepCtx(r, delay) {
+			return
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{
+			"Code": "Success", "Type": "AWS-HMAC", "LastUpdated": time.Now().UTC().Format(time.RFC3339),
+			"AccessKeyId": "ASIATESTTESTTEST", "SecretAccessKey": "role-secret-s3cret", "Token": "role-session-s3cret",
+			"Expiration": time.Now().Add(6 * time.Hour).UTC().Format(time.RFC3339),
+		})
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// sleepCtx waits d or until the client gives up; it reports whether to
+// answer.
+func sleepCtx(r *http.Request, d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
 }
 
 // NewFakeECR starts a fake ECR API on loopback issuing tokens for
@@ -110,11 +163,18 @@ func selfSignedTLS(host string) (tls.Certificate, []byte, error) {
 }
 
 func (f *FakeECR) serve(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, "/latest/") {
+		f.serveIMDS(w, r)
+		return
+	}
 	body, _ := io.ReadAll(r.Body)
 	f.mu.Lock()
 	f.calls++
-	fail, failType, ttl := f.fail, f.failType, f.ttl
+	fail, failType, ttl, delay := f.fail, f.failType, f.ttl, f.delay
 	f.mu.Unlock()
+	if !sleepCtx(r, delay) {
+		return
+	}
 	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
 	if !strings.HasSuffix(r.Header.Get("X-Amz-Target"), ".GetAuthorizationToken") {
 		w.WriteHeader(http.StatusBadRequest)
@@ -146,6 +206,30 @@ func (f *FakeECR) Fail(status int, errType string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.fail, f.failType = status, errType
+}
+
+// Delay makes the API answer each request d after it arrives (the call
+// counts at once); 0 answers at once.
+func (f *FakeECR) Delay(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.delay = d
+}
+
+// DelayRole makes the IMDS answer each request for the instance role's
+// credentials d after it arrives (the call counts at once).
+func (f *FakeECR) DelayRole(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.roleDelay = d
+}
+
+// RoleCalls is how many requests for the instance role's credentials the
+// IMDS answered.
+func (f *FakeECR) RoleCalls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.roleCalls
 }
 
 // Calls is how many requests the API answered.
