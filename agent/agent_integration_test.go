@@ -377,9 +377,7 @@ func TestAgentConvergesAfterRegistryRestart(t *testing.T) {
 }
 
 func TestAgentSurvivesDockerRestartAndAbsence(t *testing.T) {
-	if err := testbed.Available(); err != nil {
-		testbed.SkipOrFail(t, err)
-	}
+	testbed.Require(t)
 	f := newFixture(t) // for the registry
 	own, err := testbed.Start(ctxT(t), testbed.Options{Logf: t.Logf})
 	must(t, err)
@@ -712,9 +710,7 @@ func TestAgentPrunesThePreviousPrefix(t *testing.T) {
 }
 
 func TestDiskGuardRefusesWhatCannotFit(t *testing.T) {
-	if err := testbed.Available(); err != nil {
-		testbed.SkipOrFail(t, err)
-	}
+	testbed.Require(t)
 	f := newFixture(t) // registry
 	small, err := testbed.Start(ctxT(t), testbed.Options{Logf: t.Logf, DataRootSize: "64m"})
 	must(t, err)

@@ -244,9 +244,7 @@ func TestAuthScopingSeenAtTheRegistry(t *testing.T) {
 // only the test daemon resolves (private /etc/hosts), a fake ECR API
 // reached through AWS_ENDPOINT_URL_ECR, a registry that wants AWS:<token>.
 func TestAuthECREndToEnd(t *testing.T) {
-	if err := testbed.Available(); err != nil {
-		testbed.SkipOrFail(t, err)
-	}
+	testbed.Require(t)
 	const ecrHost = "123456789012.dkr.ecr.us-east-2.amazonaws.com"
 	own, err := testbed.Start(ctxT(t), testbed.Options{Logf: t.Logf, Hosts: map[string]string{ecrHost: "127.0.0.1"}})
 	must(t, err)
@@ -306,9 +304,7 @@ func TestAuthECREndToEnd(t *testing.T) {
 // where a registry answers on 127.0.0.1:80 and /etc/hosts says ghcr.io is
 // 127.0.0.1.
 func TestAuthGHCRUnderItsRealName(t *testing.T) {
-	if err := testbed.Available(); err != nil {
-		testbed.SkipOrFail(t, err)
-	}
+	testbed.Require(t)
 	f := newFixture(t)
 	plain, err := f.bed.StartRegistry(ctxT(t), "ghcr-seed", testbed.RegistryOptions{})
 	must(t, err)

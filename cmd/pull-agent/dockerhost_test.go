@@ -76,9 +76,7 @@ func TestCommandsRefuseACleartextDockerHost(t *testing.T) {
 // hermes.
 func startTLSBed(t *testing.T) (*testbed.Bed, *testbed.Registry) {
 	t.Helper()
-	if err := testbed.Available(); err != nil {
-		testbed.SkipOrFail(t, err)
-	}
+	testbed.Require(t)
 	ctx := context.Background()
 	b, err := testbed.Start(ctx, testbed.Options{Logf: t.Logf, TLS: true})
 	if err != nil {
@@ -210,9 +208,7 @@ func TestPullThroughADaemonThatWantsTLS(t *testing.T) {
 // and fails everything else, owned by uid:gid.
 func fakeDaemonSocket(t *testing.T, uid, gid int) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		testbed.SkipOrFail(t, errors.New("giving a socket to another user needs root"))
-	}
+	testbed.RequireRoot(t, "giving a socket to another user")
 	dir, err := os.MkdirTemp("/tmp", "pa-sock-") // short: socket paths are limited
 	if err != nil {
 		t.Fatal(err)
