@@ -253,7 +253,8 @@ func TestAuthECREndToEnd(t *testing.T) {
 	must(t, err)
 	seed, err := own.Seed(ctxT(t), reg, "molecule-ai", []string{"codex", "hermes"}, testbed.SeedOptions{Username: "AWS", Password: "ecr-token-s3cret"})
 	must(t, err)
-	api, err := testbed.NewFakeECR(ecrHost, "ecr-token-s3cret", 4*time.Second)
+	const life = 4 * time.Second
+	api, err := testbed.NewFakeECR(ecrHost, "ecr-token-s3cret", life)
 	must(t, err)
 	t.Cleanup(func() { api.Close() })
 	t.Setenv("AWS_ENDPOINT_URL_ECR", api.URL)
@@ -275,21 +276,23 @@ func TestAuthECREndToEnd(t *testing.T) {
 		if r.Err != nil || r.Digest != seed[r.Image.Runtime].Digest {
 			t.Fatalf("%s: %v", r.Image.Runtime, r.Err)
 		}
-		if !strings.HasPrefix(string(r.Source), "ecr-login (AWS environment keys; token expires ") {
-			t.Errorf("source %q", r.Source)
+		if !strings.HasPrefix(string(r.Source), "ecr-login (AWS environment keys; token expires ") || r.CredentialsExpire.IsZero() {
+			t.Fatalf("source %q, expiry %s", r.Source, r.CredentialsExpire)
 		}
 	}
 	if api.Calls() != 1 {
 		t.Errorf("%d ECR API calls for two pulls, want 1 (cached)", api.Calls())
 	}
-	// Past half the token's life: a new token before the next pull.
-	time.Sleep(2400 * time.Millisecond)
-	if rs := pullOne(t, engine, prefix, []string{"codex"}, opts, logs); rs[0].Err != nil || api.Calls() != 2 {
-		t.Fatalf("after half the token's life: %v, %d API calls", rs[0].Err, api.Calls())
+	// Past half the token's life (ecr-login reads the real clock): a new
+	// token before the next pull.
+	time.Sleep(time.Until(rs[0].CredentialsExpire.Add(-life/2 + 400*time.Millisecond)))
+	renewed := pullOne(t, engine, prefix, []string{"codex"}, opts, logs)
+	if renewed[0].Err != nil || api.Calls() != 2 {
+		t.Fatalf("after half the token's life: %v, %d API calls", renewed[0].Err, api.Calls())
 	}
 	// The API fails and the cached token expires: an auth failure with the cause logged.
 	api.Fail(500, "ServerException")
-	time.Sleep(4600 * time.Millisecond)
+	time.Sleep(time.Until(renewed[0].CredentialsExpire.Add(400 * time.Millisecond)))
 	rs = pullOne(t, engine, prefix, []string{"codex"}, opts, logs)
 	if agent.ClassOf(rs[0].Err) != agent.ClassAuth || !strings.Contains(rs[0].Err.Error(), "expired at") {
 		t.Fatalf("expired token: %v (%s)", rs[0].Err, agent.ClassOf(rs[0].Err))
