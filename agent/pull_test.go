@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/molecule-ai/pull-agent/auth"
+	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
 // fakeEngine is an Engine whose behaviour each test sets.
@@ -257,10 +258,7 @@ func TestPullConcurrencyIsBoundedAndFailuresIsolated(t *testing.T) {
 				done <- newTestPuller(t, e, auth.Options{}, PullerOptions{Concurrency: n}).PullAll(context.Background(), imgs, nil)
 			}()
 			// Let the pullers fill up before releasing them one at a time.
-			deadline := time.Now().Add(5 * time.Second)
-			for inFlight.Load() < int32(n) && time.Now().Before(deadline) {
-				time.Sleep(time.Millisecond)
-			}
+			testbed.WaitFor(t, fmt.Sprintf("%d pulls in flight", n), 5*time.Second, func() bool { return inFlight.Load() >= int32(n) })
 			close(release)
 			res := <-done
 			if got := peak.Load(); got != int32(n) {
@@ -340,6 +338,13 @@ type recordingObserver struct {
 
 func (o *recordingObserver) PullFinished(r PullResult) { o.onFinish(r) }
 
+type progressObserver struct {
+	NopObserver
+	onProgress func(Progress)
+}
+
+func (o *progressObserver) PullProgress(_ Image, p Progress) { o.onProgress(p) }
+
 func TestPullStalledStreamIsCut(t *testing.T) {
 	e := goodEngine()
 	e.pull = func(ctx context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
@@ -358,11 +363,11 @@ func TestPullStalledStreamIsCut(t *testing.T) {
 		t.Fatalf("got %v (%s), want stalled", r.Err, ClassOf(r.Err))
 	}
 
-	// The caller's cancellation is not a stall.
+	// The caller's cancellation, once bytes flowed, is not a stall.
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() { time.Sleep(50 * time.Millisecond); cancel() }()
+	obs := &progressObserver{onProgress: func(Progress) { cancel() }}
 	p = newTestPuller(t, e, auth.Options{}, PullerOptions{Timeouts: PullTimeouts{Stall: time.Hour}})
-	if r := p.Pull(ctx, img, nil); ClassOf(r.Err) != ClassCanceled {
+	if r := p.Pull(ctx, img, obs); ClassOf(r.Err) != ClassCanceled {
 		t.Fatalf("got %v (%s), want canceled", r.Err, ClassOf(r.Err))
 	}
 }
@@ -381,11 +386,8 @@ func TestRefreshesOfHeldImagesGetAWiderPool(t *testing.T) {
 		done <- newTestPuller(t, e, auth.Options{}, PullerOptions{Concurrency: 2}).PullAll(context.Background(), testImages(t, "ghcr.io/x"), nil)
 	}()
 	want := int32(2 * RefreshConcurrencyFactor)
-	deadline := time.Now().Add(5 * time.Second)
-	for inFlight.Load() < want && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(20 * time.Millisecond)
+	testbed.WaitFor(t, fmt.Sprintf("%d refreshes in flight", want), 5*time.Second, func() bool { return inFlight.Load() >= want })
+	time.Sleep(20 * time.Millisecond) // a fixed wait: room for a refresh beyond the bound to start
 	close(release)
 	for _, r := range <-done {
 		if r.Err != nil {

@@ -275,14 +275,17 @@ func TestWarnsWhenTheDockerSocketHasAnotherOwner(t *testing.T) {
 	})
 }
 
-// waitOutput waits until the agent's output satisfies cond.
+// waitOutput waits until the agent's output satisfies cond; it fails at
+// once if the agent exits.
 func waitOutput(t *testing.T, p *agentProcess, what string, cond func(string) bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond(p.Output.String()) {
-		if time.Now().After(deadline) || !p.Running() {
-			t.Fatalf("waiting for %s; agent output:\n%s", what, p.Output.String())
+	testbed.WaitFor(t, what, 20*time.Second, func() bool {
+		if cond(p.Output.String()) {
+			return true
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		if !p.Running() {
+			t.Fatalf("the agent exited (%v) while waiting for %s", p.Err(), what)
+		}
+		return false
+	})
 }

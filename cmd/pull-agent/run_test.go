@@ -100,10 +100,10 @@ func TestRunNotifiesSystemdAndRereadsOnSIGHUP(t *testing.T) {
 	waitNotify(t, n, "STATUS= with every image warm from A", 30*time.Second, func(m string) bool {
 		return m == "STATUS=2/2 images warm from "+reg.Prefix("notify-a")
 	})
-	time.Sleep(time.Second)
-	if c := n.Count("WATCHDOG=1"); c < 3 {
-		t.Errorf("%d WATCHDOG=1 in 1 s with WATCHDOG_USEC=0.4 s, want one every 0.2 s", c)
-	}
+	// WATCHDOG_USEC=0.4 s: one WATCHDOG=1 every 0.2 s, so three more
+	// within a second.
+	before := n.Count("WATCHDOG=1")
+	testbed.WaitFor(t, "three more WATCHDOG=1", time.Second, func() bool { return n.Count("WATCHDOG=1") >= before+3 })
 
 	// The debounce is a minute: only SIGHUP makes the agent read the file now.
 	if err := os.WriteFile(envFile, []byte(agent.KeyRegistry+"="+reg.Prefix("notify-b")+"\n"+agent.KeyRuntimes+"=codex,hermes\n"), 0o600); err != nil {
@@ -161,7 +161,9 @@ func TestRunSIGTERMDuringPullExitsZero(t *testing.T) {
 	n := listenNotify(t)
 	p := startProcess(t, []string{"NOTIFY_SOCKET=" + n.Path, "DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile)
 	waitNotify(t, n, "STATUS= with a pull in flight", 15*time.Second, func(m string) bool { return strings.Contains(m, "; pulling 1") })
-	time.Sleep(500 * time.Millisecond) // bytes are flowing
+	waitDoc(t, p, "bytes flowing", func(d agent.StateDoc) bool {
+		return len(d.Images) == 1 && d.Images[0].Progress != nil && d.Images[0].Progress.Bytes > 0
+	})
 	took, err := p.terminate(t)
 	if err != nil {
 		t.Fatalf("exit after SIGTERM during a pull: %v\n%s", err, p.Output.String())
@@ -176,16 +178,10 @@ func TestASecondAgentOnTheSameStateDirRefuses(t *testing.T) {
 	b := bed.Get(t)
 	envFile := writeFile(t, agent.KeyRegistry+"="+b.Registry("main").Prefix("lock")+"\n"+agent.KeyRuntimes+"=codex\n")
 	first := startProcess(t, []string{"DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile)
-	n := 0
-	for {
-		if _, err := os.Stat(filepath.Join(first.dir, "status.sock")); err == nil {
-			break
-		}
-		if n++; n > 200 {
-			t.Fatal("the first agent never came up")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testbed.WaitFor(t, "the first agent's status socket", 10*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(first.dir, "status.sock"))
+		return err == nil
+	})
 	second := startProcess(t, []string{"DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile, "--state-dir", filepath.Join(first.dir, "state"))
 	select {
 	case <-second.Done():
