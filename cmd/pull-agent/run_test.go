@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -47,13 +49,21 @@ type agentProcess struct {
 
 func startProcess(t *testing.T, env []string, args ...string) *agentProcess {
 	t.Helper()
+	return startWrapped(t, nil, env, args...)
+}
+
+// startWrapped is startProcess with the agent run by wrapper (a command
+// and its arguments, such as strace); Cmd is then the wrapper's process.
+func startWrapped(t *testing.T, wrapper, env []string, args ...string) *agentProcess {
+	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "pa-run-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	args = append([]string{"--status-socket", filepath.Join(dir, "status.sock"), "--state-dir", filepath.Join(dir, "state")}, args...)
-	cmd := exec.Command(os.Args[0], append([]string{"run"}, args...)...)
+	argv := append(slices.Clone(wrapper), append([]string{os.Args[0], "run"}, args...)...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), append([]string{"PULL_AGENT_TEST_MAIN=1"}, env...)...)
 	proc, err := testbed.StartProcess(cmd)
 	if err != nil {
@@ -127,19 +137,53 @@ func TestRunNotifiesSystemdAndRereadsOnSIGHUP(t *testing.T) {
 	}
 }
 
+// Without NOTIFY_SOCKET (run by hand, or under a service manager that is
+// not told to listen) the agent opens no datagram socket at all, so no
+// sd_notify message leaves it, logs no failed attempt, and runs: through
+// READY=1, STATUS= after a failed pull, and STOPPING=1 on SIGTERM, which
+// is where the messages would have gone. strace sees every socket the
+// agent creates.
 func TestRunWithoutNotifySocketSendsNothingAndRuns(t *testing.T) {
 	b := bed.Get(t)
+	if _, err := exec.LookPath("strace"); err != nil {
+		testbed.SkipOrFail(t, fmt.Errorf("strace not found: run 'make deps' (apt-get install strace): %w", err))
+	}
+	trace := filepath.Join(t.TempDir(), "strace.out")
 	envFile := writeFile(t, agent.KeyRegistry+"="+b.Registry("main").Prefix("nowhere")+"\n"+agent.KeyRuntimes+"=codex\n")
-	env := []string{"DOCKER_HOST=" + b.DockerHost}
-	p := startProcess(t, env, "--env-file", envFile)
-	time.Sleep(1500 * time.Millisecond)
+	// Empty is unset for sd_notify, whatever the test process inherited.
+	env := []string{"DOCKER_HOST=" + b.DockerHost, "NOTIFY_SOCKET="}
+	p := startWrapped(t, []string{"strace", "-f", "-qq", "-e", "trace=socket", "-o", trace}, env, "--env-file", envFile)
+	doc := waitDoc(t, p, "the pull of a missing image to fail", func(d agent.StateDoc) bool {
+		return len(d.Images) == 1 && d.Images[0].LastError != ""
+	})
+	if !p.Running() {
+		t.Fatalf("the agent exited: %v", p.Err())
+	}
+	if err := syscall.Kill(doc.Agent.PID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case <-p.Done():
-		t.Fatalf("the agent exited without NOTIFY_SOCKET: %v\n%s", p.Err(), p.Output.String())
-	default:
+		if p.Err() != nil {
+			t.Fatalf("exit after SIGTERM: %v", p.Err())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the agent did not exit within 20 s of SIGTERM")
 	}
-	if _, err := p.terminate(t); err != nil {
-		t.Fatalf("exit: %v", err)
+	data, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), "socket(AF_UNIX, SOCK_STREAM") {
+		t.Fatalf("the trace lacks the status socket: strace did not see the agent's sockets:\n%s", data)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.Contains(line, "socket(AF_UNIX, SOCK_DGRAM") {
+			t.Errorf("the agent opened a datagram socket, as sd_notify does: %s", line)
+		}
+	}
+	if out := p.Output.String(); !strings.Contains(out, `msg="agent started"`) || strings.Contains(out, "sd_notify") {
+		t.Errorf("want the agent started and no sd_notify attempt in its log:\n%s", out)
 	}
 }
 
