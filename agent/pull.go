@@ -247,6 +247,10 @@ func (p *Puller) PullAll(ctx context.Context, images []Image, obs Observer) []Pu
 			fresh = append(fresh, i)
 		}
 	}
+	notStarted := func(i int) {
+		results[i] = PullResult{Image: images[i], Started: p.opts.Now(), Err: &PullError{Class: ClassCanceled, Err: fmt.Errorf("pull of %s not started: %w", images[i].Ref, ctx.Err())}}
+		obs.PullFinished(results[i])
+	}
 	var wg sync.WaitGroup
 	for _, q := range []struct {
 		idx     []int
@@ -258,6 +262,12 @@ func (p *Puller) PullAll(ctx context.Context, images []Image, obs Observer) []Pu
 			go func() {
 				defer wg.Done()
 				for i := range next {
+					// The hand-over can win the race against a
+					// cancellation already made: start nothing then.
+					if ctx.Err() != nil {
+						notStarted(i)
+						continue
+					}
 					results[i] = p.Pull(ctx, images[i], obs)
 				}
 			}()
@@ -271,8 +281,7 @@ func (p *Puller) PullAll(ctx context.Context, images []Image, obs Observer) []Pu
 				select {
 				case next <- i:
 				case <-ctx.Done():
-					results[i] = PullResult{Image: images[i], Started: p.opts.Now(), Err: &PullError{Class: ClassCanceled, Err: fmt.Errorf("pull of %s not started: %w", images[i].Ref, ctx.Err())}}
-					obs.PullFinished(results[i])
+					notStarted(i)
 				}
 			}
 		}()

@@ -280,17 +280,33 @@ func TestPullConcurrencyIsBoundedAndFailuresIsolated(t *testing.T) {
 	}
 }
 
+// Once the caller cancels, no further pull reaches the daemon: the first
+// (in flight) ends canceled, the other eight are canceled without starting.
 func TestPullCanceledBeforeStart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	e := goodEngine()
+	// Nothing held: every image is a download, one worker at a time.
+	e.inspect = func(context.Context, string) (ImageInfo, error) { return ImageInfo{}, ErrImageNotFound }
+	var mu sync.Mutex
+	var started []string
 	e.pull = func(ctx context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
+		mu.Lock()
+		started = append(started, ref)
+		mu.Unlock()
 		cancel()
 		<-ctx.Done()
 		return nil, ctx.Err()
 	}
-	res := newTestPuller(t, e, auth.Options{}, PullerOptions{Concurrency: 1}).PullAll(ctx, testImages(t, "ghcr.io/x"), nil)
-	for _, r := range res {
-		if ClassOf(r.Err) != ClassCanceled {
+	imgs := testImages(t, "ghcr.io/x")
+	res := newTestPuller(t, e, auth.Options{}, PullerOptions{Concurrency: 1}).PullAll(ctx, imgs, nil)
+	if len(started) != 1 || started[0] != imgs[0].Ref {
+		t.Errorf("pulls started: %q; want only %s, the one in flight when the caller cancelled", started, imgs[0].Ref)
+	}
+	if len(res) != len(imgs) {
+		t.Fatalf("%d results for %d images", len(res), len(imgs))
+	}
+	for i, r := range res {
+		if ClassOf(r.Err) != ClassCanceled || (i > 0) != strings.Contains(r.Err.Error(), "not started") {
 			t.Errorf("%s: %v (%s)", r.Image.Runtime, r.Err, ClassOf(r.Err))
 		}
 	}
