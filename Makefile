@@ -26,6 +26,7 @@ deps:
 ## unit: the fast tier for the inner loop: every test that needs no root,
 ## no dockerd and no network, with -race (go test -short: integration
 ## tests skip, CI or not); under a minute, as any user
+## (scripts/unit-as-nobody.sh, run as root, runs it as nobody without dockerd)
 unit:
 	AWS_EC2_METADATA_DISABLED=true $(GO) test -short -race -count=1 -timeout 5m ./...
 
