@@ -8,7 +8,7 @@ TESTBED_DIR ?= /tmp/pull-agent-testbed
 # (golang/go#75804, fixed in Go 1.27). 3000 executions take a few seconds.
 FUZZTIME  ?= 3000x
 
-.PHONY: all build testbedctl deps lint test fuzz chaos soak bench demo testbed-up testbed-down clean
+.PHONY: all build testbedctl deps lint unit test fuzz chaos soak bench demo testbed-up testbed-down clean
 
 all: build
 
@@ -23,8 +23,13 @@ testbedctl:
 deps:
 	scripts/deps.sh
 
-## test: everything CI runs: vet, unit and integration tests (real dockerd
-## and registries), a short run of every fuzz target, a static build check
+## unit: the fast tier for the inner loop: every test that needs no root,
+## no dockerd and no network, with -race (go test -short: integration
+## tests skip, CI or not); under a minute, as any user
+## (scripts/unit-as-nobody.sh, run as root, runs it as nobody without dockerd)
+unit:
+	AWS_EC2_METADATA_DISABLED=true $(GO) test -short -race -count=1 -timeout 5m ./...
+
 ## lint: shellcheck the scripts, systemd-analyze verify the unit
 lint: build
 	shellcheck install.sh scripts/*.sh .ci/run
@@ -34,6 +39,8 @@ lint: build
 	if [ $$rc -ne 0 ] || [ -n "$$out" ]; then echo "$$out" >&2; exit 1; fi; echo "systemd-analyze verify: clean"
 	systemd-analyze security --offline=yes systemd/pull-agent.service | tail -1
 
+## test: everything CI runs: vet, unit and integration tests (real dockerd
+## and registries), a short run of every fuzz target, a static build check
 test: deps build lint
 	@if ldd bin/pull-agent >/dev/null 2>&1; then echo "bin/pull-agent is not static" >&2; exit 1; fi
 	bin/pull-agent version

@@ -92,20 +92,20 @@ func startAgent(t *testing.T, dockerHost, envFile string, env map[string]string,
 	return &running{a: a, logs: logs, envFile: envFile, stop: stop}
 }
 
-// alive fails the test if Run has returned.
+// waitFor returns the first snapshot that satisfies cond; on a timeout
+// the test fails with the last snapshot seen.
 func (r *running) waitFor(t *testing.T, what string, timeout time.Duration, cond func(agent.Snapshot) bool) agent.Snapshot {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		s := r.a.Snapshot()
-		if cond(s) {
-			return s
+	var s agent.Snapshot
+	ok := false
+	defer func() {
+		if !ok {
+			t.Logf("last snapshot: %s", describe(s))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; snapshot: %s", timeout, what, describe(s))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	}()
+	testbed.WaitFor(t, what, timeout, func() bool { s = r.a.Snapshot(); return cond(s) })
+	ok = true
+	return s
 }
 
 func describe(s agent.Snapshot) string {
@@ -294,7 +294,7 @@ func TestAgentReloadReadsAtOnce(t *testing.T) {
 	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: "codex"}, func(o *agent.Options) { o.Debounce = time.Minute })
 	r.waitFor(t, "warm on A", 30*time.Second, warmOn(f.reg.Prefix(f.ns), seedA))
 	writeEnv(t, path, f.reg.Prefix(f.ns+"-b"))
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond) // a fixed wait: the check is that nothing happens in it
 	if p := r.a.Snapshot().Config.Prefix; p != f.reg.Prefix(f.ns) {
 		t.Fatalf("prefix changed to %s before Reload: the debounce is not what this test assumes", p)
 	}
@@ -377,9 +377,7 @@ func TestAgentConvergesAfterRegistryRestart(t *testing.T) {
 }
 
 func TestAgentSurvivesDockerRestartAndAbsence(t *testing.T) {
-	if err := testbed.Available(); err != nil {
-		testbed.SkipOrFail(t, err)
-	}
+	testbed.Require(t)
 	f := newFixture(t) // for the registry
 	own, err := testbed.Start(ctxT(t), testbed.Options{Logf: t.Logf})
 	must(t, err)
@@ -393,7 +391,10 @@ func TestAgentSurvivesDockerRestartAndAbsence(t *testing.T) {
 	// Docker absent at start: not fatal.
 	must(t, own.StopDockerd())
 	r := startAgent(t, own.DockerHost, path, map[string]string{agent.KeyRuntimes: strings.Join(rts, ",")}, nil)
-	time.Sleep(time.Second)
+	testbed.WaitFor(t, "the agent to find Docker unreachable and start anyway", 10*time.Second, func() bool {
+		logs := r.logs.String()
+		return strings.Contains(logs, `msg="docker daemon unreachable"`) && strings.Contains(logs, `msg="agent started"`)
+	})
 	if s := r.a.Snapshot(); s.DaemonUp || s.Warm() != 0 {
 		t.Fatalf("with Docker down: %s", describe(s))
 	}
@@ -471,7 +472,7 @@ func TestAgentRateLimitBacksOffThatHostOnly(t *testing.T) {
 	if hits == 0 {
 		t.Fatal("the limited host saw no manifest request")
 	}
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // a fixed wait: the check is that no request arrives in it
 	if got := manifestHits(); got != hits {
 		t.Fatalf("%d manifest requests reached the rate-limited host during its cooldown", got-hits)
 	}
@@ -645,13 +646,7 @@ func TestAgentAliasFollowsTheImage(t *testing.T) {
 	moved, err := f.bed.Push(ctxT(t), regB, f.ns, "langgraph", testbed.SeedOptions{})
 	must(t, err)
 	s = r.waitFor(t, "the moved tag pulled", 20*time.Second, func(s agent.Snapshot) bool { return statusOf(s, "langgraph").Digest == moved.Digest })
-	deadline := time.Now().Add(5 * time.Second)
-	for aliasID() != statusOf(s, "langgraph").ImageID {
-		if time.Now().After(deadline) {
-			t.Fatalf("the alias did not follow the moved tag")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testbed.WaitFor(t, "the alias to follow the moved tag", 5*time.Second, func() bool { return aliasID() == statusOf(s, "langgraph").ImageID })
 }
 
 func TestAgentPrunesThePreviousPrefix(t *testing.T) {
@@ -679,13 +674,7 @@ func TestAgentPrunesThePreviousPrefix(t *testing.T) {
 	must(t, err)
 	writeEnv(t, path, prefixB)
 	r.waitFor(t, "warm on B", 20*time.Second, warmOn(prefixB, seedB))
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(r.logs.String(), "previous prefix pruned") {
-		if time.Now().After(deadline) {
-			t.Fatal("no prune happened")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testbed.WaitFor(t, "the previous prefix pruned", 10*time.Second, func() bool { return strings.Contains(r.logs.String(), "previous prefix pruned") })
 	present := func(ref string) bool {
 		_, err := f.engine.ImageInspect(ctxT(t), ref)
 		return err == nil
@@ -712,9 +701,7 @@ func TestAgentPrunesThePreviousPrefix(t *testing.T) {
 }
 
 func TestDiskGuardRefusesWhatCannotFit(t *testing.T) {
-	if err := testbed.Available(); err != nil {
-		testbed.SkipOrFail(t, err)
-	}
+	testbed.Require(t)
 	f := newFixture(t) // registry
 	small, err := testbed.Start(ctxT(t), testbed.Options{Logf: t.Logf, DataRootSize: "64m"})
 	must(t, err)

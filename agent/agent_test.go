@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/molecule-ai/pull-agent/auth"
+	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
 func TestBackoffIsFullJitterUnderADoublingCap(t *testing.T) {
@@ -174,7 +175,9 @@ func TestSnapshotWhileRunStarts(t *testing.T) {
 		}
 		done := make(chan error, 1)
 		go func() { done <- a.Run(ctx) }()
-		time.Sleep(5 * time.Millisecond)
+		// Readers spin through all of Run's setup: it ends with the first
+		// refresh scheduled.
+		testbed.WaitFor(t, "Run to schedule the first refresh", 10*time.Second, func() bool { return !a.Snapshot().NextRefresh.IsZero() })
 		cancel()
 		readers.Wait()
 		if err := <-done; err != nil {

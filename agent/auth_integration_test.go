@@ -244,9 +244,7 @@ func TestAuthScopingSeenAtTheRegistry(t *testing.T) {
 // only the test daemon resolves (private /etc/hosts), a fake ECR API
 // reached through AWS_ENDPOINT_URL_ECR, a registry that wants AWS:<token>.
 func TestAuthECREndToEnd(t *testing.T) {
-	if err := testbed.Available(); err != nil {
-		testbed.SkipOrFail(t, err)
-	}
+	testbed.Require(t)
 	const ecrHost = "123456789012.dkr.ecr.us-east-2.amazonaws.com"
 	own, err := testbed.Start(ctxT(t), testbed.Options{Logf: t.Logf, Hosts: map[string]string{ecrHost: "127.0.0.1"}})
 	must(t, err)
@@ -255,7 +253,8 @@ func TestAuthECREndToEnd(t *testing.T) {
 	must(t, err)
 	seed, err := own.Seed(ctxT(t), reg, "molecule-ai", []string{"codex", "hermes"}, testbed.SeedOptions{Username: "AWS", Password: "ecr-token-s3cret"})
 	must(t, err)
-	api, err := testbed.NewFakeECR(ecrHost, "ecr-token-s3cret", 4*time.Second)
+	const life = 4 * time.Second
+	api, err := testbed.NewFakeECR(ecrHost, "ecr-token-s3cret", life)
 	must(t, err)
 	t.Cleanup(func() { api.Close() })
 	t.Setenv("AWS_ENDPOINT_URL_ECR", api.URL)
@@ -277,21 +276,23 @@ func TestAuthECREndToEnd(t *testing.T) {
 		if r.Err != nil || r.Digest != seed[r.Image.Runtime].Digest {
 			t.Fatalf("%s: %v", r.Image.Runtime, r.Err)
 		}
-		if !strings.HasPrefix(string(r.Source), "ecr-login (AWS environment keys; token expires ") {
-			t.Errorf("source %q", r.Source)
+		if !strings.HasPrefix(string(r.Source), "ecr-login (AWS environment keys; token expires ") || r.CredentialsExpire.IsZero() {
+			t.Fatalf("source %q, expiry %s", r.Source, r.CredentialsExpire)
 		}
 	}
 	if api.Calls() != 1 {
 		t.Errorf("%d ECR API calls for two pulls, want 1 (cached)", api.Calls())
 	}
-	// Past half the token's life: a new token before the next pull.
-	time.Sleep(2400 * time.Millisecond)
-	if rs := pullOne(t, engine, prefix, []string{"codex"}, opts, logs); rs[0].Err != nil || api.Calls() != 2 {
-		t.Fatalf("after half the token's life: %v, %d API calls", rs[0].Err, api.Calls())
+	// Past half the token's life (ecr-login reads the real clock): a new
+	// token before the next pull.
+	time.Sleep(time.Until(rs[0].CredentialsExpire.Add(-life/2 + 400*time.Millisecond)))
+	renewed := pullOne(t, engine, prefix, []string{"codex"}, opts, logs)
+	if renewed[0].Err != nil || api.Calls() != 2 {
+		t.Fatalf("after half the token's life: %v, %d API calls", renewed[0].Err, api.Calls())
 	}
 	// The API fails and the cached token expires: an auth failure with the cause logged.
 	api.Fail(500, "ServerException")
-	time.Sleep(4600 * time.Millisecond)
+	time.Sleep(time.Until(renewed[0].CredentialsExpire.Add(400 * time.Millisecond)))
 	rs = pullOne(t, engine, prefix, []string{"codex"}, opts, logs)
 	if agent.ClassOf(rs[0].Err) != agent.ClassAuth || !strings.Contains(rs[0].Err.Error(), "expired at") {
 		t.Fatalf("expired token: %v (%s)", rs[0].Err, agent.ClassOf(rs[0].Err))
@@ -306,9 +307,7 @@ func TestAuthECREndToEnd(t *testing.T) {
 // where a registry answers on 127.0.0.1:80 and /etc/hosts says ghcr.io is
 // 127.0.0.1.
 func TestAuthGHCRUnderItsRealName(t *testing.T) {
-	if err := testbed.Available(); err != nil {
-		testbed.SkipOrFail(t, err)
-	}
+	testbed.Require(t)
 	f := newFixture(t)
 	plain, err := f.bed.StartRegistry(ctxT(t), "ghcr-seed", testbed.RegistryOptions{})
 	must(t, err)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
 func envOf(m map[string]string) func(string) string {
@@ -135,33 +137,34 @@ func TestConfigRefusals(t *testing.T) {
 	tests := []struct {
 		name string
 		env  map[string]string
+		key  string // the key the *ConfigError names; "" for a pair (one of them a secret: no value quoted)
 		want string // in the error
 	}{
-		{"scheme", map[string]string{KeyRegistry: "https://ghcr.io/molecule-ai"}, "no URL scheme"},
-		{"whitespace", map[string]string{KeyRegistry: "ghcr.io/molecule-ai # old"}, "contains white space"},
-		{"upper case", map[string]string{KeyRegistry: "ghcr.io/Molecule-AI"}, "upper-case"},
-		{"tag inside prefix", map[string]string{KeyRegistry: "ghcr.io/molecule-ai:v1"}, "cannot carry a tag"},
-		{"tag on bare host", map[string]string{KeyRegistry: "molecule:latest"}, "cannot carry a tag"},
-		{"digest inside prefix", map[string]string{KeyRegistry: "ghcr.io/molecule-ai@" + pin}, "contains a digest"},
-		{"empty segment", map[string]string{KeyRegistry: "ghcr.io//molecule-ai"}, "empty path segment"},
-		{"leading slash", map[string]string{KeyRegistry: "/molecule-ai"}, "empty path segment"},
-		{"only slashes", map[string]string{KeyRegistry: "///"}, "only slashes"},
-		{"invalid characters", map[string]string{KeyRegistry: "ghcr.io/molecule_-ai"}, "does not form a valid image name"},
-		{"bad runtime name", map[string]string{KeyRuntimes: "codex,Claude"}, `runtime "Claude" is not a valid name`},
-		{"runtime with underscore", map[string]string{KeyRuntimes: "my_rt"}, `runtime "my_rt" is not a valid name`},
-		{"runtime ending in dash", map[string]string{KeyRuntimes: "codex-"}, `runtime "codex-" is not a valid name`},
-		{"runtimes only commas", map[string]string{KeyRuntimes: ", ,"}, "names no runtime"},
-		{"pin for runtime not in list", map[string]string{KeyRuntimes: "codex", KeyPins: "hermes=" + pin}, `pin for runtime "hermes", which is not in the runtime list`},
-		{"pin malformed digest", map[string]string{KeyPins: "codex=sha256:abc"}, "not a digest of the form sha256"},
-		{"pin upper-case hex", map[string]string{KeyPins: "codex=sha256:" + strings.Repeat("A", 64)}, "not a digest of the form sha256"},
-		{"pin other algorithm", map[string]string{KeyPins: "codex=sha512:" + strings.Repeat("a", 128)}, "not a digest of the form sha256"},
-		{"pin without runtime", map[string]string{KeyPins: pin}, "is not runtime=sha256"},
-		{"pin twice", map[string]string{KeyPins: "codex=" + pin + ",codex=" + pin}, "pinned twice"},
-		{"platform without arch", map[string]string{KeyPlatform: "linux"}, "os/arch"},
-		{"platform unknown os", map[string]string{KeyPlatform: "plan10/amd64"}, `unknown operating system "plan10"`},
-		{"platform unknown arch", map[string]string{KeyPlatform: "linux/banana"}, `unknown architecture "banana"`},
-		{"platform garbage", map[string]string{KeyPlatform: "linux/amd64/v1/x"}, "os/arch"},
-		{"ghcr user without token", map[string]string{KeyGHCRUser: "bot"}, "must be set together"},
+		{"scheme", map[string]string{KeyRegistry: "https://ghcr.io/molecule-ai"}, KeyRegistry, "no URL scheme"},
+		{"whitespace", map[string]string{KeyRegistry: "ghcr.io/molecule-ai # old"}, KeyRegistry, "contains white space"},
+		{"upper case", map[string]string{KeyRegistry: "ghcr.io/Molecule-AI"}, KeyRegistry, "upper-case"},
+		{"tag inside prefix", map[string]string{KeyRegistry: "ghcr.io/molecule-ai:v1"}, KeyRegistry, "cannot carry a tag"},
+		{"tag on bare host", map[string]string{KeyRegistry: "molecule:latest"}, KeyRegistry, "cannot carry a tag"},
+		{"digest inside prefix", map[string]string{KeyRegistry: "ghcr.io/molecule-ai@" + pin}, KeyRegistry, "contains a digest"},
+		{"empty segment", map[string]string{KeyRegistry: "ghcr.io//molecule-ai"}, KeyRegistry, "empty path segment"},
+		{"leading slash", map[string]string{KeyRegistry: "/molecule-ai"}, KeyRegistry, "empty path segment"},
+		{"only slashes", map[string]string{KeyRegistry: "///"}, KeyRegistry, "only slashes"},
+		{"invalid characters", map[string]string{KeyRegistry: "ghcr.io/molecule_-ai"}, KeyRegistry, "does not form a valid image name"},
+		{"bad runtime name", map[string]string{KeyRuntimes: "codex,Claude"}, KeyRuntimes, `runtime "Claude" is not a valid name`},
+		{"runtime with underscore", map[string]string{KeyRuntimes: "my_rt"}, KeyRuntimes, `runtime "my_rt" is not a valid name`},
+		{"runtime ending in dash", map[string]string{KeyRuntimes: "codex-"}, KeyRuntimes, `runtime "codex-" is not a valid name`},
+		{"runtimes only commas", map[string]string{KeyRuntimes: ", ,"}, KeyRuntimes, "names no runtime"},
+		{"pin for runtime not in list", map[string]string{KeyRuntimes: "codex", KeyPins: "hermes=" + pin}, KeyPins, `pin for runtime "hermes", which is not in the runtime list`},
+		{"pin malformed digest", map[string]string{KeyPins: "codex=sha256:abc"}, KeyPins, "not a digest of the form sha256"},
+		{"pin upper-case hex", map[string]string{KeyPins: "codex=sha256:" + strings.Repeat("A", 64)}, KeyPins, "not a digest of the form sha256"},
+		{"pin other algorithm", map[string]string{KeyPins: "codex=sha512:" + strings.Repeat("a", 128)}, KeyPins, "not a digest of the form sha256"},
+		{"pin without runtime", map[string]string{KeyPins: pin}, KeyPins, "is not runtime=sha256"},
+		{"pin twice", map[string]string{KeyPins: "codex=" + pin + ",codex=" + pin}, KeyPins, "pinned twice"},
+		{"platform without arch", map[string]string{KeyPlatform: "linux"}, KeyPlatform, "os/arch"},
+		{"platform unknown os", map[string]string{KeyPlatform: "plan10/amd64"}, KeyPlatform, `unknown operating system "plan10"`},
+		{"platform unknown arch", map[string]string{KeyPlatform: "linux/banana"}, KeyPlatform, `unknown architecture "banana"`},
+		{"platform garbage", map[string]string{KeyPlatform: "linux/amd64/v1/x"}, KeyPlatform, "os/arch"},
+		{"ghcr user without token", map[string]string{KeyGHCRUser: "bot"}, "", "must be set together"},
 	}
 	seen := map[string]string{}
 	for _, tt := range tests {
@@ -174,13 +177,17 @@ func TestConfigRefusals(t *testing.T) {
 				t.Fatalf("error %q does not say %q", err, tt.want)
 			}
 			var ce *ConfigError
-			if errors.As(err, &ce) {
-				if !strings.Contains(err.Error(), ce.Key+"=") {
-					t.Errorf("error does not name the key: %v", err)
+			switch {
+			case tt.key == "":
+				if errors.As(err, &ce) {
+					t.Fatalf("a pair with a secret refused as one key's value: %v", err)
 				}
-				if !strings.Contains(err.Error(), ce.Value) {
-					t.Errorf("error does not quote the value: %v", err)
-				}
+			case !errors.As(err, &ce) || ce.Key != tt.key:
+				t.Fatalf("error %v is not a *ConfigError for %s", err, tt.key)
+			case !strings.Contains(err.Error(), ce.Key+"="):
+				t.Errorf("error does not name the key: %v", err)
+			case !strings.Contains(err.Error(), ce.Value):
+				t.Errorf("error does not quote the value: %v", err)
 			}
 			if prev, dup := seen[err.Error()]; dup {
 				t.Errorf("same message as case %q: each refusal needs its own", prev)
@@ -337,6 +344,7 @@ func TestErrorsDoNotRepeatHugeValues(t *testing.T) {
 }
 
 func TestWarnEnvFileMode(t *testing.T) {
+	testbed.RequireRoot(t, "chown of the env file to another user")
 	token := []EnvVar{{Key: KeyGHCRToken, Value: "t"}}
 	tests := []struct {
 		name     string
@@ -354,12 +362,6 @@ func TestWarnEnvFileMode(t *testing.T) {
 		{"world-writable directory", 0o600, 0o777, 0, nil, []string{"directory is writable by group or others"}},
 		{"sticky world-writable directory", 0o600, 0o777 | os.ModeSticky, 0, nil, nil},
 		{"everything wrong", 0o666, 0o775, 65534, token, []string{"readable by group", "writable by group", "owned by another", "directory is writable"}},
-	}
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("this test chowns files: run it as root (CI does)")
-		}
-		t.Skip("chown needs root; with CI set this is a failure")
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

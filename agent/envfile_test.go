@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 )
@@ -66,10 +67,12 @@ func TestParseEnvFileLineNumbers(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]int{"A": 3, "B": 4, "C": 6, "D": 8}
+	got := map[string]int{}
 	for _, v := range vars {
-		if want[v.Key] != v.Line {
-			t.Errorf("%s on line %d, want %d", v.Key, v.Line, want[v.Key])
-		}
+		got[v.Key] = v.Line
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("lines %v, want %v", got, want)
 	}
 }
 

@@ -1,6 +1,8 @@
 package auth
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"os/exec"
@@ -8,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/docker/docker-credential-helpers/client"
+	"github.com/docker/docker-credential-helpers/credentials"
 )
 
 // cannedHelper is a helper program that answers with fixed output.
@@ -52,6 +55,20 @@ func FuzzHelperOutput(f *testing.F) {
 		}
 		if fail {
 			t.Fatalf("a failing helper yielded credentials %+v", c)
+		}
+		// What the helper answered is what is kept: its user and secret,
+		// or the secret as an identity token for the user "<token>".
+		var answer credentials.Credentials
+		if err := json.NewDecoder(bytes.NewReader(out)).Decode(&answer); err != nil {
+			t.Fatalf("credentials %+v from output that does not decode: %v", c, err)
+		}
+		want := Credentials{Username: answer.Username, Password: NewSecret(answer.Secret)}
+		if answer.Username == "<token>" {
+			want = Credentials{IdentityToken: NewSecret(answer.Secret)}
+		}
+		if c.Username != want.Username || c.Password.Reveal() != want.Password.Reveal() || c.IdentityToken.Reveal() != want.IdentityToken.Reveal() {
+			t.Fatalf("helper answered user %q, secret of %d bytes; kept %q, password of %d bytes, identity token of %d bytes",
+				answer.Username, len(answer.Secret), c.Username, len(c.Password.Reveal()), len(c.IdentityToken.Reveal()))
 		}
 	})
 }

@@ -269,7 +269,8 @@ func awsEnv(t *testing.T, endpoint string) {
 
 func TestECRTokensCachedRefreshedAndExpired(t *testing.T) {
 	const host = "123456789012.dkr.ecr.us-east-2.amazonaws.com"
-	api, err := testbed.NewFakeECR(host, "ecr-pass-s3cret", 3*time.Second)
+	const life = 3 * time.Second
+	api, err := testbed.NewFakeECR(host, "ecr-pass-s3cret", life)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,12 +295,17 @@ func TestECRTokensCachedRefreshedAndExpired(t *testing.T) {
 	if _, err := s.Select(ctx, host); err != nil || api.Calls() != 1 {
 		t.Fatalf("a fresh token must come from the cache: %v, %d API calls", err, api.Calls())
 	}
-	time.Sleep(1800 * time.Millisecond) // past half the token's life
-	if _, err := s.Select(ctx, host); err != nil || api.Calls() != 2 {
+	// ecr-login renews a token once half its life has passed, and reads
+	// the real clock: wait for that instant, then for the renewed token's
+	// expiry.
+	time.Sleep(time.Until(sel.Expires.Add(-life/2 + 300*time.Millisecond)))
+	renewed, err := s.Select(ctx, host)
+	if err != nil || api.Calls() != 2 {
 		t.Fatalf("a token past half its life must be renewed: %v, %d API calls", err, api.Calls())
 	}
 	api.Fail(500, "ServerException")
-	time.Sleep(3600 * time.Millisecond) // the cached token is now expired
+	t.Setenv("AWS_MAX_ATTEMPTS", "1") // the SDK's own retries of the 500 would only slow this down
+	time.Sleep(time.Until(renewed.Expires.Add(300 * time.Millisecond)))
 	_, err = s.Select(ctx, host)
 	if err == nil || !strings.Contains(err.Error(), "expired at") {
 		t.Fatalf("an expired cached token was offered: %v", err)

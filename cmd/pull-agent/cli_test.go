@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -31,9 +32,18 @@ func TestMain(m *testing.M) {
 	os.Exit(bed.Main(m))
 }
 
-// runCLI runs the program and returns its exit code and output.
+// runCLI runs the program and returns its exit code and output. Unless env
+// names a Docker config directory (DOCKER_CONFIG or HOME), it gets an empty
+// one: the machine's own (/root/.docker) is never read.
 func runCLI(t *testing.T, env map[string]string, args ...string) (int, string, string) {
 	t.Helper()
+	if env["DOCKER_CONFIG"] == "" && env["HOME"] == "" {
+		env = maps.Clone(env)
+		if env == nil {
+			env = map[string]string{}
+		}
+		env["DOCKER_CONFIG"] = t.TempDir()
+	}
 	var out, errb bytes.Buffer
 	err := run(context.Background(), args, func(k string) string { return env[k] }, &out, &errb)
 	code := 0

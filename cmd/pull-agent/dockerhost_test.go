@@ -76,9 +76,7 @@ func TestCommandsRefuseACleartextDockerHost(t *testing.T) {
 // hermes.
 func startTLSBed(t *testing.T) (*testbed.Bed, *testbed.Registry) {
 	t.Helper()
-	if err := testbed.Available(); err != nil {
-		testbed.SkipOrFail(t, err)
-	}
+	testbed.Require(t)
 	ctx := context.Background()
 	b, err := testbed.Start(ctx, testbed.Options{Logf: t.Logf, TLS: true})
 	if err != nil {
@@ -210,9 +208,7 @@ func TestPullThroughADaemonThatWantsTLS(t *testing.T) {
 // and fails everything else, owned by uid:gid.
 func fakeDaemonSocket(t *testing.T, uid, gid int) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		testbed.SkipOrFail(t, errors.New("giving a socket to another user needs root"))
-	}
+	testbed.RequireRoot(t, "giving a socket to another user")
 	dir, err := os.MkdirTemp("/tmp", "pa-sock-") // short: socket paths are limited
 	if err != nil {
 		t.Fatal(err)
@@ -279,14 +275,17 @@ func TestWarnsWhenTheDockerSocketHasAnotherOwner(t *testing.T) {
 	})
 }
 
-// waitOutput waits until the agent's output satisfies cond.
+// waitOutput waits until the agent's output satisfies cond; it fails at
+// once if the agent exits.
 func waitOutput(t *testing.T, p *agentProcess, what string, cond func(string) bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond(p.Output.String()) {
-		if time.Now().After(deadline) || !p.Running() {
-			t.Fatalf("waiting for %s; agent output:\n%s", what, p.Output.String())
+	testbed.WaitFor(t, what, 20*time.Second, func() bool {
+		if cond(p.Output.String()) {
+			return true
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		if !p.Running() {
+			t.Fatalf("the agent exited (%v) while waiting for %s", p.Err(), what)
+		}
+		return false
+	})
 }

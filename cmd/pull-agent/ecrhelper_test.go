@@ -22,9 +22,7 @@ import (
 // answers over TLS with a certificate the helper trusts via AWS_CA_BUNDLE.
 // The test daemon resolves the ECR-shaped registry name the same way.
 func TestPullWithDebiansECRCredentialHelper(t *testing.T) {
-	if err := testbed.Available(); err != nil {
-		testbed.SkipOrFail(t, err)
-	}
+	testbed.Require(t)
 	if _, err := exec.LookPath("docker-credential-ecr-login"); err != nil {
 		testbed.SkipOrFail(t, fmt.Errorf("docker-credential-ecr-login not installed (make deps installs amazon-ecr-credential-helper): %w", err))
 	}

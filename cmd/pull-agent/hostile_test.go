@@ -94,17 +94,9 @@ func TestHostileRegistryTextReachesNoTerminal(t *testing.T) {
 	record("pull on a terminal", code, out, errOut)
 
 	p := startProcess(t, env, "--env-file", envFile)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		doc, err := statusJSON(t, p)
-		if err == nil && len(doc.Images) == len(rts) && doc.Images[0].LastError != "" && doc.Images[1].LastError != "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent never recorded the registry's refusal: %+v %v", doc, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitDoc(t, p, "the agent to record the registry's refusal", func(doc agent.StateDoc) bool {
+		return len(doc.Images) == len(rts) && doc.Images[0].LastError != "" && doc.Images[1].LastError != ""
+	})
 	statusArgs := []string{"status", "--status-socket", filepath.Join(p.dir, "status.sock"), "--state-dir", filepath.Join(p.dir, "state")}
 	code, out, errOut = runCommand(t, env, false, statusArgs...)
 	record("status", code, out, errOut)

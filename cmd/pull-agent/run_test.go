@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -47,13 +49,21 @@ type agentProcess struct {
 
 func startProcess(t *testing.T, env []string, args ...string) *agentProcess {
 	t.Helper()
+	return startWrapped(t, nil, env, args...)
+}
+
+// startWrapped is startProcess with the agent run by wrapper (a command
+// and its arguments, such as strace); Cmd is then the wrapper's process.
+func startWrapped(t *testing.T, wrapper, env []string, args ...string) *agentProcess {
+	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "pa-run-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	args = append([]string{"--status-socket", filepath.Join(dir, "status.sock"), "--state-dir", filepath.Join(dir, "state")}, args...)
-	cmd := exec.Command(os.Args[0], append([]string{"run"}, args...)...)
+	argv := append(slices.Clone(wrapper), append([]string{os.Args[0], "run"}, args...)...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), append([]string{"PULL_AGENT_TEST_MAIN=1"}, env...)...)
 	proc, err := testbed.StartProcess(cmd)
 	if err != nil {
@@ -100,10 +110,10 @@ func TestRunNotifiesSystemdAndRereadsOnSIGHUP(t *testing.T) {
 	waitNotify(t, n, "STATUS= with every image warm from A", 30*time.Second, func(m string) bool {
 		return m == "STATUS=2/2 images warm from "+reg.Prefix("notify-a")
 	})
-	time.Sleep(time.Second)
-	if c := n.Count("WATCHDOG=1"); c < 3 {
-		t.Errorf("%d WATCHDOG=1 in 1 s with WATCHDOG_USEC=0.4 s, want one every 0.2 s", c)
-	}
+	// WATCHDOG_USEC=0.4 s: one WATCHDOG=1 every 0.2 s, so three more
+	// within a second.
+	before := n.Count("WATCHDOG=1")
+	testbed.WaitFor(t, "three more WATCHDOG=1", time.Second, func() bool { return n.Count("WATCHDOG=1") >= before+3 })
 
 	// The debounce is a minute: only SIGHUP makes the agent read the file now.
 	if err := os.WriteFile(envFile, []byte(agent.KeyRegistry+"="+reg.Prefix("notify-b")+"\n"+agent.KeyRuntimes+"=codex,hermes\n"), 0o600); err != nil {
@@ -127,19 +137,53 @@ func TestRunNotifiesSystemdAndRereadsOnSIGHUP(t *testing.T) {
 	}
 }
 
+// Without NOTIFY_SOCKET (run by hand, or under a service manager that is
+// not told to listen) the agent opens no datagram socket at all, so no
+// sd_notify message leaves it, logs no failed attempt, and runs: through
+// READY=1, STATUS= after a failed pull, and STOPPING=1 on SIGTERM, which
+// is where the messages would have gone. strace sees every socket the
+// agent creates.
 func TestRunWithoutNotifySocketSendsNothingAndRuns(t *testing.T) {
 	b := bed.Get(t)
+	if _, err := exec.LookPath("strace"); err != nil {
+		testbed.SkipOrFail(t, fmt.Errorf("strace not found: run 'make deps' (apt-get install strace): %w", err))
+	}
+	trace := filepath.Join(t.TempDir(), "strace.out")
 	envFile := writeFile(t, agent.KeyRegistry+"="+b.Registry("main").Prefix("nowhere")+"\n"+agent.KeyRuntimes+"=codex\n")
-	env := []string{"DOCKER_HOST=" + b.DockerHost}
-	p := startProcess(t, env, "--env-file", envFile)
-	time.Sleep(1500 * time.Millisecond)
+	// Empty is unset for sd_notify, whatever the test process inherited.
+	env := []string{"DOCKER_HOST=" + b.DockerHost, "NOTIFY_SOCKET="}
+	p := startWrapped(t, []string{"strace", "-f", "-qq", "-e", "trace=socket", "-o", trace}, env, "--env-file", envFile)
+	doc := waitDoc(t, p, "the pull of a missing image to fail", func(d agent.StateDoc) bool {
+		return len(d.Images) == 1 && d.Images[0].LastError != ""
+	})
+	if !p.Running() {
+		t.Fatalf("the agent exited: %v", p.Err())
+	}
+	if err := syscall.Kill(doc.Agent.PID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case <-p.Done():
-		t.Fatalf("the agent exited without NOTIFY_SOCKET: %v\n%s", p.Err(), p.Output.String())
-	default:
+		if p.Err() != nil {
+			t.Fatalf("exit after SIGTERM: %v", p.Err())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the agent did not exit within 20 s of SIGTERM")
 	}
-	if _, err := p.terminate(t); err != nil {
-		t.Fatalf("exit: %v", err)
+	data, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), "socket(AF_UNIX, SOCK_STREAM") {
+		t.Fatalf("the trace lacks the status socket: strace did not see the agent's sockets:\n%s", data)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.Contains(line, "socket(AF_UNIX, SOCK_DGRAM") {
+			t.Errorf("the agent opened a datagram socket, as sd_notify does: %s", line)
+		}
+	}
+	if out := p.Output.String(); !strings.Contains(out, `msg="agent started"`) || strings.Contains(out, "sd_notify") {
+		t.Errorf("want the agent started and no sd_notify attempt in its log:\n%s", out)
 	}
 }
 
@@ -161,7 +205,9 @@ func TestRunSIGTERMDuringPullExitsZero(t *testing.T) {
 	n := listenNotify(t)
 	p := startProcess(t, []string{"NOTIFY_SOCKET=" + n.Path, "DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile)
 	waitNotify(t, n, "STATUS= with a pull in flight", 15*time.Second, func(m string) bool { return strings.Contains(m, "; pulling 1") })
-	time.Sleep(500 * time.Millisecond) // bytes are flowing
+	waitDoc(t, p, "bytes flowing", func(d agent.StateDoc) bool {
+		return len(d.Images) == 1 && d.Images[0].Progress != nil && d.Images[0].Progress.Bytes > 0
+	})
 	took, err := p.terminate(t)
 	if err != nil {
 		t.Fatalf("exit after SIGTERM during a pull: %v\n%s", err, p.Output.String())
@@ -176,16 +222,10 @@ func TestASecondAgentOnTheSameStateDirRefuses(t *testing.T) {
 	b := bed.Get(t)
 	envFile := writeFile(t, agent.KeyRegistry+"="+b.Registry("main").Prefix("lock")+"\n"+agent.KeyRuntimes+"=codex\n")
 	first := startProcess(t, []string{"DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile)
-	n := 0
-	for {
-		if _, err := os.Stat(filepath.Join(first.dir, "status.sock")); err == nil {
-			break
-		}
-		if n++; n > 200 {
-			t.Fatal("the first agent never came up")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testbed.WaitFor(t, "the first agent's status socket", 10*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(first.dir, "status.sock"))
+		return err == nil
+	})
 	second := startProcess(t, []string{"DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile, "--state-dir", filepath.Join(first.dir, "state"))
 	select {
 	case <-second.Done():

@@ -36,19 +36,24 @@ func statusJSON(t *testing.T, p *agentProcess) (agent.StateDoc, error) {
 	return doc, nil
 }
 
+// waitDoc returns the first 'status --json' document that satisfies cond;
+// on a timeout the test fails with the last one seen.
 func waitDoc(t *testing.T, p *agentProcess, what string, cond func(agent.StateDoc) bool) agent.StateDoc {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		doc, err := statusJSON(t, p)
-		if err == nil && cond(doc) {
-			return doc
+	var doc agent.StateDoc
+	var err error
+	ok := false
+	defer func() {
+		if !ok {
+			t.Logf("last status: %+v %v", doc, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s: %+v", what, doc)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	}()
+	testbed.WaitFor(t, what, 60*time.Second, func() bool {
+		doc, err = statusJSON(t, p)
+		return err == nil && cond(doc)
+	})
+	ok = true
+	return doc
 }
 
 func TestStatusThroughTheAgentsLife(t *testing.T) {
@@ -305,17 +310,10 @@ func TestStateFileSurvivesKill9(t *testing.T) {
 		}
 		if i == 7 {
 			again := startProcess(t, []string{"DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile, "--state-dir", filepath.Join(p.dir, "state"))
-			deadline := time.Now().Add(10 * time.Second)
-			for {
+			testbed.WaitFor(t, "the restarted agent to remove the temp files", 10*time.Second, func() bool {
 				left, _ := filepath.Glob(filepath.Join(p.dir, "state", ".state-*.tmp"))
-				if len(left) == 0 {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("a restarted agent left %v", left)
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
+				return len(left) == 0
+			})
 			again.terminate(t)
 		}
 	}

@@ -226,19 +226,21 @@ func (r *rig) waitFor(what string, timeout time.Duration, cond func(agent.StateD
 	start := time.Now()
 	var last agent.StateDoc
 	var lastErr error
-	for time.Since(start) < timeout {
+	ok := false
+	defer func() {
+		if !ok {
+			r.t.Logf("last state (error %v):\n%s", lastErr, describe(last))
+		}
+	}()
+	testbed.WaitFor(r.t, what, timeout, func() bool {
 		if r.proc != nil && !r.proc.Running() {
 			r.t.Fatalf("waiting for %s: the agent exited: %v", what, r.proc.Err())
 		}
-		d, err := r.doc()
-		if err == nil && cond(d) {
-			return time.Since(start)
-		}
-		last, lastErr = d, err
-		time.Sleep(50 * time.Millisecond)
-	}
-	r.t.Fatalf("timed out after %s waiting for %s (last error %v):\n%s", timeout, what, lastErr, describe(last))
-	return 0
+		last, lastErr = r.doc()
+		return lastErr == nil && cond(last)
+	})
+	ok = true
+	return time.Since(start)
 }
 
 func describe(d agent.StateDoc) string {
@@ -479,19 +481,15 @@ func (r *rig) noSecrets() {
 // ready waits for the agent to serve its status socket.
 func (r *rig) ready() {
 	r.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	testbed.WaitFor(r.t, "the agent to serve its status socket", 15*time.Second, func() bool {
 		if _, err := r.doc(); err == nil {
-			return
+			return true
 		}
 		if !r.proc.Running() {
 			r.t.Fatalf("the agent exited: %v\n%s", r.proc.Err(), r.proc.Output.String())
 		}
-		if time.Now().After(deadline) {
-			r.t.Fatal("the agent never served its status socket")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return false
+	})
 }
 
 // count counts lines of the agent's log containing s.

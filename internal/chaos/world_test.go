@@ -80,7 +80,7 @@ var shared struct {
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	code := m.Run()
+	code := testbed.IntegrationMain(m) // under -short (make unit): nothing runs
 	if w := shared.w; w != nil {
 		w.close()
 	}
@@ -91,9 +91,7 @@ func TestMain(m *testing.M) {
 // where the bed cannot run.
 func getWorld(t *testing.T) *world {
 	t.Helper()
-	if err := testbed.Available(); err != nil {
-		testbed.SkipOrFail(t, err)
-	}
+	testbed.Require(t)
 	shared.once.Do(func() { shared.w, shared.err = newWorld(t.Logf) })
 	if shared.err != nil {
 		t.Fatalf("starting the chaos world: %v", shared.err)

@@ -145,9 +145,7 @@ func (c *container) poweroff(t *testing.T) {
 }
 
 func TestInstalledServiceInABootedSystemd(t *testing.T) {
-	if err := testbed.Available(); err != nil {
-		testbed.SkipOrFail(t, err)
-	}
+	testbed.Require(t)
 	if _, err := exec.LookPath("systemd-nspawn"); err != nil {
 		testbed.SkipOrFail(t, errors.New("systemd-nspawn missing: run 'make deps'"))
 	}

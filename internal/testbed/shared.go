@@ -30,13 +30,12 @@ func (s *Shared) Main(m *testing.M) int {
 }
 
 // Get returns the running bed with a registry named "main", starting it on
-// first use. Where the bed cannot run, the test is skipped, unless CI is
-// set: then a missing bed is a failure.
+// first use. Under -short the test is skipped and nothing starts; where
+// the bed cannot run, the test is skipped, unless CI is set: then a
+// missing bed is a failure (see Require).
 func (s *Shared) Get(t testing.TB) *Bed {
 	t.Helper()
-	if err := Available(); err != nil {
-		SkipOrFail(t, err)
-	}
+	Require(t)
 	s.once.Do(func() {
 		ctx := context.Background()
 		s.bed, s.err = Start(ctx, Options{Logf: func(f string, a ...any) { t.Logf("testbed: "+f, a...) }})
@@ -52,13 +51,4 @@ func (s *Shared) Get(t testing.TB) *Bed {
 		t.Fatalf("starting the test bed: %v", s.err)
 	}
 	return s.bed
-}
-
-// SkipOrFail skips t because the bed is absent, or fails it when CI is set.
-func SkipOrFail(t testing.TB, why error) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf("the test bed is required when CI is set: %v", why)
-	}
-	t.Skipf("test bed absent (%v); with CI set this is a failure", why)
 }
