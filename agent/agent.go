@@ -18,6 +18,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
@@ -83,17 +84,6 @@ func DefaultOptions() Options {
 	}
 }
 
-// The states of an image.
-const (
-	StatePending = "pending"
-	StatePulling = "pulling"
-	StateWarm    = "warm"
-	StateFailed  = "failed"
-	// StateStale: the image is present, but the registry now serves
-	// another digest that could not be pulled.
-	StateStale = "stale"
-)
-
 // ImageStatus is what the agent knows of one image.
 type ImageStatus struct {
 	Image       Image
@@ -135,7 +125,7 @@ type Snapshot struct {
 func (s Snapshot) Warm() int {
 	n := 0
 	for _, i := range s.Images {
-		if i.State == StateWarm {
+		if i.State == state.Warm {
 			n++
 		}
 	}
@@ -198,7 +188,7 @@ type Agent struct {
 
 	started       time.Time
 	authz         Authorizer
-	hostInfo      map[string]HostDoc
+	hostInfo      map[string]state.HostDoc
 	lastReconcile time.Time
 	lastSaved     []byte
 	saveRetry     time.Time // when a failed state save is retried; zero when saving works
@@ -256,7 +246,7 @@ func New(opts Options) (*Agent, error) {
 		pingRes:  make(chan error, 1),
 		states:   map[string]*imageState{},
 		hosts:    map[string]*hostState{},
-		hostInfo: map[string]HostDoc{},
+		hostInfo: map[string]state.HostDoc{},
 		started:  time.Now(),
 		metrics:  NewMetrics(),
 		pulled:   map[string]string{},
@@ -531,7 +521,7 @@ func (a *Agent) apply(cfg Config) {
 	a.cfgErr = nil
 	images, _ := cfg.Images()
 	a.cfg, a.puller, a.cfgAt, a.authz = &cfg, puller, time.Now(), authz
-	a.hostInfo = map[string]HostDoc{}
+	a.hostInfo = map[string]state.HostDoc{}
 	attrs := []any{"prefix", cfg.Prefix, "images", len(images), "platform", cfg.Platform, "env_file", a.opts.EnvFile}
 	if prev != nil && prev.Prefix != cfg.Prefix {
 		attrs = append(attrs, "previous_prefix", prev.Prefix)
@@ -563,7 +553,7 @@ func (a *Agent) apply(cfg Config) {
 	for _, img := range images {
 		st, ok := a.states[img.Ref]
 		if !ok {
-			a.states[img.Ref] = &imageState{ImageStatus: ImageStatus{Image: img, State: StatePending, Alias: cfg.AliasRef(img.Runtime)}, due: true}
+			a.states[img.Ref] = &imageState{ImageStatus: ImageStatus{Image: img, State: state.Pending, Alias: cfg.AliasRef(img.Runtime)}, due: true}
 			continue
 		}
 		if alias := cfg.AliasRef(img.Runtime); alias != st.Alias {
@@ -571,7 +561,7 @@ func (a *Agent) apply(cfg Config) {
 		}
 		// Credentials or platform may have changed: what failed gets a
 		// fresh try, and a new platform means new images.
-		if st.State != StateWarm || platformChanged {
+		if st.State != state.Warm || platformChanged {
 			st.due, st.Attempts, st.NextAttempt = true, 0, time.Time{}
 		}
 	}
@@ -585,7 +575,7 @@ func (a *Agent) requeueLocked(all bool) {
 		if st.cancel != nil {
 			continue
 		}
-		if all || st.State != StateWarm {
+		if all || st.State != state.Warm {
 			st.due, st.Attempts, st.NextAttempt = true, 0, time.Time{}
 		}
 	}
@@ -632,7 +622,7 @@ func (a *Agent) step(ctx context.Context) {
 		}
 		// A refresh of a warm image is a manifest HEAD unless its tag
 		// moved: a wider limit; anything else keeps to Concurrency.
-		if st.State != StateWarm && a.inflightFresh >= a.opts.Concurrency {
+		if st.State != state.Warm && a.inflightFresh >= a.opts.Concurrency {
 			continue
 		}
 		if hs := a.hosts[img.Host()]; hs != nil && now.Before(hs.until) {
@@ -646,16 +636,16 @@ func (a *Agent) startLocked(ctx context.Context, st *imageState) {
 	pctx, cancel := context.WithCancelCause(ctx)
 	st.cancel, st.due, st.puller = cancel, false, a.puller
 	st.LastAttempt = time.Now()
-	if st.State != StateWarm {
-		st.State = StatePulling
+	if st.State != state.Warm {
+		st.State = state.Pulling
 	}
 	st.Progress = Progress{Phase: PhaseResolving}
 	a.inflight++
-	st.fresh = st.State != StateWarm
+	st.fresh = st.State != state.Warm
 	if st.fresh {
 		a.inflightFresh++
 	}
-	img, puller, wasWarm, alias, engine := st.Image, st.puller, st.State == StateWarm || st.State == StateStale, st.Alias, a.engine
+	img, puller, wasWarm, alias, engine := st.Image, st.puller, st.State == state.Warm || st.State == state.Stale, st.Alias, a.engine
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -701,7 +691,7 @@ func (a *Agent) presentPin(ctx context.Context, img Image) (PullResult, bool) {
 func (a *Agent) PullStarted(img Image, src auth.Source) {
 	a.mu.Lock()
 	st := a.states[img.Ref]
-	warm := st != nil && st.State == StateWarm
+	warm := st != nil && st.State == state.Warm
 	a.mu.Unlock()
 	lvl := slog.LevelInfo
 	if warm {
@@ -738,13 +728,13 @@ func (a *Agent) finished(ctx context.Context, d pullDone) {
 	st.Duration, st.Bytes = r.Duration, r.Bytes
 	now := time.Now()
 	if r.Source != "" {
-		a.hostInfo[r.Image.Host()] = HostDoc{Host: r.Image.Host(), CredentialSource: string(r.Source), TokenExpiresAt: tp(r.CredentialsExpire)}
+		a.hostInfo[r.Image.Host()] = state.HostDoc{Host: r.Image.Host(), CredentialSource: string(r.Source), TokenExpiresAt: tp(r.CredentialsExpire)}
 	}
 	a.metrics.observePull(r)
 	defer a.checkConvergedLocked(now)
 	log := a.log.With("runtime", r.Image.Runtime, "image", r.Image.Ref)
 	if r.Err == nil {
-		st.State, st.Digest, st.ImageID, st.Size, st.RemoteDigest = StateWarm, r.Digest, r.ImageID, r.Size, r.Digest
+		st.State, st.Digest, st.ImageID, st.Size, st.RemoteDigest = state.Warm, r.Digest, r.ImageID, r.Size, r.Digest
 		st.LastSuccess, st.Attempts, st.LastError, st.LastClass, st.NextAttempt = now, 0, "", "", time.Time{}
 		st.Progress = Progress{Phase: PhaseDone}
 		if hs := a.hosts[r.Image.Host()]; hs != nil {
@@ -767,18 +757,18 @@ func (a *Agent) finished(ctx context.Context, d pullDone) {
 	if d.remote != "" {
 		st.RemoteDigest = d.remote
 		if d.remote != st.Digest && st.Digest != "" {
-			st.State = StateStale
+			st.State = state.Stale
 		}
 	}
-	if st.State != StateWarm && st.State != StateStale {
-		st.State = StateFailed
+	if st.State != state.Warm && st.State != state.Stale {
+		st.State = state.Failed
 	}
 	st.Progress = Progress{Phase: PhaseFailed}
 	switch class {
 	case ClassCanceled:
 		st.due = true
-		if st.State == StateFailed {
-			st.State = StatePending
+		if st.State == state.Failed {
+			st.State = state.Pending
 		}
 	case ClassDaemon:
 		st.due = true
@@ -850,7 +840,7 @@ func (a *Agent) maybePruneLocked(ctx context.Context) {
 	current := map[string]bool{}
 	for _, img := range a.images {
 		st := a.states[img.Ref]
-		if st == nil || st.State != StateWarm {
+		if st == nil || st.State != state.Warm {
 			return
 		}
 		current[img.Ref] = true
@@ -952,7 +942,7 @@ func (a *Agent) savePulled() {
 	data, _ := json.MarshalIndent(struct {
 		Pulled map[string]string `json:"pulled"`
 	}{a.pulled}, "", "  ")
-	if err := writeFileAtomic(a.opts.PulledFile, append(data, '\n'), 0o644); err != nil {
+	if err := state.WriteFileAtomic(a.opts.PulledFile, append(data, '\n'), 0o644); err != nil {
 		a.log.Warn("recording pulled images failed", "file", a.opts.PulledFile, "error", errText(err))
 	}
 }
@@ -981,7 +971,7 @@ func (a *Agent) saveState() {
 	}
 	key := doc
 	key.WrittenAt = time.Time{}
-	key.Images = append([]ImageDoc(nil), doc.Images...)
+	key.Images = append([]state.ImageDoc(nil), doc.Images...)
 	for i := range key.Images {
 		key.Images[i].Progress = nil
 	}
@@ -989,7 +979,7 @@ func (a *Agent) saveState() {
 	if bytes.Equal(b, a.lastSaved) {
 		return
 	}
-	if err := WriteStateFile(a.opts.StateFile, doc); err != nil {
+	if err := state.WriteStateFile(a.opts.StateFile, doc); err != nil {
 		// Said once, not at every change; retried until it works.
 		if a.saveRetry.IsZero() {
 			a.log.Warn("saving state failed; the live status is unaffected; retrying every few seconds", "state_file", a.opts.StateFile, "error", errText(err))

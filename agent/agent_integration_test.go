@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -128,7 +129,7 @@ func warmOn(prefix string, seeded map[string]testbed.Seeded) func(agent.Snapshot
 			return false
 		}
 		for _, i := range s.Images {
-			if i.State != agent.StateWarm || i.Digest != seeded[i.Image.Runtime].Digest || !strings.HasPrefix(i.Image.Ref, prefix+"/") {
+			if i.State != state.Warm || i.Digest != seeded[i.Image.Runtime].Digest || !strings.HasPrefix(i.Image.Ref, prefix+"/") {
 				return false
 			}
 		}
@@ -606,13 +607,13 @@ func TestAgentMarksStaleWhenTheRegistryMovedOnButThePullFails(t *testing.T) {
 	moved, err := f.bed.Push(ctxT(t), f.reg, f.ns, "codex", testbed.SeedOptions{})
 	must(t, err)
 	must(t, f.reg.DeleteBlob(moved.Layers[1])) // the new image cannot be pulled
-	s := r.waitFor(t, "stale", 20*time.Second, func(s agent.Snapshot) bool { return len(s.Images) == 1 && s.Images[0].State == agent.StateStale })
+	s := r.waitFor(t, "stale", 20*time.Second, func(s agent.Snapshot) bool { return len(s.Images) == 1 && s.Images[0].State == state.Stale })
 	i := s.Images[0]
 	if i.Digest != seed["codex"].Digest || i.RemoteDigest != moved.Digest {
 		t.Fatalf("stale image: local %s remote %s, want local %s remote %s", i.Digest, i.RemoteDigest, seed["codex"].Digest, moved.Digest)
 	}
 	doc := r.a.Document()
-	if doc.Images[0].State != agent.StateStale || doc.Healthy() {
+	if doc.Images[0].State != state.Stale || doc.Healthy() {
 		t.Fatalf("document: %+v healthy=%v", doc.Images[0], doc.Healthy())
 	}
 }

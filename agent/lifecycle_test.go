@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"context"
+	"github.com/molecule-ai/pull-agent/agent/state"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -43,7 +44,7 @@ func lifecycleAgent(t *testing.T, e Engine) *Agent {
 	}
 	a, err := New(Options{
 		EnvFile:       env,
-		StateFile:     filepath.Join(dir, StateFileName),
+		StateFile:     filepath.Join(dir, state.StateFileName),
 		PulledFile:    filepath.Join(dir, "pulled.json"),
 		Getenv:        func(string) string { return "" },
 		NewEngine:     func(DockerEndpoint) (Engine, error) { return e, nil },
@@ -70,7 +71,7 @@ func waitFor(d time.Duration, cond func() bool) bool {
 
 // baseline counts goroutines and file descriptors once the runtime's
 // network poller exists (it lives as long as the process, with its fds).
-func baseline(t *testing.T) Counts {
+func baseline(t *testing.T) state.Counts {
 	t.Helper()
 	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "warm.sock"))
 	if err != nil {
@@ -83,7 +84,7 @@ func baseline(t *testing.T) Counts {
 // noGoroutinesLeft fails t unless the goroutine count comes back to
 // before's within a short wait (a goroutine that has signalled its end
 // may still be on its way out), and shows what is still running.
-func noGoroutinesLeft(t *testing.T, before Counts) {
+func noGoroutinesLeft(t *testing.T, before state.Counts) {
 	t.Helper()
 	if waitFor(2*time.Second, func() bool { return runtime.NumGoroutine() <= before.Goroutines }) {
 		return

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -40,7 +41,7 @@ func NewMetrics() *Metrics {
 			Help: "When the credentials last used for a registry host expire, where known (ECR)."}, []string{"host"}),
 	}
 	m.reg.MustRegister(m.images, m.pulls, m.pullSeconds, m.pullBytes, m.lastReconcile, m.configLoads, m.credExpiry)
-	for _, s := range []string{StatePending, StatePulling, StateWarm, StateFailed, StateStale} {
+	for _, s := range []string{state.Pending, state.Pulling, state.Warm, state.Failed, state.Stale} {
 		m.images.WithLabelValues(s).Set(0)
 	}
 	return m
@@ -71,8 +72,8 @@ func (m *Metrics) configLoad(ok bool) {
 	}
 }
 
-func (m *Metrics) setState(doc StateDoc) {
-	counts := map[string]float64{StatePending: 0, StatePulling: 0, StateWarm: 0, StateFailed: 0, StateStale: 0}
+func (m *Metrics) setState(doc state.StateDoc) {
+	counts := map[string]float64{state.Pending: 0, state.Pulling: 0, state.Warm: 0, state.Failed: 0, state.Stale: 0}
 	for _, i := range doc.Images {
 		counts[i.State]++
 	}

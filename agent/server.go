@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/molecule-ai/pull-agent/agent/state"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -134,17 +135,10 @@ func (a *Agent) closeIdleConnections() {
 	}
 }
 
-// Counts are the process's goroutines and open file descriptors, for leak
-// checks (GET /debug/counts on the status socket).
-type Counts struct {
-	Goroutines int `json:"goroutines"`
-	FDs        int `json:"fds"`
-}
-
 // ProcessCounts reads the current counts (file descriptors from
 // /proc/self/fd; -1 where that cannot be read).
-func ProcessCounts() Counts {
-	c := Counts{Goroutines: runtime.NumGoroutine(), FDs: -1}
+func ProcessCounts() state.Counts {
+	c := state.Counts{Goroutines: runtime.NumGoroutine(), FDs: -1}
 	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
 		c.FDs = len(ents)
 	}

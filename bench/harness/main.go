@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -291,9 +292,9 @@ func (e *env) agentRunCold(ctx context.Context, prefix string, rts []string) err
 		return err
 	}
 	sock := filepath.Join(e.dir, "run.sock")
-	state := filepath.Join(e.dir, "run-state")
-	os.RemoveAll(state)
-	cmd := exec.CommandContext(ctx, e.bin, "run", "--env-file", envFile, "--state-dir", state, "--status-socket", sock, "--log-level", "warn")
+	stateDir := filepath.Join(e.dir, "run-state")
+	os.RemoveAll(stateDir)
+	cmd := exec.CommandContext(ctx, e.bin, "run", "--env-file", envFile, "--state-dir", stateDir, "--status-socket", sock, "--log-level", "warn")
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return err
@@ -304,7 +305,7 @@ func (e *env) agentRunCold(ctx context.Context, prefix string, rts []string) err
 	}()
 	// Asked on the socket, not by running 'pull-agent status' 20 times a
 	// second: the measured host does nothing but the agent's work.
-	client := agent.NewStatusClient(sock, time.Second)
+	client := state.NewStatusClient(sock, time.Second)
 	deadline := time.Now().Add(10 * time.Minute)
 	for time.Now().Before(deadline) {
 		if ctx.Err() != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -94,7 +95,7 @@ func TestHostileRegistryTextReachesNoTerminal(t *testing.T) {
 	record("pull on a terminal", code, out, errOut)
 
 	p := startProcess(t, env, "--env-file", envFile)
-	waitDoc(t, p, "the agent to record the registry's refusal", func(doc agent.StateDoc) bool {
+	waitDoc(t, p, "the agent to record the registry's refusal", func(doc state.StateDoc) bool {
 		return len(doc.Images) == len(rts) && doc.Images[0].LastError != "" && doc.Images[1].LastError != ""
 	})
 	statusArgs := []string{"status", "--status-socket", filepath.Join(p.dir, "status.sock"), "--state-dir", filepath.Join(p.dir, "state")}
@@ -111,7 +112,7 @@ func TestHostileRegistryTextReachesNoTerminal(t *testing.T) {
 	if _, err := p.terminate(t); err != nil {
 		t.Errorf("agent exit: %v", err)
 	}
-	state, err := os.ReadFile(filepath.Join(p.dir, "state", agent.StateFileName))
+	state, err := os.ReadFile(filepath.Join(p.dir, "state", state.StateFileName))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/state"
 )
 
 // hostile is a registry's message made to drive a terminal: a window
@@ -58,7 +59,7 @@ func TestStatusOfACraftedStateFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, agent.StateFileName), data, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, state.StateFileName), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for _, args := range [][]string{nil, {"--json"}} {
@@ -82,7 +83,7 @@ func FuzzRenderStatus(f *testing.F) {
 	f.Add([]byte(`{"schema_version":1,"agent":{"config_error":"\u001b]0;x\u0007"},"images":[{"progress":{"bytes":5,"total_bytes":-1}}]}`))
 	f.Add([]byte(`{"schema_version":0,"hosts":[{"host":"h","cooldown_until":"2026-01-01T00:00:00Z"}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		doc, err := agent.DecodeState("fuzz", bytes.NewReader(data))
+		doc, err := state.DecodeState("fuzz", bytes.NewReader(data))
 		if err != nil {
 			return
 		}

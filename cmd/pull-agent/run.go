@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/auth"
 )
 
@@ -61,16 +62,16 @@ and the agent waits for a good one.`)
 	if err != nil {
 		return err
 	}
-	if err := agent.PrepareStateDir(c.stateDir); err != nil {
+	if err := state.PrepareStateDir(c.stateDir); err != nil {
 		return err
 	}
-	unlock, err := agent.LockStateDir(c.stateDir)
+	unlock, err := state.LockStateDir(c.stateDir)
 	if err != nil {
 		return err
 	}
 	defer unlock()
 	o.EnvFile = c.envFile
-	o.StateFile = filepath.Join(c.stateDir, agent.StateFileName)
+	o.StateFile = filepath.Join(c.stateDir, state.StateFileName)
 	o.PulledFile = filepath.Join(c.stateDir, "pulled.json")
 	o.Version = version
 	o.Getenv = getenv

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -153,7 +154,7 @@ func TestRunWithoutNotifySocketSendsNothingAndRuns(t *testing.T) {
 	// Empty is unset for sd_notify, whatever the test process inherited.
 	env := []string{"DOCKER_HOST=" + b.DockerHost, "NOTIFY_SOCKET="}
 	p := startWrapped(t, []string{"strace", "-f", "-qq", "-e", "trace=socket", "-o", trace}, env, "--env-file", envFile)
-	doc := waitDoc(t, p, "the pull of a missing image to fail", func(d agent.StateDoc) bool {
+	doc := waitDoc(t, p, "the pull of a missing image to fail", func(d state.StateDoc) bool {
 		return len(d.Images) == 1 && d.Images[0].LastError != ""
 	})
 	if !p.Running() {
@@ -205,7 +206,7 @@ func TestRunSIGTERMDuringPullExitsZero(t *testing.T) {
 	n := listenNotify(t)
 	p := startProcess(t, []string{"NOTIFY_SOCKET=" + n.Path, "DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile)
 	waitNotify(t, n, "STATUS= with a pull in flight", 15*time.Second, func(m string) bool { return strings.Contains(m, "; pulling 1") })
-	waitDoc(t, p, "bytes flowing", func(d agent.StateDoc) bool {
+	waitDoc(t, p, "bytes flowing", func(d state.StateDoc) bool {
 		return len(d.Images) == 1 && d.Images[0].Progress != nil && d.Images[0].Progress.Bytes > 0
 	})
 	took, err := p.terminate(t)

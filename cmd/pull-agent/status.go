@@ -15,7 +15,7 @@ import (
 
 	"github.com/docker/go-units"
 
-	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
@@ -44,10 +44,10 @@ not answer, reads its last saved state and says how old it is.`)
 	if *timeout <= 0 {
 		return usageErr(fmt.Errorf("--timeout %s: must be positive", *timeout))
 	}
-	statePath := filepath.Join(*stateDir, agent.StateFileName)
+	statePath := filepath.Join(*stateDir, state.StateFileName)
 	color := isTerminal(stdout) && getenv("NO_COLOR") == "" && getenv("TERM") != "dumb"
 
-	client := agent.NewStatusClient(*socket, statusTimeout)
+	client := state.NewStatusClient(*socket, statusTimeout)
 	if *wait {
 		deadline := time.Now().Add(*timeout)
 		for {
@@ -74,14 +74,14 @@ not answer, reads its last saved state and says how old it is.`)
 
 // report prints the live document, or, when the agent did not answer
 // (liveErr), the saved one, and returns the exit code.
-func report(doc agent.StateDoc, liveErr error, statePath string, asJSON, quiet, color bool, out io.Writer) error {
+func report(doc state.StateDoc, liveErr error, statePath string, asJSON, quiet, color bool, out io.Writer) error {
 	live := liveErr == nil
 	if !live {
 		var err error
-		doc, err = agent.ReadStateFile(statePath)
+		doc, err = state.ReadStateFile(statePath)
 		if err != nil {
 			msg := fmt.Sprintf("agent not running or unreachable (%v); no saved state: %v", liveErr, err)
-			if !errors.Is(err, agent.ErrNoState) {
+			if !errors.Is(err, state.ErrNoState) {
 				msg = fmt.Sprintf("agent not running or unreachable (%v); saved state unusable: %v", liveErr, err)
 			}
 			return &exitError{code: statusNoState, err: errors.New(msg)}
@@ -108,7 +108,7 @@ func report(doc agent.StateDoc, liveErr error, statePath string, asJSON, quiet, 
 	}
 }
 
-func printHuman(w io.Writer, doc agent.StateDoc, live bool, liveErr error, color bool, now time.Time) {
+func printHuman(w io.Writer, doc state.StateDoc, live bool, liveErr error, color bool, now time.Time) {
 	paint := func(code, s string) string {
 		if !color {
 			return s
@@ -116,16 +116,16 @@ func printHuman(w io.Writer, doc agent.StateDoc, live bool, liveErr error, color
 		return "\x1b[" + code + "m" + s + "\x1b[0m"
 	}
 	a := doc.Agent
-	state := "running"
+	summary := "running"
 	switch {
 	case !live:
-		state = paint("31", fmt.Sprintf("NOT RUNNING (%s); saved state from %s ago", plain(fmt.Sprint(liveErr)), age(now, doc.WrittenAt)))
+		summary = paint("31", fmt.Sprintf("NOT RUNNING (%s); saved state from %s ago", plain(fmt.Sprint(liveErr)), age(now, doc.WrittenAt)))
 	case doc.Healthy():
-		state = paint("32", "running, all warm")
+		summary = paint("32", "running, all warm")
 	default:
-		state = paint("33", "running, degraded")
+		summary = paint("33", "running, degraded")
 	}
-	fmt.Fprintf(w, "agent:          %s (pid %d, version %s, up since %s)\n", state, a.PID, plain(a.Version), a.StartedAt.Format(time.RFC3339))
+	fmt.Fprintf(w, "agent:          %s (pid %d, version %s, up since %s)\n", summary, a.PID, plain(a.Version), a.StartedAt.Format(time.RFC3339))
 	fmt.Fprintf(w, "prefix:         %s\n", dash(plain(a.Prefix)))
 	fmt.Fprintf(w, "images warm:    %d/%d\n", a.Warm, a.Total)
 	for _, h := range doc.Hosts {
@@ -158,9 +158,9 @@ func printHuman(w io.Writer, doc agent.StateDoc, live bool, liveErr error, color
 			st += fmt.Sprintf(" %d%%", 100*i.Progress.Bytes/i.Progress.TotalBytes)
 		}
 		switch i.State {
-		case agent.StateWarm:
+		case state.Warm:
 			st = paint("32", st)
-		case agent.StateFailed, agent.StateStale:
+		case state.Failed, state.Stale:
 			st = paint("31", st)
 		}
 		dg := safetext.ShortDigest(i.LocalDigest)

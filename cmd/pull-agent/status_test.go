@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -26,10 +27,10 @@ func (p *agentProcess) status(t *testing.T, args ...string) (int, string, string
 	return runCLI(t, nil, append([]string{"status", "--status-socket", filepath.Join(p.dir, "status.sock"), "--state-dir", filepath.Join(p.dir, "state")}, args...)...)
 }
 
-func statusJSON(t *testing.T, p *agentProcess) (agent.StateDoc, error) {
+func statusJSON(t *testing.T, p *agentProcess) (state.StateDoc, error) {
 	t.Helper()
 	_, out, errOut := p.status(t, "--json")
-	doc, err := agent.DecodeState("status --json", strings.NewReader(out))
+	doc, err := state.DecodeState("status --json", strings.NewReader(out))
 	if err != nil {
 		return doc, fmt.Errorf("%v: %s", err, errOut)
 	}
@@ -38,9 +39,9 @@ func statusJSON(t *testing.T, p *agentProcess) (agent.StateDoc, error) {
 
 // waitDoc returns the first 'status --json' document that satisfies cond;
 // on a timeout the test fails with the last one seen.
-func waitDoc(t *testing.T, p *agentProcess, what string, cond func(agent.StateDoc) bool) agent.StateDoc {
+func waitDoc(t *testing.T, p *agentProcess, what string, cond func(state.StateDoc) bool) state.StateDoc {
 	t.Helper()
-	var doc agent.StateDoc
+	var doc state.StateDoc
 	var err error
 	ok := false
 	defer func() {
@@ -78,8 +79,8 @@ func TestStatusThroughTheAgentsLife(t *testing.T) {
 	}
 	p := startProcess(t, []string{"DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile, "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", metricsPort))
 
-	doc := waitDoc(t, p, "a pull in progress", func(d agent.StateDoc) bool {
-		return len(d.Images) == 1 && d.Images[0].State == agent.StatePulling && d.Images[0].Progress != nil && d.Images[0].Progress.Bytes > 0
+	doc := waitDoc(t, p, "a pull in progress", func(d state.StateDoc) bool {
+		return len(d.Images) == 1 && d.Images[0].State == state.Pulling && d.Images[0].Progress != nil && d.Images[0].Progress.Bytes > 0
 	})
 	t.Logf("pulling: %+v", *doc.Images[0].Progress)
 	if code, out, _ := p.status(t); code != statusDegraded || !strings.Contains(out, "pulling") {
@@ -115,7 +116,7 @@ func TestStatusThroughTheAgentsLife(t *testing.T) {
 	}
 
 	// The leak-check counts on the status socket.
-	counts, err := agent.NewStatusClient(filepath.Join(p.dir, "status.sock"), 5*time.Second).Counts(ctx, false)
+	counts, err := state.NewStatusClient(filepath.Join(p.dir, "status.sock"), 5*time.Second).Counts(ctx, false)
 	if err != nil || counts.Goroutines < 1 || counts.FDs < 3 {
 		t.Errorf("/debug/counts: %+v %v", counts, err)
 	}
@@ -128,8 +129,8 @@ func TestStatusThroughTheAgentsLife(t *testing.T) {
 	if err := os.WriteFile(envFile, []byte(agent.KeyRegistry+"="+reg.Prefix("status")+"\n"+agent.KeyRuntimes+"=codex,hermes\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitDoc(t, p, "hermes failed", func(d agent.StateDoc) bool {
-		return len(d.Images) == 2 && d.Images[1].State == agent.StateFailed
+	waitDoc(t, p, "hermes failed", func(d state.StateDoc) bool {
+		return len(d.Images) == 2 && d.Images[1].State == state.Failed
 	})
 	code, out, _ = p.status(t)
 	if code != statusDegraded || !regexp.MustCompile(`hermes\s+failed .*\[not-found\]`).MatchString(out) {
@@ -140,7 +141,7 @@ func TestStatusThroughTheAgentsLife(t *testing.T) {
 	if err := os.WriteFile(envFile, []byte(agent.KeyRegistry+"=https://nope\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitDoc(t, p, "config error", func(d agent.StateDoc) bool { return d.Agent.ConfigError != "" })
+	waitDoc(t, p, "config error", func(d state.StateDoc) bool { return d.Agent.ConfigError != "" })
 	code, out, _ = p.status(t)
 	if code != statusDegraded || !strings.Contains(out, "config error:   "+envFile+":1: MOLECULE_IMAGE_REGISTRY=\"https://nope\"") || !strings.Contains(out, "prefix:         "+reg.Prefix("status")) {
 		t.Errorf("bad env file: exit %d\n%s", code, out)
@@ -185,16 +186,16 @@ func normalise(s string, addrs ...string) string {
 func TestStatusHumanGolden(t *testing.T) {
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	at := func(d time.Duration) *time.Time { t := now.Add(d); return &t }
-	doc := agent.StateDoc{
-		SchemaVersion: agent.SchemaVersion, WrittenAt: now,
-		Agent: agent.AgentDoc{Version: "v1.2.3", PID: 4242, StartedAt: now.Add(-time.Hour), EnvFile: "/etc/pull-agent/pull-agent.env",
+	doc := state.StateDoc{
+		SchemaVersion: state.SchemaVersion, WrittenAt: now,
+		Agent: state.AgentDoc{Version: "v1.2.3", PID: 4242, StartedAt: now.Add(-time.Hour), EnvFile: "/etc/pull-agent/pull-agent.env",
 			Prefix: "123456789012.dkr.ecr.us-east-2.amazonaws.com/molecule-ai", ConfigLoadedAt: at(-time.Hour), ConfigOK: false,
 			ConfigError: `/etc/pull-agent/pull-agent.env:3: MOLECULE_IMAGE_REGISTRY="https://x": a prefix has no URL scheme`,
 			DockerUp:    true, LastReconcile: at(-2 * time.Minute), NextRefresh: at(13 * time.Minute), Warm: 1, Total: 4},
-		Hosts: []agent.HostDoc{{Host: "123456789012.dkr.ecr.us-east-2.amazonaws.com", CredentialSource: "ecr-login (instance role; token expires 2026-11-27T23:00:00Z)", CooldownUntil: at(time.Minute)}},
-		Images: []agent.ImageDoc{
+		Hosts: []state.HostDoc{{Host: "123456789012.dkr.ecr.us-east-2.amazonaws.com", CredentialSource: "ecr-login (instance role; token expires 2026-11-27T23:00:00Z)", CooldownUntil: at(time.Minute)}},
+		Images: []state.ImageDoc{
 			{Runtime: "autogen", State: "warm", LocalDigest: "sha256:" + strings.Repeat("a", 64), SizeBytes: 4_500_000_000, LastSuccess: at(-2 * time.Minute)},
-			{Runtime: "claude-code", State: "pulling", Progress: &agent.ProgressDoc{Phase: "downloading", Bytes: 300, TotalBytes: 1000}},
+			{Runtime: "claude-code", State: "pulling", Progress: &state.ProgressDoc{Phase: "downloading", Bytes: 300, TotalBytes: 1000}},
 			{Runtime: "codex", State: "failed", LastErrorClass: "not-found", LastError: "manifest unknown"},
 			{Runtime: "crewai", State: "stale", LocalDigest: "sha256:" + strings.Repeat("b", 64), RemoteDigest: "sha256:" + strings.Repeat("c", 64), SizeBytes: 5_000_000_000, LastSuccess: at(-20 * time.Hour), LastErrorClass: "network", LastError: "connection refused"},
 		},
@@ -226,7 +227,7 @@ func TestStatusWithoutAnAgent(t *testing.T) {
 		"future schema":   `{"schema_version": 99}`,
 		"not json at all": "\x00\x01\x02",
 	} {
-		if err := os.WriteFile(filepath.Join(dir, agent.StateFileName), []byte(content), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, state.StateFileName), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		code, out, errOut := run()
@@ -293,8 +294,8 @@ func TestStateFileSurvivesKill9(t *testing.T) {
 			t.Fatal(err)
 		}
 		<-p.Done()
-		path := filepath.Join(p.dir, "state", agent.StateFileName)
-		doc, err := agent.ReadStateFile(path)
+		path := filepath.Join(p.dir, "state", state.StateFileName)
+		doc, err := state.ReadStateFile(path)
 		if err != nil {
 			data, _ := os.ReadFile(path)
 			t.Fatalf("round %d: state.json after kill -9: %v\n%s", i, err, data)

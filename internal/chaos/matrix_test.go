@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -74,7 +75,7 @@ func (r *rig) midPull() {
 func (r *rig) anyFailed(timeout time.Duration, classes ...string) (time.Duration, string) {
 	r.t.Helper()
 	class := ""
-	took := r.waitFor("a pull failing with "+strings.Join(classes, " or "), timeout, func(d agent.StateDoc) bool {
+	took := r.waitFor("a pull failing with "+strings.Join(classes, " or "), timeout, func(d state.StateDoc) bool {
 		for _, i := range d.Images {
 			if d.Agent.Prefix != r.want {
 				continue
@@ -230,7 +231,7 @@ func ecrRow(status int, code string) func(r *rig) string {
 		r.t.Cleanup(func() { r.w.ecrAPI.Fail(0, "") })
 		r.flip(p, ds)
 		took := r.failing(30*time.Second, string(agent.ClassAuth))
-		r.waitFor("retries of the token fetch", 15*time.Second, func(d agent.StateDoc) bool {
+		r.waitFor("retries of the token fetch", 15*time.Second, func(d state.StateDoc) bool {
 			return len(d.Images) > 0 && d.Images[0].Attempts >= 2
 		})
 		d, err := r.doc()
@@ -277,7 +278,7 @@ func restart(r *rig) {
 // stateFileFrom checks the state file after a stop: it parses and comes
 // from the stopped process.
 func stateFileFrom(r *rig, pid int) {
-	doc, err := agent.ReadStateFile(filepath.Join(r.stateDir, agent.StateFileName))
+	doc, err := state.ReadStateFile(filepath.Join(r.stateDir, state.StateFileName))
 	if err != nil {
 		r.t.Fatalf("the state file does not parse after the stop: %v", err)
 	}
@@ -289,7 +290,7 @@ func stateFileFrom(r *rig, pid int) {
 func corruptState(mutate func([]byte) []byte, wantStatus string) func(r *rig) string {
 	return func(r *rig) string {
 		r.proc.stop(r.t, syscall.SIGTERM)
-		path := filepath.Join(r.stateDir, agent.StateFileName)
+		path := filepath.Join(r.stateDir, state.StateFileName)
 		b, err := os.ReadFile(path)
 		must(r.t, err)
 		must(r.t, os.WriteFile(path, mutate(b), 0o644))
@@ -390,7 +391,7 @@ func rows() []row {
 				r.flip(p, ds)
 				took := r.failing(30*time.Second, string(agent.ClassNetwork), string(agent.ClassServer), string(agent.ClassAuth))
 				d, _ := r.doc()
-				r.waitFor("retries while the token server is down", 15*time.Second, func(d agent.StateDoc) bool {
+				r.waitFor("retries while the token server is down", 15*time.Second, func(d state.StateDoc) bool {
 					return len(d.Images) > 0 && d.Images[0].Attempts >= 2
 				})
 				must(r.t, r.w.tokens.Restart())
@@ -428,7 +429,7 @@ func rows() []row {
 				must(r.t, r.w.bed.StopDockerd())
 				stopped := time.Now()
 				r.t.Cleanup(func() { _ = r.w.bed.StartDockerd(context.Background()) })
-				r.waitFor("docker_up false", 30*time.Second, func(d agent.StateDoc) bool { return !d.Agent.DockerUp })
+				r.waitFor("docker_up false", 30*time.Second, func(d state.StateDoc) bool { return !d.Agent.DockerUp })
 				seen := time.Since(stopped)
 				must(r.t, r.w.bed.StartDockerd(context.Background()))
 				r.w.tcp.Clear()
@@ -443,7 +444,7 @@ func rows() []row {
 				p, ds := r.next(fromMain, testbed.SeedOptions{})
 				r.flip(p, ds)
 				restart(r)
-				r.waitFor("docker_up false", 10*time.Second, func(d agent.StateDoc) bool { return !d.Agent.DockerUp })
+				r.waitFor("docker_up false", 10*time.Second, func(d state.StateDoc) bool { return !d.Agent.DockerUp })
 				time.Sleep(time.Second)
 				must(r.t, r.w.bed.StartDockerd(context.Background()))
 				return "status served with docker_up false; alive after 1 s"
@@ -683,7 +684,7 @@ func rows() []row {
 				must(r.t, os.Chmod(r.stateDir, 0o700))
 				start := time.Now()
 				for {
-					doc, err := agent.ReadStateFile(filepath.Join(r.stateDir, agent.StateFileName))
+					doc, err := state.ReadStateFile(filepath.Join(r.stateDir, state.StateFileName))
 					if err == nil && doc.Agent.Prefix == r.want && doc.Healthy() {
 						break
 					}

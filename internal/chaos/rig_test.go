@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -46,7 +47,7 @@ type rig struct {
 	digests map[string]string
 	// warmIDs are the image IDs that were warm before the fault.
 	warmIDs  map[string]string
-	baseline agent.Counts
+	baseline state.Counts
 	// outputs are other texts the row produced (status output, errors).
 	outputs []string
 	// helperDump is where a credential helper wrote its environment, if
@@ -196,7 +197,7 @@ func (p *agentProc) stop(t *testing.T, sig syscall.Signal) time.Duration {
 // into v as sent (not sanitised: what the agent sends is kept for the
 // secret and escape checks).
 func (r *rig) get(path string, v any) error {
-	body, err := agent.NewStatusClient(r.socket, 2*time.Second).Get(context.Background(), path)
+	body, err := state.NewStatusClient(r.socket, 2*time.Second).Get(context.Background(), path)
 	if err != nil {
 		return err
 	}
@@ -207,24 +208,24 @@ func (r *rig) get(path string, v any) error {
 	return json.Unmarshal(body, v)
 }
 
-func (r *rig) doc() (agent.StateDoc, error) {
-	var d agent.StateDoc
+func (r *rig) doc() (state.StateDoc, error) {
+	var d state.StateDoc
 	err := r.get("/status", &d)
 	return d, err
 }
 
-func (r *rig) counts() (agent.Counts, error) {
-	var c agent.Counts
+func (r *rig) counts() (state.Counts, error) {
+	var c state.Counts
 	err := r.get("/debug/counts?close_idle", &c)
 	return c, err
 }
 
 // waitFor polls the live state until cond holds, the agent exits or the
 // timeout passes; it returns how long it waited.
-func (r *rig) waitFor(what string, timeout time.Duration, cond func(agent.StateDoc) bool) time.Duration {
+func (r *rig) waitFor(what string, timeout time.Duration, cond func(state.StateDoc) bool) time.Duration {
 	r.t.Helper()
 	start := time.Now()
-	var last agent.StateDoc
+	var last state.StateDoc
 	var lastErr error
 	ok := false
 	defer func() {
@@ -243,7 +244,7 @@ func (r *rig) waitFor(what string, timeout time.Duration, cond func(agent.StateD
 	return time.Since(start)
 }
 
-func describe(d agent.StateDoc) string {
+func describe(d state.StateDoc) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "prefix %q config_ok %v %q docker_up %v %d/%d warm\n", d.Agent.Prefix, d.Agent.ConfigOK, d.Agent.ConfigError, d.Agent.DockerUp, d.Agent.Warm, d.Agent.Total)
 	for _, i := range d.Images {
@@ -257,7 +258,7 @@ func describe(d agent.StateDoc) string {
 
 // converged reports whether every image of the rig's prefix is warm with
 // the digest the registry serves.
-func (r *rig) converged(d agent.StateDoc) bool {
+func (r *rig) converged(d state.StateDoc) bool {
 	if d.Agent.Prefix != r.want || !d.Healthy() || len(d.Images) != len(r.digests) {
 		return false
 	}
@@ -303,7 +304,7 @@ func (r *rig) recordWarm() {
 // once with one of classes, and returns how long that took.
 func (r *rig) failing(timeout time.Duration, classes ...string) time.Duration {
 	r.t.Helper()
-	return r.waitFor("pulls failing with "+strings.Join(classes, " or "), timeout, func(d agent.StateDoc) bool {
+	return r.waitFor("pulls failing with "+strings.Join(classes, " or "), timeout, func(d state.StateDoc) bool {
 		if d.Agent.Prefix != r.want || len(d.Images) == 0 {
 			return false
 		}
@@ -312,7 +313,7 @@ func (r *rig) failing(timeout time.Duration, classes ...string) time.Duration {
 			for _, c := range classes {
 				ok = ok || i.LastErrorClass == c
 			}
-			if !ok || i.State == agent.StateWarm {
+			if !ok || i.State == state.Warm {
 				return false
 			}
 		}
@@ -323,7 +324,7 @@ func (r *rig) failing(timeout time.Duration, classes ...string) time.Duration {
 // pulling waits for a pull of the rig's prefix to be moving bytes.
 func (r *rig) pulling() {
 	r.t.Helper()
-	r.waitFor("a pull moving bytes", 30*time.Second, func(d agent.StateDoc) bool {
+	r.waitFor("a pull moving bytes", 30*time.Second, func(d state.StateDoc) bool {
 		for _, i := range d.Images {
 			if d.Agent.Prefix == r.want && i.Progress != nil && i.Progress.Bytes > 0 {
 				return true
@@ -337,7 +338,7 @@ func (r *rig) pulling() {
 // a message containing want, keeping the previous prefix.
 func (r *rig) configRefused(keep, want string) time.Duration {
 	r.t.Helper()
-	return r.waitFor("the env file refused with "+want, 15*time.Second, func(d agent.StateDoc) bool {
+	return r.waitFor("the env file refused with "+want, 15*time.Second, func(d state.StateDoc) bool {
 		return !d.Agent.ConfigOK && strings.Contains(d.Agent.ConfigError, want) && d.Agent.Prefix == keep
 	})
 }
@@ -346,7 +347,7 @@ func (r *rig) configRefused(keep, want string) time.Duration {
 type outcome struct {
 	converge time.Duration
 	// baseline is the count before the fault, counts after the row.
-	baseline, counts agent.Counts
+	baseline, counts state.Counts
 }
 
 // invariants checks what must hold after every row once its fault is
@@ -372,9 +373,9 @@ func (r *rig) invariants() outcome {
 	}
 
 	// The state file parses and, a moment after convergence, says so.
-	var doc agent.StateDoc
+	var doc state.StateDoc
 	for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
-		doc, err = agent.ReadStateFile(filepath.Join(r.stateDir, agent.StateFileName))
+		doc, err = state.ReadStateFile(filepath.Join(r.stateDir, state.StateFileName))
 		if err == nil && doc.Agent.PID == r.proc.Cmd.Process.Pid && r.converged(doc) || time.Since(start) > 5*time.Second {
 			break
 		}
@@ -438,7 +439,7 @@ func (r *rig) noSecrets() {
 	for _, p := range r.procs {
 		texts = append(texts, p.Output.String())
 	}
-	if b, err := os.ReadFile(filepath.Join(r.stateDir, agent.StateFileName)); err == nil {
+	if b, err := os.ReadFile(filepath.Join(r.stateDir, state.StateFileName)); err == nil {
 		texts = append(texts, string(b))
 	}
 	for _, s := range r.w.secrets() {

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -41,7 +41,7 @@ type soakStats struct {
 	// of the soak's first tenth (rss0, the baseline: the heap has grown
 	// to its working size by then), at most, and at the end.
 	warm, rss0, rssMax, rss int64
-	base, end               agent.Counts
+	base, end               state.Counts
 	maxGoroutines, maxFDs   int
 	converge                time.Duration
 	classes                 map[string]int

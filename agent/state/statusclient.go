@@ -1,4 +1,4 @@
-package agent
+package state
 
 import (
 	"bytes"
@@ -110,4 +110,11 @@ func (c *StatusClient) Counts(ctx context.Context, closeIdle bool) (Counts, erro
 		return Counts{}, fmt.Errorf("the agent at %s answered %s with no counts: %w", c.socket, path, err)
 	}
 	return n, nil
+}
+
+// Counts are the process's goroutines and open file descriptors, for leak
+// checks (GET /debug/counts on the status socket).
+type Counts struct {
+	Goroutines int `json:"goroutines"`
+	FDs        int `json:"fds"`
 }

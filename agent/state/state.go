@@ -1,4 +1,4 @@
-package agent
+package state
 
 import (
 	"bytes"
@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"syscall"
 	"time"
@@ -22,6 +21,21 @@ const SchemaVersion = 1
 
 // StateFileName is the saved state document in the state directory.
 const StateFileName = "state.json"
+
+// The states of an image (ImageDoc.State).
+const (
+	Pending = "pending"
+	Pulling = "pulling"
+	Warm    = "warm"
+	Failed  = "failed"
+	// Stale: the image is present, but the registry now serves
+	// another digest that could not be pulled.
+	Stale = "stale"
+)
+
+// maxErrorRunes bounds a text field of a document read back, as the agent
+// bounds the errors it keeps in the state.
+const maxErrorRunes = 512
 
 // StateDoc is the agent's state as served on the status socket and saved to
 // state.json. The README documents every field.
@@ -90,14 +104,6 @@ type ProgressDoc struct {
 	LayersDone int    `json:"layers_done"`
 }
 
-func tp(t time.Time) *time.Time {
-	if t.IsZero() {
-		return nil
-	}
-	u := t.UTC()
-	return &u
-}
-
 // Healthy reports whether every image is warm and the configuration valid:
 // what 'pull-agent status' exits 0 for.
 func (d StateDoc) Healthy() bool {
@@ -105,7 +111,7 @@ func (d StateDoc) Healthy() bool {
 		return false
 	}
 	for _, i := range d.Images {
-		if i.State != StateWarm {
+		if i.State != Warm {
 			return false
 		}
 	}
@@ -120,12 +126,12 @@ func WriteStateFile(path string, doc StateDoc) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, append(data, '\n'), 0o644)
+	return WriteFileAtomic(path, append(data, '\n'), 0o644)
 }
 
-// writeFileAtomic writes data to path through a temp file, fsync and
+// WriteFileAtomic writes data to path through a temp file, fsync and
 // rename, then fsyncs the directory.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".state-*.tmp")
 	if err != nil {
@@ -198,65 +204,6 @@ func DecodeState(name string, r io.Reader) (StateDoc, error) {
 	// from the document is plain text.
 	safetext.Strings(&doc, maxErrorRunes)
 	return doc, nil
-}
-
-// Document builds the state document from the agent's state.
-func (a *Agent) Document() StateDoc {
-	s := a.Snapshot()
-	a.mu.Lock()
-	hosts := make(map[string]HostDoc, len(a.hostInfo))
-	for h, hd := range a.hostInfo {
-		hosts[h] = hd
-	}
-	lastReconcile := a.lastReconcile
-	a.mu.Unlock()
-
-	doc := StateDoc{SchemaVersion: SchemaVersion, WrittenAt: time.Now().UTC()}
-	ad := AgentDoc{
-		Version: a.opts.Version, PID: os.Getpid(), StartedAt: a.started.UTC(), EnvFile: a.opts.EnvFile,
-		ConfigLoadedAt: tp(s.ConfigAt), ConfigOK: s.Config != nil && s.ConfigError == "", ConfigError: s.ConfigError,
-		DockerUp: s.DaemonUp, LastReconcile: tp(lastReconcile), NextRefresh: tp(s.NextRefresh),
-		Warm: s.Warm(), Total: len(s.Images),
-	}
-	if s.Config != nil {
-		ad.Prefix, ad.Platform = s.Config.Prefix, s.Config.Platform
-	}
-	doc.Agent = ad
-	for _, i := range s.Images {
-		h := i.Image.Host()
-		if _, ok := hosts[h]; !ok {
-			hosts[h] = HostDoc{Host: h, CredentialSource: a.describeHost(h)}
-		}
-		doc.Images = append(doc.Images, imageDoc(i))
-	}
-	for h, until := range s.Cooldowns {
-		hd := hosts[h]
-		hd.Host, hd.CooldownUntil = h, tp(until)
-		hosts[h] = hd
-	}
-	for _, hd := range hosts {
-		doc.Hosts = append(doc.Hosts, hd)
-	}
-	sort.Slice(doc.Hosts, func(i, j int) bool { return doc.Hosts[i].Host < doc.Hosts[j].Host })
-	return doc
-}
-
-func imageDoc(i ImageStatus) ImageDoc {
-	d := ImageDoc{
-		Runtime: i.Image.Runtime, Image: i.Image.Ref, State: i.State, PinnedDigest: i.Image.Pin.String(), Alias: i.Alias,
-		LocalDigest: i.Digest.String(), RemoteDigest: i.RemoteDigest.String(), ImageID: i.ImageID, SizeBytes: i.Size,
-		LastAttempt: tp(i.LastAttempt), LastSuccess: tp(i.LastSuccess), Attempts: i.Attempts,
-		LastDurationS: i.Duration.Seconds(), LastBytes: i.Bytes, LastErrorClass: string(i.LastClass), LastError: i.LastError,
-	}
-	if i.InFlight {
-		if d.State != StateWarm && d.State != StateStale {
-			d.State = StatePulling
-		}
-		d.Progress = &ProgressDoc{Phase: string(i.Progress.Phase), Bytes: i.Progress.Current, TotalBytes: i.Progress.Total, Layers: i.Progress.Layers, LayersDone: i.Progress.LayersDone}
-	} else if i.Due {
-		d.NextAttempt = tp(i.NextAttempt)
-	}
-	return d
 }
 
 // LockStateDir takes an exclusive lock on dir/lock for the life of the
