@@ -18,6 +18,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
@@ -40,9 +41,9 @@ type Options struct {
 	// Getenv is the process environment.
 	Getenv func(string) string
 	// NewEngine connects to the Docker daemon at an endpoint.
-	NewEngine func(DockerEndpoint) (Engine, error)
+	NewEngine func(config.DockerEndpoint) (Engine, error)
 	// NewAuthorizer builds the credential selection for a configuration.
-	NewAuthorizer func(Config) (Authorizer, error)
+	NewAuthorizer func(config.Config) (Authorizer, error)
 	Logger        *slog.Logger
 	// Notifier receives sd_notify states; nil sends none.
 	Notifier Notifier
@@ -73,7 +74,7 @@ type Options struct {
 // DefaultOptions returns the defaults of every tunable.
 func DefaultOptions() Options {
 	return Options{
-		EnvFile:         DefaultEnvFile,
+		EnvFile:         config.DefaultEnvFile,
 		RefreshInterval: 15 * time.Minute,
 		Concurrency:     DefaultConcurrency,
 		Timeouts:        DefaultPullTimeouts(),
@@ -86,7 +87,7 @@ func DefaultOptions() Options {
 
 // ImageStatus is what the agent knows of one image.
 type ImageStatus struct {
-	Image       Image
+	Image       config.Image
 	State       string
 	Digest      digest.Digest
 	ImageID     string
@@ -112,7 +113,7 @@ type ImageStatus struct {
 
 // Snapshot is a copy of the agent's state.
 type Snapshot struct {
-	Config      *Config // nil until a configuration was accepted
+	Config      *config.Config // nil until a configuration was accepted
 	ConfigError string
 	ConfigAt    time.Time
 	DaemonUp    bool
@@ -164,12 +165,12 @@ type Agent struct {
 	baseEnv func(string) string
 
 	mu       sync.Mutex
-	cfg      *Config
+	cfg      *config.Config
 	cfgErr   error
 	cfgAt    time.Time
 	engine   Engine
 	puller   *Puller
-	images   []Image
+	images   []config.Image
 	states   map[string]*imageState
 	hosts    map[string]*hostState
 	inflight int
@@ -400,7 +401,7 @@ func (a *Agent) notify(state string) {
 // file would fall back to its old value instead of the default.
 func (a *Agent) initialEnv() {
 	getenv := a.opts.Getenv
-	vars, err := ReadEnvFile(a.opts.EnvFile)
+	vars, err := config.ReadEnvFile(a.opts.EnvFile)
 	if err != nil {
 		a.baseEnv = getenv
 		return
@@ -423,15 +424,15 @@ func (a *Agent) initialEnv() {
 // the lock, so that a status request never waits for the disk; the loop
 // alone writes cfg, engine and baseEnv, so it reads them without the lock.
 func (a *Agent) loadConfig(initial, force bool) {
-	vars, err := ReadEnvFile(a.opts.EnvFile)
+	vars, err := config.ReadEnvFile(a.opts.EnvFile)
 	switch {
 	case err == nil:
-	case IsNotExist(err) && a.cfg == nil:
+	case config.IsNotExist(err) && a.cfg == nil:
 		if initial {
 			a.log.Info("env file absent; using the process environment and defaults", "env_file", a.opts.EnvFile)
 		}
 		vars = nil
-	case IsNotExist(err):
+	case config.IsNotExist(err):
 		a.log.Warn("env file is gone; keeping the last good configuration", "env_file", a.opts.EnvFile, "prefix", a.cfg.Prefix)
 		a.mu.Lock()
 		defer a.mu.Unlock()
@@ -444,10 +445,10 @@ func (a *Agent) loadConfig(initial, force bool) {
 		a.refuse(err, force)
 		return
 	}
-	cfg, err := LoadConfig(a.opts.EnvFile, vars, a.baseEnv)
+	cfg, err := config.LoadConfig(a.opts.EnvFile, vars, a.baseEnv)
 	if err == nil {
-		WarnEnvFileMode(a.log, a.opts.EnvFile, vars)
-		WarnUnusedKeys(a.log, a.opts.EnvFile, vars)
+		config.WarnEnvFileMode(a.log, a.opts.EnvFile, vars)
+		config.WarnUnusedKeys(a.log, a.opts.EnvFile, vars)
 		_, err = cfg.Images()
 	}
 	if err != nil {
@@ -491,7 +492,7 @@ func (a *Agent) refuseLocked(err error) {
 // apply makes cfg the running configuration. The Docker client, the
 // credential selection and the puller are built before the lock is taken:
 // building them reads certificate files and looks at the Docker socket.
-func (a *Agent) apply(cfg Config) {
+func (a *Agent) apply(cfg config.Config) {
 	prev := a.cfg
 	engine := a.engine
 	if engine == nil {
@@ -509,7 +510,7 @@ func (a *Agent) apply(cfg Config) {
 	authz, err := a.opts.NewAuthorizer(cfg)
 	var puller *Puller
 	if err == nil {
-		puller, err = NewPuller(engine, authz, a.opts.Logger, cfg.PullerOptions(a.opts.Concurrency, a.opts.Timeouts))
+		puller, err = NewPuller(engine, authz, a.opts.Logger, OptionsFor(cfg, a.opts.Concurrency, a.opts.Timeouts))
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -676,7 +677,7 @@ func (a *Agent) startLocked(ctx context.Context, st *imageState) {
 
 // presentPin reports a pinned image the daemon already holds as warm
 // without asking the registry: a digest cannot move.
-func (a *Agent) presentPin(ctx context.Context, img Image) (PullResult, bool) {
+func (a *Agent) presentPin(ctx context.Context, img config.Image) (PullResult, bool) {
 	if img.Pin == "" {
 		return PullResult{}, false
 	}
@@ -688,7 +689,7 @@ func (a *Agent) presentPin(ctx context.Context, img Image) (PullResult, bool) {
 }
 
 // PullStarted implements Observer.
-func (a *Agent) PullStarted(img Image, src auth.Source) {
+func (a *Agent) PullStarted(img config.Image, src auth.Source) {
 	a.mu.Lock()
 	st := a.states[img.Ref]
 	warm := st != nil && st.State == state.Warm
@@ -701,7 +702,7 @@ func (a *Agent) PullStarted(img Image, src auth.Source) {
 }
 
 // PullProgress implements Observer.
-func (a *Agent) PullProgress(img Image, p Progress) {
+func (a *Agent) PullProgress(img config.Image, p Progress) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if st := a.states[img.Ref]; st != nil && st.cancel != nil {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
@@ -52,11 +53,11 @@ func startAgent(t *testing.T, dockerHost, envFile string, env map[string]string,
 	if env == nil {
 		env = map[string]string{}
 	}
-	env[agent.KeyDockerHost] = dockerHost
+	env[config.KeyDockerHost] = dockerHost
 	o.Getenv = func(k string) string { return env[k] }
 	o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	o.NewEngine = func(ep agent.DockerEndpoint) (agent.Engine, error) { return agent.NewDockerEngine(ep) }
-	o.NewAuthorizer = func(c agent.Config) (agent.Authorizer, error) {
+	o.NewEngine = func(ep config.DockerEndpoint) (agent.Engine, error) { return agent.NewDockerEngine(ep) }
+	o.NewAuthorizer = func(c config.Config) (agent.Authorizer, error) {
 		return auth.NewSelector(auth.Options{GHCRUser: c.GHCRUser, GHCRToken: c.GHCRToken})
 	}
 	if mod != nil {
@@ -152,7 +153,7 @@ func secondRegistry(t *testing.T, b *testbed.Bed) *testbed.Registry {
 
 func writeEnv(t *testing.T, path, prefix string) {
 	t.Helper()
-	if err := os.WriteFile(path, []byte("# test\n"+agent.KeyRegistry+"="+prefix+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte("# test\n"+config.KeyRegistry+"="+prefix+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -172,7 +173,7 @@ var writeStyles = []struct {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			fmt.Fprintf(f, "%s=%s\n", agent.KeyRegistry, prefix) // a later assignment wins
+			fmt.Fprintf(f, "%s=%s\n", config.KeyRegistry, prefix) // a later assignment wins
 		},
 	},
 	{
@@ -184,7 +185,7 @@ var writeStyles = []struct {
 		name:  "sed -i",
 		setup: plainFile,
 		flip: func(t *testing.T, path, prefix string) {
-			out, err := exec.Command("sed", "-i", "s#^"+agent.KeyRegistry+"=.*#"+agent.KeyRegistry+"="+prefix+"#", path).CombinedOutput()
+			out, err := exec.Command("sed", "-i", "s#^"+config.KeyRegistry+"=.*#"+config.KeyRegistry+"="+prefix+"#", path).CombinedOutput()
 			if err != nil {
 				t.Fatalf("sed: %v %s", err, out)
 			}
@@ -272,7 +273,7 @@ func TestAgentFlipsPrefixOnEveryWriteStyle(t *testing.T) {
 			must(t, err)
 			prefixA, prefixB := f.reg.Prefix(nsA), regB.Prefix(nsB)
 			path := style.setup(t, t.TempDir(), prefixA)
-			env := map[string]string{agent.KeyRuntimes: strings.Join(rts, ","), agent.KeyRegistry: prefixA}
+			env := map[string]string{config.KeyRuntimes: strings.Join(rts, ","), config.KeyRegistry: prefixA}
 			r := startAgent(t, f.bed.DockerHost, path, env, nil)
 			r.waitFor(t, "warm on A", 30*time.Second, warmOn(prefixA, seedA))
 
@@ -292,7 +293,7 @@ func TestAgentReloadReadsAtOnce(t *testing.T) {
 	must(t, err)
 	path := plainFile(t, t.TempDir(), f.reg.Prefix(f.ns))
 	// A debounce of a minute: only Reload (SIGHUP) can pick the change up in time.
-	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: "codex"}, func(o *agent.Options) { o.Debounce = time.Minute })
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{config.KeyRuntimes: "codex"}, func(o *agent.Options) { o.Debounce = time.Minute })
 	r.waitFor(t, "warm on A", 30*time.Second, warmOn(f.reg.Prefix(f.ns), seedA))
 	writeEnv(t, path, f.reg.Prefix(f.ns+"-b"))
 	time.Sleep(500 * time.Millisecond) // a fixed wait: the check is that nothing happens in it
@@ -310,7 +311,7 @@ func TestAgentKeepsLastGoodConfiguration(t *testing.T) {
 	prefixA := f.reg.Prefix(f.ns)
 	dir := t.TempDir()
 	path := plainFile(t, dir, prefixA)
-	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: strings.Join(rts, ",")}, nil)
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{config.KeyRuntimes: strings.Join(rts, ",")}, nil)
 	r.waitFor(t, "warm on A", 30*time.Second, warmOn(prefixA, seedA))
 
 	bad := []struct {
@@ -319,7 +320,7 @@ func TestAgentKeepsLastGoodConfiguration(t *testing.T) {
 		wantErr string
 	}{
 		{"garbage bytes", func() { must(t, os.WriteFile(path, []byte("\x01\x02garbage without equals\n"), 0o644)) }, "has no '='"},
-		{"invalid prefix", func() { must(t, os.WriteFile(path, []byte(agent.KeyRegistry+"=HTTPS://Nope\n"), 0o644)) }, "no URL scheme"},
+		{"invalid prefix", func() { must(t, os.WriteFile(path, []byte(config.KeyRegistry+"=HTTPS://Nope\n"), 0o644)) }, "no URL scheme"},
 		{"10 MB file", func() {
 			must(t, os.WriteFile(path, bytes.Repeat([]byte("# padding line\n"), 10<<20/15), 0o644))
 		}, "larger than"},
@@ -357,7 +358,7 @@ func TestAgentConvergesAfterRegistryRestart(t *testing.T) {
 	seedB, err := f.bed.Seed(ctxT(t), reg, "b", rts, testbed.SeedOptions{})
 	must(t, err)
 	path := plainFile(t, t.TempDir(), reg.Prefix("a"))
-	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: strings.Join(rts, ",")}, nil)
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{config.KeyRuntimes: strings.Join(rts, ",")}, nil)
 	r.waitFor(t, "warm on a", 30*time.Second, warmOn(reg.Prefix("a"), seedA))
 
 	must(t, reg.Stop())
@@ -391,7 +392,7 @@ func TestAgentSurvivesDockerRestartAndAbsence(t *testing.T) {
 
 	// Docker absent at start: not fatal.
 	must(t, own.StopDockerd())
-	r := startAgent(t, own.DockerHost, path, map[string]string{agent.KeyRuntimes: strings.Join(rts, ",")}, nil)
+	r := startAgent(t, own.DockerHost, path, map[string]string{config.KeyRuntimes: strings.Join(rts, ",")}, nil)
 	testbed.WaitFor(t, "the agent to find Docker unreachable and start anyway", 10*time.Second, func() bool {
 		logs := r.logs.String()
 		return strings.Contains(logs, `msg="docker daemon unreachable"`) && strings.Contains(logs, `msg="agent started"`)
@@ -420,7 +421,7 @@ func TestAgentStallIsDetectedAndRetried(t *testing.T) {
 	must(t, px.Throttle(512)) // 8 MiB at 512 KB/s: ~16 s, time to stall it mid-blob
 	prefix := px.Prefix(f.ns)
 	path := plainFile(t, t.TempDir(), prefix)
-	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: "codex"}, func(o *agent.Options) {
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{config.KeyRuntimes: "codex"}, func(o *agent.Options) {
 		o.Retry = agent.RetryPolicy{Initial: 500 * time.Millisecond, Max: time.Second, Attempts: 50}
 	})
 	r.waitFor(t, "download under way", 20*time.Second, func(s agent.Snapshot) bool {
@@ -454,7 +455,7 @@ func TestAgentRateLimitBacksOffThatHostOnly(t *testing.T) {
 		Body: `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`})
 	limitedHost := px.Addr
 	path := plainFile(t, t.TempDir(), px.Prefix(f.ns))
-	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: strings.Join(rts, ",")}, func(o *agent.Options) {
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{config.KeyRuntimes: strings.Join(rts, ",")}, func(o *agent.Options) {
 		o.Concurrency = 1
 		o.RateLimit = agent.RetryPolicy{Initial: 8 * time.Second, Max: 16 * time.Second} // a first cooldown of 4–8 s
 	})
@@ -499,7 +500,7 @@ func TestAgentRefreshCostsOnlyManifestHeadsAndSkipsPins(t *testing.T) {
 	prefix := px.Prefix(f.ns)
 	pin := seed["hermes"].Digest
 	path := t.TempDir() + "/pull-agent.env"
-	must(t, os.WriteFile(path, []byte(fmt.Sprintf("%s=%s\n%s=%s\n%s=hermes=%s\n", agent.KeyRegistry, prefix, agent.KeyRuntimes, strings.Join(rts, ","), agent.KeyPins, pin)), 0o644))
+	must(t, os.WriteFile(path, []byte(fmt.Sprintf("%s=%s\n%s=%s\n%s=hermes=%s\n", config.KeyRegistry, prefix, config.KeyRuntimes, strings.Join(rts, ","), config.KeyPins, pin)), 0o644))
 	r := startAgent(t, f.bed.DockerHost, path, nil, func(o *agent.Options) { o.RefreshInterval = 2 * time.Second })
 	r.waitFor(t, "warm", 30*time.Second, func(s agent.Snapshot) bool { return s.Warm() == 3 })
 	first := r.a.Snapshot().NextRefresh
@@ -551,9 +552,9 @@ func TestAgentNoHotRetryOnNotFoundAndCancelOnLeave(t *testing.T) {
 
 	// hermes is not in the registry: not-found, and no retry until told.
 	path := plainFile(t, t.TempDir(), f.reg.Prefix(f.ns))
-	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: "codex,hermes"}, nil)
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{config.KeyRuntimes: "codex,hermes"}, nil)
 	r.waitFor(t, "hermes not found", 20*time.Second, func(s agent.Snapshot) bool {
-		h, _ := agent.LookupImage(imagesOf(s), "hermes")
+		h, _ := config.LookupImage(imagesOf(s), "hermes")
 		return h.Runtime != "" && statusOf(s, "hermes").LastClass == agent.ClassNotFound
 	})
 	time.Sleep(1500 * time.Millisecond) // ≥ several retry delays of the test policy
@@ -567,19 +568,19 @@ func TestAgentNoHotRetryOnNotFoundAndCancelOnLeave(t *testing.T) {
 	r.waitFor(t, "hermes warm after Reload", 15*time.Second, warmOn(f.reg.Prefix(f.ns), seed))
 
 	// A pull in flight for an image that leaves the set is cancelled.
-	must(t, os.WriteFile(path, []byte(agent.KeyRegistry+"="+px.Prefix(f.ns+"-big")+"\n"+agent.KeyRuntimes+"=crewai\n"), 0o644))
+	must(t, os.WriteFile(path, []byte(config.KeyRegistry+"="+px.Prefix(f.ns+"-big")+"\n"+config.KeyRuntimes+"=crewai\n"), 0o644))
 	r.waitFor(t, "slow pull in flight", 15*time.Second, func(s agent.Snapshot) bool {
 		return len(s.Images) == 1 && s.Images[0].InFlight && s.Images[0].Progress.Current > 0
 	})
-	must(t, os.WriteFile(path, []byte(agent.KeyRegistry+"="+f.reg.Prefix(f.ns)+"\n"+agent.KeyRuntimes+"=codex,hermes\n"), 0o644))
+	must(t, os.WriteFile(path, []byte(config.KeyRegistry+"="+f.reg.Prefix(f.ns)+"\n"+config.KeyRuntimes+"=codex,hermes\n"), 0o644))
 	r.waitFor(t, "back on the first set", 15*time.Second, warmOn(f.reg.Prefix(f.ns), seed))
 	if !strings.Contains(r.logs.String(), "pull cancelled: image left the configured set") {
 		t.Error("the pull of the image that left the set was not cancelled")
 	}
 }
 
-func imagesOf(s agent.Snapshot) []agent.Image {
-	var out []agent.Image
+func imagesOf(s agent.Snapshot) []config.Image {
+	var out []config.Image
 	for _, i := range s.Images {
 		out = append(out, i.Image)
 	}
@@ -599,7 +600,7 @@ func TestAgentMarksStaleWhenTheRegistryMovedOnButThePullFails(t *testing.T) {
 	f := newFixture(t)
 	seed := f.seed(t, []string{"codex"})
 	path := plainFile(t, t.TempDir(), f.reg.Prefix(f.ns))
-	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: "codex"}, func(o *agent.Options) {
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{config.KeyRuntimes: "codex"}, func(o *agent.Options) {
 		o.RefreshInterval = 2 * time.Second
 		o.Retry = agent.RetryPolicy{Initial: time.Minute, Max: time.Minute, Attempts: 1}
 	})
@@ -627,20 +628,20 @@ func TestAgentAliasFollowsTheImage(t *testing.T) {
 	must(t, err)
 	prefixA, prefixB := f.reg.Prefix(f.ns), regB.Prefix(f.ns)
 	path := plainFile(t, t.TempDir(), prefixA)
-	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: strings.Join(rts, ",")}, func(o *agent.Options) { o.RefreshInterval = 2 * time.Second })
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{config.KeyRuntimes: strings.Join(rts, ",")}, func(o *agent.Options) { o.RefreshInterval = 2 * time.Second })
 	r.waitFor(t, "warm on A", 30*time.Second, warmOn(prefixA, seedA))
 	// The flip, with the old prefix as alias: software still asking for A finds B's images.
-	must(t, os.WriteFile(path, []byte(agent.KeyRegistry+"="+prefixB+"\n"+agent.KeyAlias+"="+prefixA+"\n"), 0o644))
+	must(t, os.WriteFile(path, []byte(config.KeyRegistry+"="+prefixB+"\n"+config.KeyAlias+"="+prefixA+"\n"), 0o644))
 	s := r.waitFor(t, "warm on B", 20*time.Second, warmOn(prefixB, seedB))
 	aliasID := func() string {
-		info, err := f.engine.ImageInspect(ctxT(t), agent.ImageRef(prefixA, "langgraph"))
+		info, err := f.engine.ImageInspect(ctxT(t), config.ImageRef(prefixA, "langgraph"))
 		must(t, err)
 		return info.ID
 	}
 	if id := aliasID(); id != statusOf(s, "langgraph").ImageID {
-		t.Fatalf("%s resolves to %s, want B's image %s", agent.ImageRef(prefixA, "langgraph"), id, statusOf(s, "langgraph").ImageID)
+		t.Fatalf("%s resolves to %s, want B's image %s", config.ImageRef(prefixA, "langgraph"), id, statusOf(s, "langgraph").ImageID)
 	}
-	if d := r.a.Document(); d.Images[0].Alias != agent.ImageRef(prefixA, d.Images[0].Runtime) {
+	if d := r.a.Document(); d.Images[0].Alias != config.ImageRef(prefixA, d.Images[0].Runtime) {
 		t.Errorf("status does not show the alias: %+v", d.Images[0])
 	}
 	// B's tag moves: after the next refresh the alias follows.
@@ -667,11 +668,11 @@ func TestAgentPrunesThePreviousPrefix(t *testing.T) {
 	prefixA, prefixB := f.reg.Prefix(f.ns), regB.Prefix(f.ns+"-prune")
 	dir := t.TempDir()
 	path := plainFile(t, dir, prefixA)
-	r := startAgent(t, f.bed.DockerHost, path, map[string]string{agent.KeyRuntimes: strings.Join(rts, ","), agent.KeyPrune: "true"},
+	r := startAgent(t, f.bed.DockerHost, path, map[string]string{config.KeyRuntimes: strings.Join(rts, ","), config.KeyPrune: "true"},
 		func(o *agent.Options) { o.PulledFile = filepath.Join(dir, "pulled.json") })
 	r.waitFor(t, "warm on A", 30*time.Second, warmOn(prefixA, seedA))
 	// A stopped container uses A's codex image.
-	_, err = testbed.CreateContainer(ctxT(t), f.bed.DockerHost, agent.ImageRef(prefixA, "codex"))
+	_, err = testbed.CreateContainer(ctxT(t), f.bed.DockerHost, config.ImageRef(prefixA, "codex"))
 	must(t, err)
 	writeEnv(t, path, prefixB)
 	r.waitFor(t, "warm on B", 20*time.Second, warmOn(prefixB, seedB))
@@ -681,18 +682,18 @@ func TestAgentPrunesThePreviousPrefix(t *testing.T) {
 		return err == nil
 	}
 	for _, rt := range []string{"autogen", "crewai"} {
-		if present(agent.ImageRef(prefixA, rt)) {
-			t.Errorf("%s was not pruned", agent.ImageRef(prefixA, rt))
+		if present(config.ImageRef(prefixA, rt)) {
+			t.Errorf("%s was not pruned", config.ImageRef(prefixA, rt))
 		}
 	}
-	if !present(agent.ImageRef(prefixA, "codex")) {
+	if !present(config.ImageRef(prefixA, "codex")) {
 		t.Error("the image a stopped container uses was pruned")
 	}
 	if !present(other["hermes"].Ref) {
 		t.Error("an image the agent never pulled was pruned")
 	}
 	for _, rt := range rts {
-		if !present(agent.ImageRef(prefixB, rt)) {
+		if !present(config.ImageRef(prefixB, rt)) {
 			t.Errorf("the current image %s is gone", rt)
 		}
 	}
@@ -711,7 +712,7 @@ func TestDiskGuardRefusesWhatCannotFit(t *testing.T) {
 	must(t, err)
 	_, err = f.bed.Seed(ctxT(t), f.reg, f.ns, []string{"crewai"}, testbed.SeedOptions{BaseSize: 256 << 10, LayerSize: 96 << 20})
 	must(t, err)
-	engine, err := agent.NewDockerEngine(agent.DockerEndpoint{Host: small.DockerHost})
+	engine, err := agent.NewDockerEngine(config.DockerEndpoint{Host: small.DockerHost})
 	must(t, err)
 	root, err := engine.RootDir(ctxT(t))
 	must(t, err)
@@ -721,8 +722,8 @@ func TestDiskGuardRefusesWhatCannotFit(t *testing.T) {
 		return int64(st.Bavail) * int64(st.Bsize)
 	}
 	before := free()
-	cfg, err := agent.LoadConfig("t", nil, func(k string) string {
-		return map[string]string{agent.KeyRegistry: f.reg.Prefix(f.ns), agent.KeyRuntimes: "codex,crewai,hermes"}[k]
+	cfg, err := config.LoadConfig("t", nil, func(k string) string {
+		return map[string]string{config.KeyRegistry: f.reg.Prefix(f.ns), config.KeyRuntimes: "codex,crewai,hermes"}[k]
 	})
 	must(t, err)
 	imgs, err := cfg.Images()

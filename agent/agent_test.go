@@ -13,6 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -143,7 +144,7 @@ func TestPullMonitor(t *testing.T) {
 // start is repeated with readers spinning.
 func TestSnapshotWhileRunStarts(t *testing.T) {
 	env := filepath.Join(t.TempDir(), "env")
-	if err := os.WriteFile(env, []byte(KeyRegistry+"=r.test/x\n"+KeyRuntimes+"=codex\n"), 0o600); err != nil {
+	if err := os.WriteFile(env, []byte(config.KeyRegistry+"=r.test/x\n"+config.KeyRuntimes+"=codex\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	d := digest.FromString("image")
@@ -157,8 +158,8 @@ func TestSnapshotWhileRunStarts(t *testing.T) {
 		a, err := New(Options{
 			EnvFile:       env,
 			Getenv:        func(string) string { return "" },
-			NewEngine:     func(DockerEndpoint) (Engine, error) { return e, nil },
-			NewAuthorizer: func(Config) (Authorizer, error) { return anonymous{}, nil },
+			NewEngine:     func(config.DockerEndpoint) (Engine, error) { return e, nil },
+			NewAuthorizer: func(config.Config) (Authorizer, error) { return anonymous{}, nil },
 			Logger:        slog.New(slog.DiscardHandler),
 		})
 		if err != nil {
@@ -198,15 +199,15 @@ func (anonymous) Select(_ context.Context, host string) (auth.Selection, error) 
 func TestStatusDoesNotWaitForTheEnvFile(t *testing.T) {
 	dir := t.TempDir()
 	env := filepath.Join(dir, "env")
-	if err := os.WriteFile(env, []byte(KeyRegistry+"=r.test/x\n"+KeyRuntimes+"=codex\n"), 0o600); err != nil {
+	if err := os.WriteFile(env, []byte(config.KeyRegistry+"=r.test/x\n"+config.KeyRuntimes+"=codex\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a, err := New(Options{
 		EnvFile:       env,
 		Debounce:      10 * time.Millisecond,
 		Getenv:        func(string) string { return "" },
-		NewEngine:     func(DockerEndpoint) (Engine, error) { return goodEngine(), nil },
-		NewAuthorizer: func(Config) (Authorizer, error) { return anonymous{}, nil },
+		NewEngine:     func(config.DockerEndpoint) (Engine, error) { return goodEngine(), nil },
+		NewAuthorizer: func(config.Config) (Authorizer, error) { return anonymous{}, nil },
 		Logger:        slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
@@ -273,7 +274,7 @@ func TestStatusDoesNotWaitForTheEnvFile(t *testing.T) {
 		<-answered
 		t.Fatal("a status request waited for the agent to read the env file")
 	}
-	if _, err := w.WriteString(KeyRegistry + "=r.test/y\n" + KeyRuntimes + "=codex\n"); err != nil {
+	if _, err := w.WriteString(config.KeyRegistry + "=r.test/y\n" + config.KeyRuntimes + "=codex\n"); err != nil {
 		t.Fatal(err)
 	}
 	w.Close()

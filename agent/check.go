@@ -7,6 +7,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
@@ -58,7 +59,7 @@ func (r CheckReport) OK() bool {
 
 // Check asks the registry about every image, with the same credentials a
 // pull would use, at most three at a time. platform is os/arch[/variant].
-func Check(ctx context.Context, p *Puller, prefix, platform string, images []Image) CheckReport {
+func Check(ctx context.Context, p *Puller, prefix, platform string, images []config.Image) CheckReport {
 	rep := CheckReport{Prefix: prefix, Platform: platform, Images: make([]CheckResult, len(images))}
 	var g errgroup.Group
 	g.SetLimit(3)

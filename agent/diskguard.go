@@ -3,9 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"syscall"
 
@@ -15,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/auth"
 )
 
@@ -32,7 +31,7 @@ type diskGuard struct {
 
 // check returns a *PullError of class disk when img does not fit, nil when
 // it fits, and a note (not an error) when the guard cannot judge.
-func (g *diskGuard) check(ctx context.Context, e Engine, img Image, creds auth.Credentials) (note string, err error) {
+func (g *diskGuard) check(ctx context.Context, e Engine, img config.Image, creds auth.Credentials) (note string, err error) {
 	g.once.Do(func() { g.root, g.rootErr = e.RootDir(ctx) })
 	if g.rootErr != nil || g.root == "" {
 		return fmt.Sprintf("disk guard off: the daemon's data root is unknown (%v)", g.rootErr), nil
@@ -48,16 +47,16 @@ func (g *diskGuard) check(ctx context.Context, e Engine, img Image, creds auth.C
 	}
 	if size+g.margin > free {
 		return "", &PullError{Class: ClassDisk, Err: fmt.Errorf("not pulling %s: it needs %s compressed plus a %s margin, and only %s is free on %s (the daemon's data root); free space or lower %s",
-			img.Ref, units.BytesSize(float64(size)), units.BytesSize(float64(g.margin)), units.BytesSize(float64(free)), g.root, KeyDiskMargin)}
+			img.Ref, units.BytesSize(float64(size)), units.BytesSize(float64(g.margin)), units.BytesSize(float64(free)), g.root, config.KeyDiskMargin)}
 	}
 	return "", nil
 }
 
 // compressedSize reads the image's manifest (for platform, from an index)
 // and adds up its layers and config.
-func compressedSize(ctx context.Context, img Image, creds auth.Credentials, platform string) (int64, error) {
+func compressedSize(ctx context.Context, img config.Image, creds auth.Credentials, platform string) (int64, error) {
 	var nopts []name.Option
-	if isLoopbackHost(img.Host()) {
+	if config.IsLoopbackHost(img.Host()) {
 		nopts = append(nopts, name.Insecure) // as the daemon treats 127.0.0.0/8
 	}
 	ref, err := name.ParseReference(img.Ref, nopts...)
@@ -96,16 +95,4 @@ func compressedSize(ctx context.Context, img Image, creds auth.Credentials, plat
 		total += l.Size
 	}
 	return total, nil
-}
-
-func isLoopbackHost(host string) bool {
-	h := host
-	if hh, _, err := net.SplitHostPort(host); err == nil {
-		h = hh
-	}
-	if strings.EqualFold(h, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(strings.Trim(h, "[]"))
-	return ip != nil && ip.IsLoopback()
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/client"
 
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/auth"
 )
 
@@ -20,7 +21,7 @@ import (
 // code that imports the Docker SDK.
 type DockerEngine struct {
 	cli *client.Client
-	ep  DockerEndpoint
+	ep  config.DockerEndpoint
 }
 
 var _ Engine = (*DockerEngine)(nil)
@@ -31,20 +32,17 @@ var _ Engine = (*DockerEngine)(nil)
 // presents its cert.pem and key.pem. An address where registry credentials
 // would cross the network in clear text is refused, as LoadConfig refuses
 // it.
-func NewDockerEngine(ep DockerEndpoint) (*DockerEngine, error) {
-	if err := checkDockerHost(ep.Host, ep.TLSVerify); err != nil {
-		return nil, fmt.Errorf("%s=%q: %w", KeyDockerHost, redactDockerHost(ep.Host), err)
+func NewDockerEngine(ep config.DockerEndpoint) (*DockerEngine, error) {
+	if err := ep.Check(); err != nil {
+		return nil, err
 	}
 	opts := []client.Opt{client.WithHost(ep.Host), client.WithAPIVersionNegotiation()}
 	if ep.TLSVerify {
-		if err := checkDockerCertFiles(ep.CertPath); err != nil {
-			return nil, fmt.Errorf("%s: %w", KeyDockerCertPath, err)
-		}
-		opts = append(opts, client.WithTLSClientConfig(ep.caFile(), ep.certFile(), ep.keyFile()))
+		opts = append(opts, client.WithTLSClientConfig(ep.CAFile(), ep.CertFile(), ep.KeyFile()))
 	}
 	cli, err := client.NewClientWithOpts(opts...)
 	if err != nil {
-		return nil, fmt.Errorf("docker host %q: %w (set DOCKER_HOST to unix:///path/to/docker.sock or tcp://host:port)", redactDockerHost(ep.Host), err)
+		return nil, fmt.Errorf("docker host %q: %w (set DOCKER_HOST to unix:///path/to/docker.sock or tcp://host:port)", ep.RedactedHost(), err)
 	}
 	return &DockerEngine{cli: cli, ep: ep}, nil
 }
@@ -60,20 +58,20 @@ func (d *DockerEngine) wrap(err error) error {
 	if err == nil {
 		return nil
 	}
-	host := redactDockerHost(d.ep.Host)
+	host := d.ep.RedactedHost()
 	msg := err.Error()
 	switch {
 	case !d.ep.TLSVerify && msg == "Error response from daemon: Client sent an HTTP request to an HTTPS server.":
 		// What Go's TLS server answers to plain HTTP, verbatim.
-		return fmt.Errorf("%w at %s: it speaks TLS (dockerd --tlsverify) and the agent does not: set %s=1 and %s to the directory of ca.pem, cert.pem and key.pem", ErrDaemonUnreachable, host, KeyDockerTLSVerify, KeyDockerCertPath)
+		return fmt.Errorf("%w at %s: it speaks TLS (dockerd --tlsverify) and the agent does not: set %s=1 and %s to the directory of ca.pem, cert.pem and key.pem", ErrDaemonUnreachable, host, config.KeyDockerTLSVerify, config.KeyDockerCertPath)
 	case !client.IsErrConnectionFailed(err):
 		return err
 	case d.ep.TLSVerify && (strings.Contains(msg, "server gave HTTP response to HTTPS client") || strings.Contains(msg, "first record does not look like a TLS handshake")):
-		return fmt.Errorf("%w at %s: it does not speak TLS there, and %s is set: check the port (dockerd's TLS port is usually 2376) and that dockerd runs with --tlsverify", ErrDaemonUnreachable, host, KeyDockerTLSVerify)
+		return fmt.Errorf("%w at %s: it does not speak TLS there, and %s is set: check the port (dockerd's TLS port is usually 2376) and that dockerd runs with --tlsverify", ErrDaemonUnreachable, host, config.KeyDockerTLSVerify)
 	case d.ep.TLSVerify && strings.Contains(msg, "x509:"):
-		return fmt.Errorf("%w at %s: its certificate does not verify against %s: %v (put the CA that signed the daemon's certificate there, and make sure the certificate names the host of %s)", ErrDaemonUnreachable, host, d.ep.caFile(), err, KeyDockerHost)
+		return fmt.Errorf("%w at %s: its certificate does not verify against %s: %v (put the CA that signed the daemon's certificate there, and make sure the certificate names the host of %s)", ErrDaemonUnreachable, host, d.ep.CAFile(), err, config.KeyDockerHost)
 	case d.ep.TLSVerify && strings.Contains(msg, "remote error: tls:"):
-		return fmt.Errorf("%w at %s: the daemon refused this host's client certificate %s: %v (have it signed by the CA of the daemon's --tlscacert)", ErrDaemonUnreachable, host, d.ep.certFile(), err)
+		return fmt.Errorf("%w at %s: the daemon refused this host's client certificate %s: %v (have it signed by the CA of the daemon's --tlscacert)", ErrDaemonUnreachable, host, d.ep.CertFile(), err)
 	}
 	return fmt.Errorf("%w at %s: %v (is dockerd running? is DOCKER_HOST right?)", ErrDaemonUnreachable, host, err)
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"context"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"io"
 	"log/slog"
@@ -39,7 +40,7 @@ func lifecycleAgent(t *testing.T, e Engine) *Agent {
 	t.Helper()
 	dir := t.TempDir()
 	env := filepath.Join(dir, "env")
-	if err := os.WriteFile(env, []byte(KeyRegistry+"=r.test/x\n"+KeyRuntimes+"=codex,crewai,hermes\n"), 0o600); err != nil {
+	if err := os.WriteFile(env, []byte(config.KeyRegistry+"=r.test/x\n"+config.KeyRuntimes+"=codex,crewai,hermes\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a, err := New(Options{
@@ -47,8 +48,8 @@ func lifecycleAgent(t *testing.T, e Engine) *Agent {
 		StateFile:     filepath.Join(dir, state.StateFileName),
 		PulledFile:    filepath.Join(dir, "pulled.json"),
 		Getenv:        func(string) string { return "" },
-		NewEngine:     func(DockerEndpoint) (Engine, error) { return e, nil },
-		NewAuthorizer: func(Config) (Authorizer, error) { return anonymous{}, nil },
+		NewEngine:     func(config.DockerEndpoint) (Engine, error) { return e, nil },
+		NewAuthorizer: func(config.Config) (Authorizer, error) { return anonymous{}, nil },
 		Logger:        slog.New(slog.DiscardHandler),
 	})
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/auth"
 )
 
@@ -32,8 +33,8 @@ type Authorizer interface {
 // Observer is told about every pull. Its methods are called from the
 // pulling goroutines, concurrently for different images.
 type Observer interface {
-	PullStarted(img Image, source auth.Source)
-	PullProgress(img Image, p Progress)
+	PullStarted(img config.Image, source auth.Source)
+	PullProgress(img config.Image, p Progress)
 	PullFinished(r PullResult)
 }
 
@@ -41,17 +42,17 @@ type Observer interface {
 type NopObserver struct{}
 
 // PullStarted implements Observer.
-func (NopObserver) PullStarted(Image, auth.Source) {}
+func (NopObserver) PullStarted(config.Image, auth.Source) {}
 
 // PullProgress implements Observer.
-func (NopObserver) PullProgress(Image, Progress) {}
+func (NopObserver) PullProgress(config.Image, Progress) {}
 
 // PullFinished implements Observer.
 func (NopObserver) PullFinished(PullResult) {}
 
 // PullResult is the outcome of one pull.
 type PullResult struct {
-	Image  Image
+	Image  config.Image
 	Source auth.Source
 	// Digest is the manifest digest the registry served and the daemon now
 	// holds for the image.
@@ -195,6 +196,13 @@ type PullerOptions struct {
 	DiskMargin int64
 }
 
+// OptionsFor are the options of a Puller for cfg (its platform and disk
+// guard), with the concurrency and timeouts the caller chose.
+func OptionsFor(cfg config.Config, concurrency int, timeouts PullTimeouts) PullerOptions {
+	return PullerOptions{Concurrency: concurrency, Timeouts: timeouts, Platform: cfg.Platform,
+		DiskGuard: cfg.DiskMarginBytes >= 0, DiskMargin: max(cfg.DiskMarginBytes, 0)}
+}
+
 // Puller pulls images into the Docker daemon, verifies them and reports.
 type Puller struct {
 	engine Engine
@@ -220,14 +228,14 @@ func NewPuller(engine Engine, authz Authorizer, logger *slog.Logger, opts Puller
 	}
 	p := &Puller{engine: engine, auth: authz, log: logger.With("component", "puller"), opts: opts}
 	if opts.DiskGuard {
-		p.disk = &diskGuard{margin: opts.DiskMargin, platform: platformOrDefault(opts.Platform)}
+		p.disk = &diskGuard{margin: opts.DiskMargin, platform: config.PlatformOrDefault(opts.Platform)}
 	}
 	return p, nil
 }
 
 // PullAll pulls every image, at most Concurrency at once, and returns the
 // results in the order of images. One failure never stops the others.
-func (p *Puller) PullAll(ctx context.Context, images []Image, obs Observer) []PullResult {
+func (p *Puller) PullAll(ctx context.Context, images []config.Image, obs Observer) []PullResult {
 	if obs == nil {
 		obs = NopObserver{}
 	}
@@ -276,7 +284,7 @@ func (p *Puller) PullAll(ctx context.Context, images []Image, obs Observer) []Pu
 
 // Pull pulls one image, decodes the daemon's stream and verifies that the
 // daemon holds the digest the registry served.
-func (p *Puller) Pull(ctx context.Context, img Image, obs Observer) PullResult {
+func (p *Puller) Pull(ctx context.Context, img config.Image, obs Observer) PullResult {
 	if obs == nil {
 		obs = NopObserver{}
 	}
@@ -354,7 +362,7 @@ func (p *Puller) Pull(ctx context.Context, img Image, obs Observer) PullResult {
 
 // Remote asks the registry, through the daemon and with the same
 // credentials as a pull, which manifest img names now.
-func (p *Puller) Remote(ctx context.Context, img Image) (RemoteInfo, error) {
+func (p *Puller) Remote(ctx context.Context, img config.Image) (RemoteInfo, error) {
 	sel, err := p.auth.Select(ctx, img.Host())
 	if err != nil {
 		return RemoteInfo{}, &PullError{Class: ClassAuth, Err: fmt.Errorf("choosing credentials for %s: %w", img.Host(), err)}
@@ -382,7 +390,7 @@ func (p *Puller) stopped(ctx, pctx context.Context, err error) error {
 
 // verify checks that the daemon holds img with the digest the registry
 // served (for a pin, the pinned digest).
-func (p *Puller) verify(ctx context.Context, img Image, served digest.Digest) (ImageInfo, digest.Digest, error) {
+func (p *Puller) verify(ctx context.Context, img config.Image, served digest.Digest) (ImageInfo, digest.Digest, error) {
 	verr := func(format string, args ...any) error {
 		return &PullError{Class: ClassVerify, Err: fmt.Errorf("verifying %s: "+format, append([]any{img.Ref}, args...)...)}
 	}

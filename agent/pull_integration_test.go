@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -39,7 +40,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	b := bed.Get(t)
-	e, err := agent.NewDockerEngine(agent.DockerEndpoint{Host: b.DockerHost})
+	e, err := agent.NewDockerEngine(config.DockerEndpoint{Host: b.DockerHost})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,12 +60,12 @@ func (f *fixture) seed(t *testing.T, runtimes []string) map[string]testbed.Seede
 
 // images resolves the image set for env (the prefix defaults to the
 // fixture's namespace).
-func (f *fixture) images(t *testing.T, env map[string]string) []agent.Image {
+func (f *fixture) images(t *testing.T, env map[string]string) []config.Image {
 	t.Helper()
-	if _, ok := env[agent.KeyRegistry]; !ok {
-		env[agent.KeyRegistry] = f.reg.Prefix(f.ns)
+	if _, ok := env[config.KeyRegistry]; !ok {
+		env[config.KeyRegistry] = f.reg.Prefix(f.ns)
 	}
-	cfg, err := agent.LoadConfig("test.env", nil, func(k string) string { return env[k] })
+	cfg, err := config.LoadConfig("test.env", nil, func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +97,7 @@ func ctxT(t *testing.T) context.Context {
 
 func TestPullAllNineVerifiedByDigest(t *testing.T) {
 	f := newFixture(t)
-	seeded := f.seed(t, agent.KnownRuntimes())
+	seeded := f.seed(t, config.KnownRuntimes())
 	imgs := f.images(t, map[string]string{})
 	if len(imgs) != 9 {
 		t.Fatalf("resolved %d images, want 9", len(imgs))
@@ -133,7 +134,7 @@ func TestPullAllNineVerifiedByDigest(t *testing.T) {
 func TestPullMovedTagIsPulledAnew(t *testing.T) {
 	f := newFixture(t)
 	old := f.seed(t, []string{"codex"})["codex"]
-	imgs := f.images(t, map[string]string{agent.KeyRuntimes: "codex"})
+	imgs := f.images(t, map[string]string{config.KeyRuntimes: "codex"})
 	p := f.puller(t, auth.Options{}, agent.PullerOptions{})
 	if r := p.Pull(ctxT(t), imgs[0], nil); r.Err != nil || r.Digest != old.Digest {
 		t.Fatalf("first pull: digest %s err %v, want %s", r.Digest, r.Err, old.Digest)
@@ -163,7 +164,7 @@ func TestPullMovedTagIsPulledAnew(t *testing.T) {
 
 func TestPullOneMissingImageFailsAloneAndIsNamed(t *testing.T) {
 	f := newFixture(t)
-	all := agent.KnownRuntimes()
+	all := config.KnownRuntimes()
 	f.seed(t, slices.DeleteFunc(slices.Clone(all), func(s string) bool { return s == "hermes" }))
 	results := f.puller(t, auth.Options{}, agent.PullerOptions{}).PullAll(ctxT(t), f.images(t, map[string]string{}), nil)
 	for _, r := range results {
@@ -195,7 +196,7 @@ func TestPullRegistryNotListening(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	imgs := f.images(t, map[string]string{agent.KeyRegistry: fmt.Sprintf("127.0.0.1:%d/nobody", port)})
+	imgs := f.images(t, map[string]string{config.KeyRegistry: fmt.Sprintf("127.0.0.1:%d/nobody", port)})
 	for _, r := range f.puller(t, auth.Options{}, agent.PullerOptions{}).PullAll(ctxT(t), imgs, nil) {
 		if r.Err == nil {
 			t.Fatalf("%s: pull from a closed port succeeded", r.Image.Runtime)
@@ -215,7 +216,7 @@ func TestPullFailureInsideStreamIsAFailure(t *testing.T) {
 	if err := f.reg.DeleteBlob(s.Layers[1]); err != nil {
 		t.Fatal(err)
 	}
-	imgs := f.images(t, map[string]string{agent.KeyRuntimes: "crewai"})
+	imgs := f.images(t, map[string]string{config.KeyRuntimes: "crewai"})
 	r := f.puller(t, auth.Options{}, agent.PullerOptions{}).Pull(ctxT(t), imgs[0], nil)
 	if r.Err == nil {
 		t.Fatal("a pull whose layer blob is gone reported success")
@@ -241,9 +242,9 @@ func TestPullPinnedDigest(t *testing.T) {
 		t.Fatal(err)
 	}
 	imgs := f.images(t, map[string]string{
-		agent.KeyRuntimes: "autogen,codex",
-		agent.KeyPins:     "autogen=" + s["autogen"].Digest.String(),
-		agent.KeyPlatform: "linux/amd64",
+		config.KeyRuntimes: "autogen,codex",
+		config.KeyPins:     "autogen=" + s["autogen"].Digest.String(),
+		config.KeyPlatform: "linux/amd64",
 	})
 	p := f.puller(t, auth.Options{}, agent.PullerOptions{Platform: "linux/amd64"})
 	for _, r := range p.PullAll(ctxT(t), imgs, nil) {
@@ -256,7 +257,7 @@ func TestPullPinnedDigest(t *testing.T) {
 	}
 
 	wrong := digest.FromString("not an image")
-	bad := f.images(t, map[string]string{agent.KeyRuntimes: "codex", agent.KeyPins: "codex=" + wrong.String()})
+	bad := f.images(t, map[string]string{config.KeyRuntimes: "codex", config.KeyPins: "codex=" + wrong.String()})
 	r := p.Pull(ctxT(t), bad[0], nil)
 	if r.Err == nil {
 		t.Fatal("a pin to a digest the registry does not have succeeded")
@@ -277,7 +278,7 @@ func TestGHCRCredentialsAreNotSentToOtherHosts(t *testing.T) {
 	if _, err := f.bed.Seed(ctxT(t), reg, "private", []string{"codex"}, testbed.SeedOptions{Username: "puller", Password: "s3cret-token"}); err != nil {
 		t.Fatal(err)
 	}
-	imgs := f.images(t, map[string]string{agent.KeyRegistry: reg.Prefix("private"), agent.KeyRuntimes: "codex"})
+	imgs := f.images(t, map[string]string{config.KeyRegistry: reg.Prefix("private"), config.KeyRuntimes: "codex"})
 	// The GHCR credentials are right for this registry, but it is not
 	// ghcr.io: they must not be sent, so the pull is refused.
 	p := f.puller(t, auth.Options{GHCRUser: "puller", GHCRToken: auth.NewSecret("s3cret-token")}, agent.PullerOptions{})

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -85,11 +88,11 @@ func goodEngine() *fakeEngine {
 	}
 }
 
-func testImages(t *testing.T, prefix string, runtimes ...string) []Image {
+func testImages(t *testing.T, prefix string, runtimes ...string) []config.Image {
 	t.Helper()
-	env := map[string]string{KeyRegistry: prefix}
+	env := map[string]string{config.KeyRegistry: prefix}
 	if len(runtimes) > 0 {
-		env[KeyRuntimes] = strings.Join(runtimes, ",")
+		env[config.KeyRuntimes] = strings.Join(runtimes, ",")
 	}
 	return mustImages(t, mustLoad(t, nil, env))
 }
@@ -193,7 +196,7 @@ func TestPullVerification(t *testing.T) {
 			e := goodEngine()
 			e.pull = func(_ context.Context, ref string, _ PullOptions) (io.ReadCloser, error) { return tt.stream(ref), nil }
 			e.inspect = func(_ context.Context, ref string) (ImageInfo, error) { return tt.inspect(ref) }
-			imgs := mustImages(t, mustLoad(t, nil, map[string]string{KeyRuntimes: "codex", KeyPins: tt.pins}))
+			imgs := mustImages(t, mustLoad(t, nil, map[string]string{config.KeyRuntimes: "codex", config.KeyPins: tt.pins}))
 			r := newTestPuller(t, e, auth.Options{}, PullerOptions{}).Pull(context.Background(), imgs[0], nil)
 			if ClassOf(r.Err) != ClassVerify || !strings.Contains(r.Err.Error(), tt.want) {
 				t.Fatalf("got %v (%s), want verify error with %q", r.Err, ClassOf(r.Err), tt.want)
@@ -213,7 +216,7 @@ func TestPullPinnedVerifiesThePin(t *testing.T) {
 	e.inspect = func(_ context.Context, ref string) (ImageInfo, error) {
 		return ImageInfo{RepoDigests: []string{repoOf(ref) + "@" + pin.String()}}, nil
 	}
-	imgs := mustImages(t, mustLoad(t, nil, map[string]string{KeyRuntimes: "codex", KeyPins: "codex=" + pin.String()}))
+	imgs := mustImages(t, mustLoad(t, nil, map[string]string{config.KeyRuntimes: "codex", config.KeyPins: "codex=" + pin.String()}))
 	r := newTestPuller(t, e, auth.Options{}, PullerOptions{}).Pull(context.Background(), imgs[0], nil)
 	if r.Err != nil || r.Digest != pin || pulled != "ghcr.io/molecule-ai/workspace-template-codex@"+pin.String() {
 		t.Fatalf("err %v digest %s pulled %s", r.Err, r.Digest, pulled)
@@ -359,7 +362,7 @@ type progressObserver struct {
 	onProgress func(Progress)
 }
 
-func (o *progressObserver) PullProgress(_ Image, p Progress) { o.onProgress(p) }
+func (o *progressObserver) PullProgress(_ config.Image, p Progress) { o.onProgress(p) }
 
 func TestPullStalledStreamIsCut(t *testing.T) {
 	e := goodEngine()
@@ -426,4 +429,58 @@ func enter(inFlight, peak *atomic.Int32) (leave func()) {
 		}
 	}
 	return func() { inFlight.Add(-1) }
+}
+
+func envOf(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func mustLoad(t *testing.T, file []config.EnvVar, env map[string]string) config.Config {
+	t.Helper()
+	cfg, err := config.LoadConfig("test.env", file, envOf(env))
+	if err != nil {
+		t.Fatalf("LoadConfig: %v", err)
+	}
+	return cfg
+}
+
+func mustImages(t *testing.T, cfg config.Config) []config.Image {
+	t.Helper()
+	imgs, err := cfg.Images()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return imgs
+}
+
+// The resolver rules of the original RegistryPrefix/RuntimeImages, which
+// are the contract.
+
+// The platform and the puller options come from a Config in one place,
+// for the agent, pull and check alike.
+func TestTargetPlatformAndPullerOptions(t *testing.T) {
+	timeouts := PullTimeouts{Stall: time.Minute}
+	for _, tt := range []struct {
+		name     string
+		env      map[string]string
+		platform string
+		want     PullerOptions
+	}{
+		{"defaults", nil, "linux/" + runtime.GOARCH,
+			PullerOptions{Concurrency: 2, Timeouts: timeouts, DiskGuard: true, DiskMargin: config.DefaultDiskMarginMB << 20}},
+		{"a platform, the guard off", map[string]string{config.KeyPlatform: "linux/arm64/v8", config.KeyDiskMargin: "-1"}, "linux/arm64/v8",
+			PullerOptions{Concurrency: 2, Timeouts: timeouts, Platform: "linux/arm64/v8"}},
+		{"another margin", map[string]string{config.KeyDiskMargin: "0"}, "linux/" + runtime.GOARCH,
+			PullerOptions{Concurrency: 2, Timeouts: timeouts, DiskGuard: true}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := mustLoad(t, nil, tt.env)
+			if got := cfg.TargetPlatform(); got != tt.platform {
+				t.Errorf("TargetPlatform() = %q, want %q", got, tt.platform)
+			}
+			if got := OptionsFor(cfg, 2, timeouts); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("PullerOptions = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -87,7 +88,7 @@ func (e *env) reactionAndIdle(ctx context.Context, flips int, idle time.Duration
 		if err != nil {
 			return Reaction{}, Idle{}, err
 		}
-		if _, err := e.bed.Seed(ctx, r, "molecule-ai", agent.KnownRuntimes(), testbed.SeedOptions{}); err != nil {
+		if _, err := e.bed.Seed(ctx, r, "molecule-ai", config.KnownRuntimes(), testbed.SeedOptions{}); err != nil {
 			return Reaction{}, Idle{}, err
 		}
 		regs[name] = r
@@ -99,7 +100,7 @@ func (e *env) reactionAndIdle(ctx context.Context, flips int, idle time.Duration
 	envFile := filepath.Join(dir, "pull-agent.env")
 	writeEnv := func(prefix string) error {
 		tmp := envFile + ".tmp"
-		if err := os.WriteFile(tmp, []byte(agent.KeyRegistry+"="+prefix+"\n"), 0o644); err != nil {
+		if err := os.WriteFile(tmp, []byte(config.KeyRegistry+"="+prefix+"\n"), 0o644); err != nil {
 			return err
 		}
 		return os.Rename(tmp, envFile)
@@ -130,7 +131,7 @@ func (e *env) reactionAndIdle(ctx context.Context, flips int, idle time.Duration
 	if err := waitWarm(regs["a"].Prefix("molecule-ai"), 2*time.Minute); err != nil {
 		return Reaction{}, Idle{}, err
 	}
-	engine, err := agent.NewDockerEngine(agent.DockerEndpoint{Host: e.bed.DockerHost})
+	engine, err := agent.NewDockerEngine(config.DockerEndpoint{Host: e.bed.DockerHost})
 	if err != nil {
 		return Reaction{}, Idle{}, err
 	}
@@ -151,7 +152,7 @@ func (e *env) reactionAndIdle(ctx context.Context, flips int, idle time.Duration
 		}
 		agentLat = append(agentLat, first.Sub(t0))
 		t1 := time.Now()
-		rc, err := engine.ImagePull(ctx, agent.ImageRef(r.Prefix("molecule-ai"), "codex"), agent.PullOptions{})
+		rc, err := engine.ImagePull(ctx, config.ImageRef(r.Prefix("molecule-ai"), "codex"), agent.PullOptions{})
 		if err != nil {
 			return Reaction{}, Idle{}, err
 		}

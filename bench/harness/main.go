@@ -26,7 +26,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -155,7 +155,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	w := workload{dir: *cache, baseSize: 64 << 20, uniqueSize: 24 << 20, count: 9}
 	res.Workload = "9 images: a shared 64 MiB base layer + a unique 24 MiB layer each, random bytes"
-	rts := agent.KnownRuntimes()
+	rts := config.KnownRuntimes()
 	fmt.Fprintln(os.Stderr, "harness: preparing the workload (cached in "+*cache+")")
 	if err := w.push(ctx, e.reg.Addr, "bench", rts); err != nil {
 		return err
@@ -163,7 +163,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	prefix := e.proxy.Prefix("bench")
 	images := make([]string, len(rts))
 	for i, rt := range rts {
-		images[i] = agent.ImageRef(prefix, rt)
+		images[i] = config.ImageRef(prefix, rt)
 	}
 
 	contenders := []struct {
@@ -274,7 +274,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 
 func (e *env) agentPull(ctx context.Context, prefix string, rts []string) error {
 	envFile := filepath.Join(e.dir, "bench.env")
-	content := fmt.Sprintf("%s=%s\n%s=%s\nDOCKER_HOST=%s\n%s=-1\n", agent.KeyRegistry, prefix, agent.KeyRuntimes, strings.Join(rts, ","), e.bed.DockerHost, agent.KeyDiskMargin)
+	content := fmt.Sprintf("%s=%s\n%s=%s\nDOCKER_HOST=%s\n%s=-1\n", config.KeyRegistry, prefix, config.KeyRuntimes, strings.Join(rts, ","), e.bed.DockerHost, config.KeyDiskMargin)
 	if err := os.WriteFile(envFile, []byte(content), 0o600); err != nil {
 		return err
 	}
@@ -287,7 +287,7 @@ func (e *env) agentPull(ctx context.Context, prefix string, rts []string) error 
 
 func (e *env) agentRunCold(ctx context.Context, prefix string, rts []string) error {
 	envFile := filepath.Join(e.dir, "run.env")
-	content := fmt.Sprintf("%s=%s\nDOCKER_HOST=%s\n%s=-1\n", agent.KeyRegistry, prefix, e.bed.DockerHost, agent.KeyDiskMargin)
+	content := fmt.Sprintf("%s=%s\nDOCKER_HOST=%s\n%s=-1\n", config.KeyRegistry, prefix, e.bed.DockerHost, config.KeyDiskMargin)
 	if err := os.WriteFile(envFile, []byte(content), 0o600); err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
@@ -38,14 +39,14 @@ each runtime: how to prove a mirror complete before a flip.`)
 	cfg := env.cfg
 	prefixes := []string{cfg.Prefix}
 	if *prefixFlag != "" {
-		p, err := agent.ParsePrefix(*prefixFlag)
+		p, err := config.ParsePrefix(*prefixFlag)
 		if err != nil {
 			return usageErr(fmt.Errorf("--prefix %q: %v", *prefixFlag, err))
 		}
 		prefixes[0] = p
 	}
 	if *compare != "" {
-		q, err := agent.ParsePrefix(*compare)
+		q, err := config.ParsePrefix(*compare)
 		if err != nil {
 			return usageErr(fmt.Errorf("--compare %q: %v", *compare, err))
 		}
@@ -56,7 +57,7 @@ each runtime: how to prove a mirror complete before a flip.`)
 		return usageErr(err)
 	}
 	defer engine.Close()
-	agent.WarnDockerSocketOwner(env.log, cfg.DockerHost)
+	config.WarnDockerSocketOwner(env.log, cfg.DockerHost)
 	if err := engine.Ping(ctx); err != nil {
 		return &exitError{code: checkUnreachable, err: err}
 	}
@@ -75,7 +76,7 @@ each runtime: how to prove a mirror complete before a flip.`)
 		}
 		// Check only asks the registry (Remote): the timeouts of a pull
 		// do not apply.
-		puller, err := agent.NewPuller(engine, sel, env.log, pc.PullerOptions(0, agent.PullTimeouts{}))
+		puller, err := agent.NewPuller(engine, sel, env.log, agent.OptionsFor(pc, 0, agent.PullTimeouts{}))
 		if err != nil {
 			return err
 		}

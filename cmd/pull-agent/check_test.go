@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -22,7 +23,7 @@ func TestCheckMirrorParity(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { mirror.Stop() })
-	rts := agent.KnownRuntimes()
+	rts := config.KnownRuntimes()
 	if _, err := b.Seed(ctx, ghcr, "check", rts, testbed.SeedOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -32,13 +33,13 @@ func TestCheckMirrorParity(t *testing.T) {
 			if strings.Contains(strings.Join(skip, ","), rt) {
 				continue
 			}
-			if err := testbed.Copy(ctx, agent.ImageRef(ghcr.Prefix("check"), rt), agent.ImageRef(mirror.Prefix(ns), rt)); err != nil {
+			if err := testbed.Copy(ctx, config.ImageRef(ghcr.Prefix("check"), rt), config.ImageRef(mirror.Prefix(ns), rt)); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	env := map[string]string{agent.KeyDockerHost: b.DockerHost}
-	envFile := writeFile(t, agent.KeyRegistry+"="+ghcr.Prefix("check")+"\n")
+	env := map[string]string{config.KeyDockerHost: b.DockerHost}
+	envFile := writeFile(t, config.KeyRegistry+"="+ghcr.Prefix("check")+"\n")
 	check := func(q string, extra ...string) (int, string, string) {
 		return runCLI(t, env, append([]string{"check", "--env-file", envFile, "--compare", q}, extra...)...)
 	}
@@ -85,7 +86,7 @@ func TestCheckMirrorParity(t *testing.T) {
 	if _, err := b.Seed(ctx, locked, "m", []string{"codex"}, testbed.SeedOptions{Username: "mirror", Password: "mirror-s3cret"}); err != nil {
 		t.Fatal(err)
 	}
-	envFile = writeFile(t, agent.KeyRegistry+"="+ghcr.Prefix("check")+"\n"+agent.KeyRuntimes+"=codex\n")
+	envFile = writeFile(t, config.KeyRegistry+"="+ghcr.Prefix("check")+"\n"+config.KeyRuntimes+"=codex\n")
 	code, out, _ = check(locked.Prefix("m"))
 	if code != checkFailed || !strings.Contains(out, "host "+locked.Addr+": anonymous; AUTHENTICATION FAILED") || !strings.Contains(out, "ERROR [auth]") {
 		t.Fatalf("locked mirror: exit %d\n%s", code, out)
@@ -102,7 +103,7 @@ func TestCheckMirrorParity(t *testing.T) {
 		t.Fatalf("locked mirror with credentials: exit %d\n%s", code, out)
 	}
 	// The daemon unreachable: 2.
-	if code, _, _ := runCLI(t, map[string]string{agent.KeyDockerHost: "unix:///nonexistent.sock"}, "check", "--env-file", envFile); code != checkUnreachable {
+	if code, _, _ := runCLI(t, map[string]string{config.KeyDockerHost: "unix:///nonexistent.sock"}, "check", "--env-file", envFile); code != checkUnreachable {
 		t.Errorf("daemon unreachable: exit %d", code)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
@@ -86,7 +87,7 @@ type common struct {
 }
 
 func (c *common) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.envFile, "env-file", agent.DefaultEnvFile, "env file with MOLECULE_IMAGE_REGISTRY and the other settings")
+	fs.StringVar(&c.envFile, "env-file", config.DefaultEnvFile, "env file with MOLECULE_IMAGE_REGISTRY and the other settings")
 	fs.StringVar(&c.stateDir, "state-dir", "/var/lib/pull-agent", "state directory (the ECR token cache lives here)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
@@ -127,28 +128,28 @@ func (c *common) logger(stderr io.Writer) (*slog.Logger, error) {
 // loadConfig reads the env file and builds the configuration. A missing
 // file is fine at the default path (the defaults and the process
 // environment apply) and an error when named explicitly.
-func (c *common) loadConfig(fs *flag.FlagSet, getenv func(string) string, log *slog.Logger) (agent.Config, error) {
+func (c *common) loadConfig(fs *flag.FlagSet, getenv func(string) string, log *slog.Logger) (config.Config, error) {
 	explicit := false
 	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "env-file" })
-	vars, err := agent.ReadEnvFile(c.envFile)
+	vars, err := config.ReadEnvFile(c.envFile)
 	switch {
 	case err == nil:
-	case agent.IsNotExist(err) && !explicit:
+	case config.IsNotExist(err) && !explicit:
 		log.Debug("env file absent; using the process environment and defaults", "env_file", c.envFile)
 	default:
-		return agent.Config{}, usageErr(err)
+		return config.Config{}, usageErr(err)
 	}
-	cfg, err := agent.LoadConfig(c.envFile, vars, getenv)
+	cfg, err := config.LoadConfig(c.envFile, vars, getenv)
 	if err != nil {
-		return agent.Config{}, usageErr(fmt.Errorf("configuration refused:\n%w", err))
+		return config.Config{}, usageErr(fmt.Errorf("configuration refused:\n%w", err))
 	}
-	agent.WarnEnvFileMode(log, c.envFile, vars)
-	agent.WarnUnusedKeys(log, c.envFile, vars)
+	config.WarnEnvFileMode(log, c.envFile, vars)
+	config.WarnUnusedKeys(log, c.envFile, vars)
 	return cfg, nil
 }
 
 // authorizer builds the credential selection for cfg.
-func (c *common) authorizer(cfg agent.Config, getenv func(string) string, log *slog.Logger) (*auth.Selector, error) {
+func (c *common) authorizer(cfg config.Config, getenv func(string) string, log *slog.Logger) (*auth.Selector, error) {
 	return auth.NewSelector(auth.Options{
 		GHCRUser:        cfg.GHCRUser,
 		GHCRToken:       cfg.GHCRToken,
@@ -162,8 +163,8 @@ func (c *common) authorizer(cfg agent.Config, getenv func(string) string, log *s
 // prepared is what every command that works on the image set starts from.
 type prepared struct {
 	log    *slog.Logger
-	cfg    agent.Config
-	images []agent.Image
+	cfg    config.Config
+	images []config.Image
 	sel    *auth.Selector
 }
 
@@ -262,11 +263,11 @@ others.`)
 		return usageErr(err)
 	}
 	defer engine.Close()
-	agent.WarnDockerSocketOwner(log, cfg.DockerHost)
+	config.WarnDockerSocketOwner(log, cfg.DockerHost)
 	if err := engine.Ping(ctx); err != nil {
 		return &exitError{code: exitFailed, err: fmt.Errorf("no image can be pulled: %w", err)}
 	}
-	puller, err := agent.NewPuller(engine, sel, log, cfg.PullerOptions(*concurrency, agent.DefaultPullTimeouts()))
+	puller, err := agent.NewPuller(engine, sel, log, agent.OptionsFor(cfg, *concurrency, agent.DefaultPullTimeouts()))
 	if err != nil {
 		return err
 	}
@@ -334,11 +335,11 @@ type logObserver struct {
 	log *slog.Logger
 }
 
-func (o logObserver) PullStarted(img agent.Image, src auth.Source) {
+func (o logObserver) PullStarted(img config.Image, src auth.Source) {
 	o.log.Info("pull started", "runtime", img.Runtime, "image", img.Ref, "auth", string(src))
 }
 
-func (o logObserver) PullProgress(agent.Image, agent.Progress) {}
+func (o logObserver) PullProgress(config.Image, agent.Progress) {}
 
 func (o logObserver) PullFinished(r agent.PullResult) {
 	if r.Err != nil {

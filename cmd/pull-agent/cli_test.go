@@ -13,7 +13,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -109,7 +109,7 @@ func TestVersionAndUsage(t *testing.T) {
 
 func TestImagesGolden(t *testing.T) {
 	file := writeFile(t, "# test\nMOLECULE_IMAGE_REGISTRY=ghcr.io/molecule-ai/\nGHCR_USER=bot\nGHCR_TOKEN='secret-token'\nMOLECULE_RUNTIME_PINS=hermes=sha256:"+strings.Repeat("0", 64)+"\n")
-	env := map[string]string{agent.KeyRegistry: "ignored.example.test/x"}
+	env := map[string]string{config.KeyRegistry: "ignored.example.test/x"}
 	code, out, errOut := runCLI(t, env, "images", "--env-file", file)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
@@ -140,9 +140,9 @@ func TestUsageErrorsExit64InEveryCommand(t *testing.T) {
 		t.Fatalf("exitUsage = %d; the usage code is EX_USAGE, 64", exitUsage)
 	}
 	badLine := writeFile(t, "A=1\nnot an assignment\n")
-	badPrefix := writeFile(t, agent.KeyRegistry+"=https://ghcr.io/x\n")
+	badPrefix := writeFile(t, config.KeyRegistry+"=https://ghcr.io/x\n")
 	missing := filepath.Join(t.TempDir(), "none.env")
-	good := writeFile(t, agent.KeyRuntimes+"=codex\n")
+	good := writeFile(t, config.KeyRuntimes+"=codex\n")
 	type tc struct {
 		name string
 		args []string
@@ -273,17 +273,17 @@ func TestPullAgainstTheBed(t *testing.T) {
 	b := bed.Get(t)
 	reg := b.Registry("main")
 	ctx := context.Background()
-	all := agent.KnownRuntimes()
+	all := config.KnownRuntimes()
 	if _, err := b.Seed(ctx, reg, "cli-all", all, testbed.SeedOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.Seed(ctx, reg, "cli-partial", slices.DeleteFunc(slices.Clone(all), func(s string) bool { return s == "langgraph" }), testbed.SeedOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	env := map[string]string{agent.KeyDockerHost: b.DockerHost}
+	env := map[string]string{config.KeyDockerHost: b.DockerHost}
 
 	t.Run("all present", func(t *testing.T) {
-		f := writeFile(t, agent.KeyRegistry+"="+reg.Prefix("cli-all")+"\n")
+		f := writeFile(t, config.KeyRegistry+"="+reg.Prefix("cli-all")+"\n")
 		code, out, errOut := runCLI(t, env, "pull", "--env-file", f)
 		if code != 0 || !strings.Contains(out, "9/9 images present and verified") {
 			t.Fatalf("exit %d\nstdout %s\nstderr %s", code, out, errOut)
@@ -298,7 +298,7 @@ func TestPullAgainstTheBed(t *testing.T) {
 		}
 	})
 	t.Run("one missing", func(t *testing.T) {
-		f := writeFile(t, agent.KeyRegistry+"="+reg.Prefix("cli-partial")+"\n")
+		f := writeFile(t, config.KeyRegistry+"="+reg.Prefix("cli-partial")+"\n")
 		code, out, errOut := runCLI(t, env, "pull", "--env-file", f, "--concurrency", "2")
 		if code != exitFailed {
 			t.Fatalf("exit %d, want 1\n%s\n%s", code, out, errOut)
@@ -324,7 +324,7 @@ func TestImagesExplainsCredentialSources(t *testing.T) {
 		ecr + "/m":              "ecr-login (AWS default credential chain)",
 		"other.example.test/m":  "anonymous",
 	} {
-		f := writeFile(t, agent.KeyRegistry+"="+prefix+"\n"+agent.KeyRuntimes+"=codex\n")
+		f := writeFile(t, config.KeyRegistry+"="+prefix+"\n"+config.KeyRuntimes+"=codex\n")
 		code, out, errOut := runCLI(t, map[string]string{"DOCKER_CONFIG": dir}, "images", "--env-file", f)
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("%s: exit %d, want %q in:\n%s%s", prefix, code, want, out, errOut)

@@ -10,6 +10,7 @@ import (
 	"github.com/docker/go-units"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
@@ -38,7 +39,7 @@ type displayRow struct {
 
 var _ agent.Observer = (*ttyDisplay)(nil)
 
-func newTTYDisplay(w io.Writer, images []agent.Image, color bool) *ttyDisplay {
+func newTTYDisplay(w io.Writer, images []config.Image, color bool) *ttyDisplay {
 	d := &ttyDisplay{w: w, color: color, rows: map[string]*displayRow{}, stop: make(chan struct{}), done: make(chan struct{}), start: time.Now()}
 	for _, img := range images {
 		d.order = append(d.order, img.Runtime)
@@ -69,7 +70,7 @@ func (d *ttyDisplay) Stop() {
 	<-d.done
 }
 
-func (d *ttyDisplay) PullStarted(img agent.Image, src auth.Source) {
+func (d *ttyDisplay) PullStarted(img config.Image, src auth.Source) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	r := d.rows[img.Runtime]
@@ -77,7 +78,7 @@ func (d *ttyDisplay) PullStarted(img agent.Image, src auth.Source) {
 	r.note = string(src)
 }
 
-func (d *ttyDisplay) PullProgress(img agent.Image, p agent.Progress) {
+func (d *ttyDisplay) PullProgress(img config.Image, p agent.Progress) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	r := d.rows[img.Runtime]

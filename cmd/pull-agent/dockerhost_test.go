@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -44,19 +45,19 @@ func runCLICancelled(t *testing.T, env map[string]string, args ...string) (int, 
 // a configuration error: each command exits 64 (usage) and says why,
 // before any connection.
 func TestCommandsRefuseACleartextDockerHost(t *testing.T) {
-	f := writeFile(t, agent.KeyRuntimes+"=codex\n")
+	f := writeFile(t, config.KeyRuntimes+"=codex\n")
 	tests := []struct {
 		name string
 		env  map[string]string
 		want string
 	}{
-		{"remote without TLS", map[string]string{agent.KeyDockerHost: "tcp://203.0.113.7:2375"},
+		{"remote without TLS", map[string]string{config.KeyDockerHost: "tcp://203.0.113.7:2375"},
 			`environment: DOCKER_HOST="tcp://203.0.113.7:2375": 203.0.113.7 is not a loopback address and DOCKER_TLS_VERIFY is not set: every registry credential sent with a pull would cross the network in clear text`},
-		{"https without TLS", map[string]string{agent.KeyDockerHost: "https://docker.example.test:2376"},
+		{"https without TLS", map[string]string{config.KeyDockerHost: "https://docker.example.test:2376"},
 			"the Docker client takes TLS from DOCKER_TLS_VERIFY, not from the scheme"},
-		{"an unknown scheme", map[string]string{agent.KeyDockerHost: "tls://203.0.113.7:2376"},
+		{"an unknown scheme", map[string]string{config.KeyDockerHost: "tls://203.0.113.7:2376"},
 			`scheme "tls" is not supported (the Docker client would dial it as plain TCP)`},
-		{"TLS without its files", map[string]string{agent.KeyDockerHost: "tcp://203.0.113.7:2376", agent.KeyDockerTLSVerify: "1", agent.KeyDockerCertPath: "/nonexistent/certs"},
+		{"TLS without its files", map[string]string{config.KeyDockerHost: "tcp://203.0.113.7:2376", config.KeyDockerTLSVerify: "1", config.KeyDockerCertPath: "/nonexistent/certs"},
 			`DOCKER_CERT_PATH="/nonexistent/certs": /nonexistent/certs/ca.pem (the CA certificate that signed the daemon's certificate) cannot be read: no such file or directory; copy it there`},
 	}
 	for _, tt := range tests {
@@ -108,9 +109,9 @@ func TestPullThroughADaemonThatWantsTLS(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dockerConfig, "config.json"), []byte(`{"auths": {"`+reg.Addr+`": {"auth": "Ym90OnJlZy1zM2NyZXQ="}}}`), 0o600); err != nil { // bot:reg-s3cret
 		t.Fatal(err)
 	}
-	f := writeFile(t, agent.KeyRegistry+"="+reg.Prefix("molecule-ai")+"\n"+agent.KeyRuntimes+"=codex\n")
+	f := writeFile(t, config.KeyRegistry+"="+reg.Prefix("molecule-ai")+"\n"+config.KeyRuntimes+"=codex\n")
 	tlsEnv := func(certDir string) map[string]string {
-		return map[string]string{"DOCKER_CONFIG": dockerConfig, agent.KeyDockerHost: b.TLS.Host, agent.KeyDockerTLSVerify: "1", agent.KeyDockerCertPath: certDir}
+		return map[string]string{"DOCKER_CONFIG": dockerConfig, config.KeyDockerHost: b.TLS.Host, config.KeyDockerTLSVerify: "1", config.KeyDockerCertPath: certDir}
 	}
 
 	t.Run("with TLS", func(t *testing.T) {
@@ -126,18 +127,18 @@ func TestPullThroughADaemonThatWantsTLS(t *testing.T) {
 			t.Fatalf("check: exit %d\nstdout %s\nstderr %s", code, out, errOut)
 		}
 		// The image is in the daemon, as its unix socket shows.
-		e, err := agent.NewDockerEngine(agent.DockerEndpoint{Host: b.DockerHost})
+		e, err := agent.NewDockerEngine(config.DockerEndpoint{Host: b.DockerHost})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer e.Close()
-		if _, err := e.ImageInspect(context.Background(), agent.ImageRef(reg.Prefix("molecule-ai"), "codex")); err != nil {
+		if _, err := e.ImageInspect(context.Background(), config.ImageRef(reg.Prefix("molecule-ai"), "codex")); err != nil {
 			t.Fatalf("after the pull through TLS: %v", err)
 		}
 	})
 
 	t.Run("run", func(t *testing.T) {
-		envFile := writeFile(t, agent.KeyRegistry+"="+reg.Prefix("molecule-ai")+"\n"+agent.KeyRuntimes+"=hermes\n")
+		envFile := writeFile(t, config.KeyRegistry+"="+reg.Prefix("molecule-ai")+"\n"+config.KeyRuntimes+"=hermes\n")
 		var env []string
 		for k, v := range tlsEnv(b.TLS.CertDir) {
 			env = append(env, k+"="+v)
@@ -160,7 +161,7 @@ func TestPullThroughADaemonThatWantsTLS(t *testing.T) {
 		want string
 	}{
 		{"plain tcp to the TLS port", func() map[string]string {
-			return map[string]string{"DOCKER_CONFIG": dockerConfig, agent.KeyDockerHost: b.TLS.Host}
+			return map[string]string{"DOCKER_CONFIG": dockerConfig, config.KeyDockerHost: b.TLS.Host}
 		}, "it speaks TLS (dockerd --tlsverify) and the agent does not: set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH"},
 		{"a client certificate of another CA", func() map[string]string {
 			dir := t.TempDir()
@@ -178,19 +179,19 @@ func TestPullThroughADaemonThatWantsTLS(t *testing.T) {
 		}, "its certificate does not verify against " + filepath.Join("DIR", "ca.pem")},
 		{"a host name the daemon's certificate does not name", func() map[string]string {
 			env := tlsEnv(b.TLS.CertDir)
-			env[agent.KeyDockerHost] = strings.Replace(b.TLS.Host, "127.0.0.1", "localhost", 1)
+			env[config.KeyDockerHost] = strings.Replace(b.TLS.Host, "127.0.0.1", "localhost", 1)
 			return env
 		}, "its certificate does not verify against " + filepath.Join("DIR", "ca.pem") + ": error during connect: Head \"https://localhost:"},
 		{"TLS to a port that speaks plain HTTP", func() map[string]string {
 			env := tlsEnv(b.TLS.CertDir)
-			env[agent.KeyDockerHost] = "tcp://" + reg.Addr
+			env[config.KeyDockerHost] = "tcp://" + reg.Addr
 			return env
 		}, "it does not speak TLS there, and DOCKER_TLS_VERIFY is set"},
 	}
 	for _, tt := range refused {
 		t.Run(tt.name, func(t *testing.T) {
 			env := tt.env()
-			want := "no image can be pulled: cannot reach the Docker daemon at " + env[agent.KeyDockerHost] + ": " + strings.ReplaceAll(tt.want, "DIR", env[agent.KeyDockerCertPath])
+			want := "no image can be pulled: cannot reach the Docker daemon at " + env[config.KeyDockerHost] + ": " + strings.ReplaceAll(tt.want, "DIR", env[config.KeyDockerCertPath])
 			code, out, errOut := runCLI(t, env, "pull", "--env-file", f)
 			if code != exitFailed || !strings.HasPrefix(errOut, want) {
 				t.Fatalf("pull: exit %d (want %d)\nstdout %s\nstderr %s\nwant: %s", code, exitFailed, out, errOut, want)
@@ -240,10 +241,10 @@ const ownerWarning = "Docker socket is owned by a user other than root"
 // A socket owned by someone else than root could be anyone's: pull and
 // check warn on stderr, run logs the warning once, when it connects.
 func TestWarnsWhenTheDockerSocketHasAnotherOwner(t *testing.T) {
-	f := writeFile(t, agent.KeyRegistry+"=registry.example.test/m\n"+agent.KeyRuntimes+"=codex\n")
+	f := writeFile(t, config.KeyRegistry+"=registry.example.test/m\n"+config.KeyRuntimes+"=codex\n")
 	dockerConfig := t.TempDir()
 	t.Run("pull and check", func(t *testing.T) {
-		env := map[string]string{"DOCKER_CONFIG": dockerConfig, agent.KeyDockerHost: fakeDaemonSocket(t, 65534, 65534)}
+		env := map[string]string{"DOCKER_CONFIG": dockerConfig, config.KeyDockerHost: fakeDaemonSocket(t, 65534, 65534)}
 		for _, cmd := range []string{"pull", "check"} {
 			_, _, errOut := runCLI(t, env, cmd, "--env-file", f)
 			if strings.Count(errOut, ownerWarning) != 1 || !strings.Contains(errOut, "uid=65534") ||
@@ -253,7 +254,7 @@ func TestWarnsWhenTheDockerSocketHasAnotherOwner(t *testing.T) {
 		}
 	})
 	t.Run("root's socket", func(t *testing.T) {
-		env := map[string]string{"DOCKER_CONFIG": dockerConfig, agent.KeyDockerHost: fakeDaemonSocket(t, 0, 0)}
+		env := map[string]string{"DOCKER_CONFIG": dockerConfig, config.KeyDockerHost: fakeDaemonSocket(t, 0, 0)}
 		for _, cmd := range []string{"pull", "check"} {
 			if _, _, errOut := runCLI(t, env, cmd, "--env-file", f); strings.Contains(errOut, "Docker socket") {
 				t.Errorf("%s warned about root's socket:\n%s", cmd, errOut)
@@ -261,11 +262,11 @@ func TestWarnsWhenTheDockerSocketHasAnotherOwner(t *testing.T) {
 		}
 	})
 	t.Run("run", func(t *testing.T) {
-		envFile := writeFile(t, agent.KeyRegistry+"=registry.example.test/m\n"+agent.KeyRuntimes+"=codex\n")
+		envFile := writeFile(t, config.KeyRegistry+"=registry.example.test/m\n"+config.KeyRuntimes+"=codex\n")
 		p := startProcess(t, []string{"DOCKER_CONFIG=" + dockerConfig, "DOCKER_HOST=" + fakeDaemonSocket(t, 65534, 0)}, "--env-file", envFile, "--debounce", "10ms")
 		waitOutput(t, p, "the first configuration", func(s string) bool { return strings.Count(s, `msg="configuration loaded"`) == 1 })
 		// A new configuration does not connect again, nor warn again.
-		if err := os.WriteFile(envFile, []byte(agent.KeyRegistry+"=registry.example.test/m\n"+agent.KeyRuntimes+"=codex,hermes\n"), 0o600); err != nil {
+		if err := os.WriteFile(envFile, []byte(config.KeyRegistry+"=registry.example.test/m\n"+config.KeyRuntimes+"=codex,hermes\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		waitOutput(t, p, "the second configuration", func(s string) bool { return strings.Count(s, `msg="configuration loaded"`) == 2 })

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -72,7 +72,7 @@ func TestPullWithDebiansECRCredentialHelper(t *testing.T) {
 	write("docker/config.json", string(cfg))
 	ca := write("ca.pem", string(caPEM))
 	hosts := write("hosts", "127.0.0.1 localhost\n127.0.0.1 "+apiHost+"\n")
-	envFile := write("pull-agent.env", agent.KeyRegistry+"="+registryHost+"/molecule-ai\n"+agent.KeyRuntimes+"=codex\nDOCKER_HOST="+own.DockerHost+"\n")
+	envFile := write("pull-agent.env", config.KeyRegistry+"="+registryHost+"/molecule-ai\n"+config.KeyRuntimes+"=codex\nDOCKER_HOST="+own.DockerHost+"\n")
 
 	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--fork", "--",
 		"/bin/sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`, hosts,

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -78,8 +78,8 @@ func TestHostileRegistryTextReachesNoTerminal(t *testing.T) {
 	body, _ := json.Marshal(map[string]any{"errors": []map[string]string{{"code": "DENIED", "message": registryMessage}}})
 	proxy.SetFault(&testbed.Fault{Match: "/manifests/", Status: 403, Body: string(body)})
 
-	envFile := writeFile(t, fmt.Sprintf("%s=%s\n%s=%s\n%s=-1\n", agent.KeyRegistry, proxy.Prefix("hostile"), agent.KeyRuntimes, strings.Join(rts, ","), agent.KeyDiskMargin))
-	env := []string{agent.KeyDockerHost + "=" + b.DockerHost}
+	envFile := writeFile(t, fmt.Sprintf("%s=%s\n%s=%s\n%s=-1\n", config.KeyRegistry, proxy.Prefix("hostile"), config.KeyRuntimes, strings.Join(rts, ","), config.KeyDiskMargin))
+	env := []string{config.KeyDockerHost + "=" + b.DockerHost}
 	outputs := map[string]string{}
 	record := func(name string, code int, stdout, stderr string) {
 		outputs[name+" stdout"], outputs[name+" stderr"] = stdout, stderr

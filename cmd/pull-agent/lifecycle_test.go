@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -41,7 +42,7 @@ func TestRunAgentStopsEverythingItStarted(t *testing.T) {
 	}
 	metrics := fmt.Sprintf("127.0.0.1:%d", port)
 	status := filepath.Join(dir, "status.sock")
-	envFile := writeFile(t, agent.KeyRegistry+"=r.test/x\n"+agent.KeyRuntimes+"=codex\n")
+	envFile := writeFile(t, config.KeyRegistry+"=r.test/x\n"+config.KeyRuntimes+"=codex\n")
 	env := map[string]string{"DOCKER_HOST": "unix://" + filepath.Join(dir, "no-docker.sock")}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/auth"
 )
@@ -77,16 +78,16 @@ and the agent waits for a good one.`)
 	o.Getenv = getenv
 	o.Logger = log
 	o.Notifier = agent.SystemdNotifier{}
-	o.NewEngine = func(ep agent.DockerEndpoint) (agent.Engine, error) {
+	o.NewEngine = func(ep config.DockerEndpoint) (agent.Engine, error) {
 		e, err := agent.NewDockerEngine(ep)
 		if err != nil {
 			return nil, err
 		}
-		agent.WarnDockerSocketOwner(log, ep.Host)
+		config.WarnDockerSocketOwner(log, ep.Host)
 		return e, nil
 	}
 	auth.RouteECRLogs(log)
-	o.NewAuthorizer = func(cfg agent.Config) (agent.Authorizer, error) {
+	o.NewAuthorizer = func(cfg config.Config) (agent.Authorizer, error) {
 		return c.authorizer(cfg, getenv, log)
 	}
 	a, err := agent.New(o)

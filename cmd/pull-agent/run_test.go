@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -102,7 +102,7 @@ func TestRunNotifiesSystemdAndRereadsOnSIGHUP(t *testing.T) {
 	if _, err := b.Seed(ctx, reg, "notify-b", rts, testbed.SeedOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	envFile := writeFile(t, agent.KeyRegistry+"="+reg.Prefix("notify-a")+"\n"+agent.KeyRuntimes+"=codex,hermes\n")
+	envFile := writeFile(t, config.KeyRegistry+"="+reg.Prefix("notify-a")+"\n"+config.KeyRuntimes+"=codex,hermes\n")
 	n := listenNotify(t)
 	p := startProcess(t, []string{"NOTIFY_SOCKET=" + n.Path, "WATCHDOG_USEC=400000", "DOCKER_HOST=" + b.DockerHost},
 		"--env-file", envFile, "--debounce", "1m", "--log-format", "json")
@@ -117,7 +117,7 @@ func TestRunNotifiesSystemdAndRereadsOnSIGHUP(t *testing.T) {
 	testbed.WaitFor(t, "three more WATCHDOG=1", time.Second, func() bool { return n.Count("WATCHDOG=1") >= before+3 })
 
 	// The debounce is a minute: only SIGHUP makes the agent read the file now.
-	if err := os.WriteFile(envFile, []byte(agent.KeyRegistry+"="+reg.Prefix("notify-b")+"\n"+agent.KeyRuntimes+"=codex,hermes\n"), 0o600); err != nil {
+	if err := os.WriteFile(envFile, []byte(config.KeyRegistry+"="+reg.Prefix("notify-b")+"\n"+config.KeyRuntimes+"=codex,hermes\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
@@ -150,7 +150,7 @@ func TestRunWithoutNotifySocketSendsNothingAndRuns(t *testing.T) {
 		testbed.SkipOrFail(t, fmt.Errorf("strace not found: run 'make deps' (apt-get install strace): %w", err))
 	}
 	trace := filepath.Join(t.TempDir(), "strace.out")
-	envFile := writeFile(t, agent.KeyRegistry+"="+b.Registry("main").Prefix("nowhere")+"\n"+agent.KeyRuntimes+"=codex\n")
+	envFile := writeFile(t, config.KeyRegistry+"="+b.Registry("main").Prefix("nowhere")+"\n"+config.KeyRuntimes+"=codex\n")
 	// Empty is unset for sd_notify, whatever the test process inherited.
 	env := []string{"DOCKER_HOST=" + b.DockerHost, "NOTIFY_SOCKET="}
 	p := startWrapped(t, []string{"strace", "-f", "-qq", "-e", "trace=socket", "-o", trace}, env, "--env-file", envFile)
@@ -202,7 +202,7 @@ func TestRunSIGTERMDuringPullExitsZero(t *testing.T) {
 	if err := px.Throttle(256); err != nil { // 16 MiB at 256 KB/s: a minute
 		t.Fatal(err)
 	}
-	envFile := writeFile(t, agent.KeyRegistry+"="+px.Prefix("sigterm")+"\n"+agent.KeyRuntimes+"=codex\n")
+	envFile := writeFile(t, config.KeyRegistry+"="+px.Prefix("sigterm")+"\n"+config.KeyRuntimes+"=codex\n")
 	n := listenNotify(t)
 	p := startProcess(t, []string{"NOTIFY_SOCKET=" + n.Path, "DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile)
 	waitNotify(t, n, "STATUS= with a pull in flight", 15*time.Second, func(m string) bool { return strings.Contains(m, "; pulling 1") })
@@ -221,7 +221,7 @@ func TestRunSIGTERMDuringPullExitsZero(t *testing.T) {
 
 func TestASecondAgentOnTheSameStateDirRefuses(t *testing.T) {
 	b := bed.Get(t)
-	envFile := writeFile(t, agent.KeyRegistry+"="+b.Registry("main").Prefix("lock")+"\n"+agent.KeyRuntimes+"=codex\n")
+	envFile := writeFile(t, config.KeyRegistry+"="+b.Registry("main").Prefix("lock")+"\n"+config.KeyRuntimes+"=codex\n")
 	first := startProcess(t, []string{"DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile)
 	testbed.WaitFor(t, "the first agent's status socket", 10*time.Second, func() bool {
 		_, err := os.Stat(filepath.Join(first.dir, "status.sock"))

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -72,7 +72,7 @@ func TestStatusThroughTheAgentsLife(t *testing.T) {
 	if err := px.Throttle(256); err != nil {
 		t.Fatal(err)
 	}
-	envFile := writeFile(t, agent.KeyRegistry+"="+px.Prefix("status")+"\n"+agent.KeyRuntimes+"=codex\n")
+	envFile := writeFile(t, config.KeyRegistry+"="+px.Prefix("status")+"\n"+config.KeyRuntimes+"=codex\n")
 	metricsPort, err := testbed.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +126,7 @@ func TestStatusThroughTheAgentsLife(t *testing.T) {
 	golden(t, "status-warm.json", normalise(out, reg.Addr, px.Addr))
 
 	// One image missing from the registry: exit 1, named, not-found.
-	if err := os.WriteFile(envFile, []byte(agent.KeyRegistry+"="+reg.Prefix("status")+"\n"+agent.KeyRuntimes+"=codex,hermes\n"), 0o600); err != nil {
+	if err := os.WriteFile(envFile, []byte(config.KeyRegistry+"="+reg.Prefix("status")+"\n"+config.KeyRuntimes+"=codex,hermes\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	waitDoc(t, p, "hermes failed", func(d state.StateDoc) bool {
@@ -138,7 +138,7 @@ func TestStatusThroughTheAgentsLife(t *testing.T) {
 	}
 
 	// A bad env file: exit 1, the error shown, the last good configuration kept.
-	if err := os.WriteFile(envFile, []byte(agent.KeyRegistry+"=https://nope\n"), 0o600); err != nil {
+	if err := os.WriteFile(envFile, []byte(config.KeyRegistry+"=https://nope\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	waitDoc(t, p, "config error", func(d state.StateDoc) bool { return d.Agent.ConfigError != "" })
@@ -275,7 +275,7 @@ func TestStateFileSurvivesKill9(t *testing.T) {
 		}
 	}
 	for i := range 8 {
-		envFile := writeFile(t, agent.KeyRegistry+"="+reg.Prefix("kill-a")+"\n"+agent.KeyRuntimes+"=autogen,codex,crewai\n")
+		envFile := writeFile(t, config.KeyRegistry+"="+reg.Prefix("kill-a")+"\n"+config.KeyRuntimes+"=autogen,codex,crewai\n")
 		p := startProcess(t, []string{"DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile, "--debounce", "10ms")
 		// Flip between two prefixes as fast as the agent reacts: every
 		// flip rewrites the state several times.
@@ -283,7 +283,7 @@ func TestStateFileSurvivesKill9(t *testing.T) {
 	flips:
 		for n := 0; ; n++ {
 			ns := []string{"kill-a", "kill-b"}[n%2]
-			_ = os.WriteFile(envFile, []byte(agent.KeyRegistry+"="+reg.Prefix(ns)+"\n"+agent.KeyRuntimes+"=autogen,codex,crewai\n"), 0o600)
+			_ = os.WriteFile(envFile, []byte(config.KeyRegistry+"="+reg.Prefix(ns)+"\n"+config.KeyRuntimes+"=autogen,codex,crewai\n"), 0o600)
 			select {
 			case <-stop:
 				break flips

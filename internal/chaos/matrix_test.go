@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
@@ -455,7 +456,7 @@ func rows() []row {
 				must(r.t, err)
 				r.t.Cleanup(func() { small.Stop() })
 				r.dockerHost = small.DockerHost
-				r.envExtra = agent.KeyDiskMargin + "=1\n" // of 1 GiB by default: more than this disk
+				r.envExtra = config.KeyDiskMargin + "=1\n" // of 1 GiB by default: more than this disk
 				r.warmUp(fromMain)
 				p, ds := r.next(fromMain, testbed.SeedOptions{LayerSize: 40 << 20})
 				r.flip(p, ds)
@@ -467,7 +468,7 @@ func rows() []row {
 						msg = i.LastError
 					}
 				}
-				engine, err := agent.NewDockerEngine(agent.DockerEndpoint{Host: small.DockerHost})
+				engine, err := agent.NewDockerEngine(config.DockerEndpoint{Host: small.DockerHost})
 				must(r.t, err)
 				root, err := engine.RootDir(context.Background())
 				engine.Close()
@@ -597,14 +598,14 @@ func rows() []row {
 			}, "env", nil)},
 		{group: "env file", fault: "a token on a line without '='", inject: "GHCR_TOKEN ghp_… (a blank instead of '=')", expect: "refused naming the line and the key, never the token; last good kept", fast: true,
 			run: envRow(func(r *rig) {
-				r.writeEnv(strings.Replace(r.w.envFile(r.want), agent.KeyGHCRToken+"=", agent.KeyGHCRToken+" ", 1))
+				r.writeEnv(strings.Replace(r.w.envFile(r.want), config.KeyGHCRToken+"=", config.KeyGHCRToken+" ", 1))
 			}, "the line setting GHCR_TOKEN has no '='", nil)},
 		{group: "env file", fault: "a NUL byte", inject: "a good file with a NUL in a value", expect: "refused; last good kept", fast: true,
 			run: envRow(func(r *rig) { r.writeEnv(strings.Replace(r.w.envFile(r.want), "codex", "co\x00dex", 1)) }, "NUL", nil)},
 		{group: "env file", fault: "10 MB", inject: "10 MB of comment lines", expect: "refused by size without reading it all; last good kept", fast: true,
 			run: envRow(func(r *rig) { r.writeEnv(strings.Repeat("# "+strings.Repeat("x", 97)+"\n", 100_000)) }, "larger than", nil)},
 		{group: "env file", fault: "a 1 MB line", inject: "MOLECULE_IMAGE_REGISTRY= a 1 000 000-byte value", expect: "refused without echoing the value; last good kept", fast: true,
-			run: envRow(func(r *rig) { r.writeEnv(agent.KeyRegistry + "=" + strings.Repeat("a", 1_000_000) + "\n") }, agent.KeyRegistry, nil)},
+			run: envRow(func(r *rig) { r.writeEnv(config.KeyRegistry + "=" + strings.Repeat("a", 1_000_000) + "\n") }, config.KeyRegistry, nil)},
 		{group: "env file", fault: "permission denied", noDAC: true, inject: "new content with mode 0000 (agent without CAP_DAC_OVERRIDE)", expect: "refused; last good kept; a chmod is noticed", fast: true,
 			run: envRow(func(r *rig) { writeAtomic(r.t, r.envFile, r.w.envFile(r.want), 0) }, "permission denied",
 				func(r *rig) { must(r.t, os.Chmod(r.envFile, 0o600)) })},
@@ -642,7 +643,7 @@ func rows() []row {
 			run: configRow(`{"credHelpers": {"HOST": "pa-killed"}}`, "docker-credential-pa-killed failed (signal: killed)", false)},
 		{group: "config.json", fault: "a credHelper that dumps its environment", own: true, inject: "the agent's environment holds the env file's keys (as EnvironmentFile= puts them); credHelpers → a helper writing its environment to a file", expect: "pulled with the helper's credentials; the helper saw PATH, HOME, DOCKER_CONFIG, AWS_* and proxies only: no GHCR_*, no env-file key", fast: true,
 			run: func(r *rig) string {
-				r.env = append(r.env, agent.KeyGHCRUser+"=molecule-bot", agent.KeyGHCRToken+"="+r.w.ghcrToken, agent.KeyRegistry+"=ghcr.io/molecule-ai", agent.KeyRuntimes+"=codex")
+				r.env = append(r.env, config.KeyGHCRUser+"=molecule-bot", config.KeyGHCRToken+"="+r.w.ghcrToken, config.KeyRegistry+"=ghcr.io/molecule-ai", config.KeyRuntimes+"=codex")
 				r.warmUp(fromMain)
 				r.helperDump = filepath.Join(r.dir, "helper-env")
 				must(r.t, testbed.ConfigureCredentialHelpers(r.w.helpers, testbed.HelperConfig{User: r.w.user, Secret: r.w.pass, EnvDump: r.helperDump}))

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -287,8 +287,8 @@ func (w *world) authsConfig(tokUser, tokPass string) string {
 
 // envFile is the content of a row's env file for prefix.
 func (w *world) envFile(prefix string) string {
-	return agent.KeyRegistry + "=" + prefix + "\n" +
-		agent.KeyRuntimes + "=" + strings.Join(runtimes, ",") + "\n" +
-		agent.KeyGHCRUser + "=molecule-bot\n" +
-		agent.KeyGHCRToken + "=" + w.ghcrToken + "\n"
+	return config.KeyRegistry + "=" + prefix + "\n" +
+		config.KeyRuntimes + "=" + strings.Join(runtimes, ",") + "\n" +
+		config.KeyGHCRUser + "=molecule-bot\n" +
+		config.KeyGHCRToken + "=" + w.ghcrToken + "\n"
 }

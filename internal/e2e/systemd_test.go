@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -173,7 +173,7 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 	reg, err := bed.StartRegistry(ctx, "main", testbed.RegistryOptions{})
 	must(err)
 	for _, ns := range []string{"first", "second"} {
-		if _, err := bed.Seed(ctx, reg, ns, agent.KnownRuntimes(), testbed.SeedOptions{}); err != nil {
+		if _, err := bed.Seed(ctx, reg, ns, config.KnownRuntimes(), testbed.SeedOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -330,7 +330,7 @@ func checkServiceEnviron(t *testing.T, c *container, pid, ghcrToken string) {
 	}
 	var leaked []string
 	for _, v := range vars {
-		if k, _, _ := strings.Cut(v, "="); k == agent.KeyGHCRToken || k == agent.KeyGHCRUser || k == agent.KeyRegistry || strings.Contains(v, ghcrToken) {
+		if k, _, _ := strings.Cut(v, "="); k == config.KeyGHCRToken || k == config.KeyGHCRUser || k == config.KeyRegistry || strings.Contains(v, ghcrToken) {
 			leaked = append(leaked, k)
 		}
 	}

@@ -21,7 +21,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -75,7 +75,7 @@ func up(ctx context.Context, dir string, seed testbed.SeedOptions, stdout io.Wri
 			bed.Stop()
 		}
 	}()
-	runtimes := agent.KnownRuntimes()
+	runtimes := config.KnownRuntimes()
 	env := []string{"DOCKER_HOST=" + bed.DockerHost, "TESTBED_DIR=" + dir}
 	for _, name := range []string{"main", "mirror"} {
 		r, err := bed.StartRegistry(ctx, name, testbed.RegistryOptions{})
@@ -95,7 +95,7 @@ func up(ctx context.Context, dir string, seed testbed.SeedOptions, stdout io.Wri
 	if err := os.WriteFile(filepath.Join(dir, "testbed.env"), []byte(shell), 0o644); err != nil {
 		return err
 	}
-	pa := fmt.Sprintf("# pull-agent settings for the test bed\nDOCKER_HOST=%s\n%s=%s\n", bed.DockerHost, agent.KeyRegistry, bed.Registry("main").Prefix("molecule-ai"))
+	pa := fmt.Sprintf("# pull-agent settings for the test bed\nDOCKER_HOST=%s\n%s=%s\n", bed.DockerHost, config.KeyRegistry, bed.Registry("main").Prefix("molecule-ai"))
 	if err := os.WriteFile(filepath.Join(dir, "pull-agent.env"), []byte(pa), 0o600); err != nil {
 		return err
 	}

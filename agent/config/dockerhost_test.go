@@ -1,8 +1,6 @@
-package agent
+package config
 
 import (
-	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -11,7 +9,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"io/fs"
-	"log/slog"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -311,64 +308,5 @@ func TestSocketOwnerRisks(t *testing.T) {
 				t.Fatalf("owner risk %v, group risk %v; want %v, %v", owner, group, tt.owner, tt.group)
 			}
 		})
-	}
-}
-
-// The agent keeps its last good configuration when DOCKER_HOST is refused,
-// hands NewEngine the TLS settings, and does not switch daemons without a
-// restart.
-func TestAgentDockerEndpoint(t *testing.T) {
-	certs := filepath.Join(t.TempDir(), "certs")
-	writeDockerCerts(t, certs)
-	envFile := filepath.Join(t.TempDir(), "pull-agent.env")
-	write := func(s string) {
-		t.Helper()
-		mustNil(t, os.WriteFile(envFile, []byte(KeyRegistry+"=r.test/x\n"+s), 0o600))
-	}
-	var logs bytes.Buffer
-	var endpoints []DockerEndpoint
-	e := &fakeEngine{ping: func(context.Context) error { return nil }}
-	a, err := New(Options{
-		EnvFile: envFile,
-		Getenv:  func(string) string { return "" },
-		NewEngine: func(ep DockerEndpoint) (Engine, error) {
-			endpoints = append(endpoints, ep)
-			return e, nil
-		},
-		NewAuthorizer: func(Config) (Authorizer, error) { return anonymous{}, nil },
-		Logger:        slog.New(slog.NewTextHandler(&logs, nil)),
-	})
-	mustNil(t, err)
-	a.initialEnv()
-
-	write(KeyRuntimes + "=codex\nDOCKER_HOST=tcp://203.0.113.7:2375\n")
-	a.loadConfig(true, false)
-	if a.cfg != nil || len(endpoints) != 0 || a.cfgErr == nil || !strings.Contains(a.cfgErr.Error(), "clear text") {
-		t.Fatalf("a remote DOCKER_HOST without TLS at start: cfg %v, engines %v, error %v", a.cfg, endpoints, a.cfgErr)
-	}
-
-	write(KeyRuntimes + "=codex\nDOCKER_HOST=tcp://203.0.113.7:2376\nDOCKER_TLS_VERIFY=1\nDOCKER_CERT_PATH=" + certs + "\n")
-	a.loadConfig(false, false)
-	want := DockerEndpoint{Host: "tcp://203.0.113.7:2376", TLSVerify: true, CertPath: certs}
-	if a.cfg == nil || len(endpoints) != 1 || endpoints[0] != want {
-		t.Fatalf("with TLS: cfg %v, engines %+v, error %v", a.cfg, endpoints, a.cfgErr)
-	}
-
-	write(KeyRuntimes + "=codex,hermes\nDOCKER_HOST=tcp://203.0.113.7:2376\n")
-	a.loadConfig(false, false)
-	if a.cfgErr == nil || len(a.cfg.Runtimes) != 1 || a.cfg.DockerEndpoint() != want {
-		t.Fatalf("TLS dropped: error %v, runtimes %v, endpoint %+v", a.cfgErr, a.cfg.Runtimes, a.cfg.DockerEndpoint())
-	}
-	if !strings.Contains(logs.String(), "configuration refused; keeping the last good configuration") {
-		t.Fatalf("no refusal logged:\n%s", logs.String())
-	}
-
-	write(KeyRuntimes + "=codex,hermes\nDOCKER_HOST=tcp://127.0.0.1:2375\n")
-	a.loadConfig(false, false)
-	if a.cfgErr != nil || len(a.cfg.Runtimes) != 2 || len(endpoints) != 1 || a.cfg.DockerEndpoint() != want {
-		t.Fatalf("another daemon: error %v, runtimes %v, engines %+v, endpoint %+v", a.cfgErr, a.cfg.Runtimes, endpoints, a.cfg.DockerEndpoint())
-	}
-	if !strings.Contains(logs.String(), "changed; restart the agent to use it") {
-		t.Fatalf("no restart hint logged:\n%s", logs.String())
 	}
 }

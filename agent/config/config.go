@@ -1,4 +1,4 @@
-package agent
+package config
 
 import (
 	"errors"
@@ -107,23 +107,15 @@ type Config struct {
 // TargetPlatform is the platform images are checked and sized for: the
 // configured one, or linux/<this machine's architecture> when none is
 // (pulls then leave the choice to the daemon).
-func (c Config) TargetPlatform() string { return platformOrDefault(c.Platform) }
+func (c Config) TargetPlatform() string { return PlatformOrDefault(c.Platform) }
 
-// platformOrDefault is p, or linux/<this machine's architecture> when p
+// PlatformOrDefault is p, or linux/<this machine's architecture> when p
 // is empty.
-func platformOrDefault(p string) string {
+func PlatformOrDefault(p string) string {
 	if p == "" {
 		return "linux/" + runtime.GOARCH
 	}
 	return p
-}
-
-// PullerOptions are the options of a Puller for this configuration (its
-// platform and disk guard), with the concurrency and timeouts the caller
-// chose.
-func (c Config) PullerOptions(concurrency int, timeouts PullTimeouts) PullerOptions {
-	return PullerOptions{Concurrency: concurrency, Timeouts: timeouts, Platform: c.Platform,
-		DiskGuard: c.DiskMarginBytes >= 0, DiskMargin: max(c.DiskMarginBytes, 0)}
 }
 
 // DefaultDiskMarginMB is the disk guard's default safety margin.

@@ -1,4 +1,4 @@
-package agent
+package config
 
 import (
 	"bytes"
@@ -6,12 +6,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"reflect"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -388,34 +385,5 @@ func TestWarnUnusedKeys(t *testing.T) {
 	}
 	if strings.Contains(out, "s3cret") || strings.Contains(out, KeyRegistry) || strings.Contains(out, KeyGHCRToken) {
 		t.Errorf("a value or a key the agent reads is in the warnings:\n%s", out)
-	}
-}
-
-// The platform and the puller options come from a Config in one place,
-// for the agent, pull and check alike.
-func TestTargetPlatformAndPullerOptions(t *testing.T) {
-	timeouts := PullTimeouts{Stall: time.Minute}
-	for _, tt := range []struct {
-		name     string
-		env      map[string]string
-		platform string
-		want     PullerOptions
-	}{
-		{"defaults", nil, "linux/" + runtime.GOARCH,
-			PullerOptions{Concurrency: 2, Timeouts: timeouts, DiskGuard: true, DiskMargin: DefaultDiskMarginMB << 20}},
-		{"a platform, the guard off", map[string]string{KeyPlatform: "linux/arm64/v8", KeyDiskMargin: "-1"}, "linux/arm64/v8",
-			PullerOptions{Concurrency: 2, Timeouts: timeouts, Platform: "linux/arm64/v8"}},
-		{"another margin", map[string]string{KeyDiskMargin: "0"}, "linux/" + runtime.GOARCH,
-			PullerOptions{Concurrency: 2, Timeouts: timeouts, DiskGuard: true}},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			cfg := mustLoad(t, nil, tt.env)
-			if got := cfg.TargetPlatform(); got != tt.platform {
-				t.Errorf("TargetPlatform() = %q, want %q", got, tt.platform)
-			}
-			if got := cfg.PullerOptions(2, timeouts); !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("PullerOptions = %+v, want %+v", got, tt.want)
-			}
-		})
 	}
 }

@@ -1,4 +1,4 @@
-package agent
+package config
 
 import (
 	"crypto/tls"
@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"os/user"
@@ -37,9 +38,32 @@ const (
 	certFileKey    = "key.pem"
 )
 
-func (e DockerEndpoint) caFile() string   { return filepath.Join(e.CertPath, certFileCA) }
-func (e DockerEndpoint) certFile() string { return filepath.Join(e.CertPath, certFileClient) }
-func (e DockerEndpoint) keyFile() string  { return filepath.Join(e.CertPath, certFileKey) }
+// CAFile is the CA certificate that signed the daemon's certificate.
+func (e DockerEndpoint) CAFile() string { return filepath.Join(e.CertPath, certFileCA) }
+
+// CertFile is this host's client certificate.
+func (e DockerEndpoint) CertFile() string { return filepath.Join(e.CertPath, certFileClient) }
+
+// KeyFile is the private key of CertFile.
+func (e DockerEndpoint) KeyFile() string { return filepath.Join(e.CertPath, certFileKey) }
+
+// RedactedHost is Host without a user name or password, for a message.
+func (e DockerEndpoint) RedactedHost() string { return redactDockerHost(e.Host) }
+
+// Check refuses an endpoint LoadConfig refuses: a Host where registry
+// credentials would cross the network in clear text, and TLS without a
+// usable ca.pem, cert.pem and key.pem in CertPath.
+func (e DockerEndpoint) Check() error {
+	if err := checkDockerHost(e.Host, e.TLSVerify); err != nil {
+		return fmt.Errorf("%s=%q: %w", KeyDockerHost, e.RedactedHost(), err)
+	}
+	if e.TLSVerify {
+		if err := checkDockerCertFiles(e.CertPath); err != nil {
+			return fmt.Errorf("%s: %w", KeyDockerCertPath, err)
+		}
+	}
+	return nil
+}
 
 // DockerEndpoint returns where and how to reach the Docker daemon. The
 // cert path is part of it only with TLS: without, it is never read.
@@ -105,7 +129,7 @@ func checkDockerHost(host string, tlsVerify bool) error {
 	}
 	// localhost, 127.0.0.0/8 or ::1; a name that merely resolves there does
 	// not count: DNS can change its answer.
-	if !isLoopbackHost(u.Hostname()) {
+	if !IsLoopbackHost(u.Hostname()) {
 		return fmt.Errorf("%s is not a loopback address and %s is not set: every registry credential sent with a pull would cross the network in clear text, to whoever answers at that address; set %s=1 and %s (the directory of %s, %s, %s), or use the daemon's unix socket (%s)",
 			safetext.Line(u.Hostname(), maxValueRunes), KeyDockerTLSVerify, KeyDockerTLSVerify, KeyDockerCertPath, certFileCA, certFileClient, certFileKey, DefaultDockerHost)
 	}
@@ -147,23 +171,23 @@ func checkDockerCertFiles(dir string) error {
 		}
 		return data, nil
 	}
-	ca, err := read(ep.caFile(), "the CA certificate that signed the daemon's certificate")
+	ca, err := read(ep.CAFile(), "the CA certificate that signed the daemon's certificate")
 	if err != nil {
 		return err
 	}
-	cert, err := read(ep.certFile(), "this host's client certificate, signed by a CA the daemon trusts")
+	cert, err := read(ep.CertFile(), "this host's client certificate, signed by a CA the daemon trusts")
 	if err != nil {
 		return err
 	}
-	key, err := read(ep.keyFile(), "the private key of "+certFileClient)
+	key, err := read(ep.KeyFile(), "the private key of "+certFileClient)
 	if err != nil {
 		return err
 	}
 	if !x509.NewCertPool().AppendCertsFromPEM(ca) {
-		return fmt.Errorf("%s holds no PEM certificate; put the CA certificate that signed the daemon's certificate there", ep.caFile())
+		return fmt.Errorf("%s holds no PEM certificate; put the CA certificate that signed the daemon's certificate there", ep.CAFile())
 	}
 	if _, err := tls.X509KeyPair(cert, key); err != nil {
-		return fmt.Errorf("%s and %s are not a certificate and its unencrypted private key (%v); put this host's client certificate and key there", ep.certFile(), ep.keyFile(), err)
+		return fmt.Errorf("%s and %s are not a certificate and its unencrypted private key (%v); put this host's client certificate and key there", ep.CertFile(), ep.KeyFile(), err)
 	}
 	return nil
 }
@@ -216,4 +240,19 @@ func WarnDockerSocketOwner(log *slog.Logger, host string) {
 		log.Warn("Docker socket's group is neither root nor docker, so another program may have created it and would receive every registry credential; check who serves it (ss -xlp), then chgrp docker",
 			"socket", path, "gid", sys.Gid)
 	}
+}
+
+// IsLoopbackHost reports whether host (with or without a port) is
+// localhost or a loopback IP address. A name that merely resolves there
+// does not count: DNS can change its answer.
+func IsLoopbackHost(host string) bool {
+	h := host
+	if hh, _, err := net.SplitHostPort(host); err == nil {
+		h = hh
+	}
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(strings.Trim(h, "[]"))
+	return ip != nil && ip.IsLoopback()
 }
