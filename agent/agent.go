@@ -19,6 +19,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
@@ -41,7 +42,7 @@ type Options struct {
 	// Getenv is the process environment.
 	Getenv func(string) string
 	// NewEngine connects to the Docker daemon at an endpoint.
-	NewEngine func(config.DockerEndpoint) (Engine, error)
+	NewEngine func(config.DockerEndpoint) (engine.Engine, error)
 	// NewAuthorizer builds the credential selection for a configuration.
 	NewAuthorizer func(config.Config) (Authorizer, error)
 	Logger        *slog.Logger
@@ -92,7 +93,7 @@ type ImageStatus struct {
 	Digest      digest.Digest
 	ImageID     string
 	Size        int64
-	Progress    Progress
+	Progress    engine.Progress
 	Attempts    int // failures in a row
 	LastAttempt time.Time
 	LastSuccess time.Time
@@ -168,7 +169,7 @@ type Agent struct {
 	cfg      *config.Config
 	cfgErr   error
 	cfgAt    time.Time
-	engine   Engine
+	engine   engine.Engine
 	puller   *Puller
 	images   []config.Image
 	states   map[string]*imageState
@@ -640,7 +641,7 @@ func (a *Agent) startLocked(ctx context.Context, st *imageState) {
 	if st.State != state.Warm {
 		st.State = state.Pulling
 	}
-	st.Progress = Progress{Phase: PhaseResolving}
+	st.Progress = engine.Progress{Phase: engine.PhaseResolving}
 	a.inflight++
 	st.fresh = st.State != state.Warm
 	if st.fresh {
@@ -702,7 +703,7 @@ func (a *Agent) PullStarted(img config.Image, src auth.Source) {
 }
 
 // PullProgress implements Observer.
-func (a *Agent) PullProgress(img config.Image, p Progress) {
+func (a *Agent) PullProgress(img config.Image, p engine.Progress) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if st := a.states[img.Ref]; st != nil && st.cancel != nil {
@@ -737,7 +738,7 @@ func (a *Agent) finished(ctx context.Context, d pullDone) {
 	if r.Err == nil {
 		st.State, st.Digest, st.ImageID, st.Size, st.RemoteDigest = state.Warm, r.Digest, r.ImageID, r.Size, r.Digest
 		st.LastSuccess, st.Attempts, st.LastError, st.LastClass, st.NextAttempt = now, 0, "", "", time.Time{}
-		st.Progress = Progress{Phase: PhaseDone}
+		st.Progress = engine.Progress{Phase: engine.PhaseDone}
 		if hs := a.hosts[r.Image.Host()]; hs != nil {
 			hs.strikes = 0
 		}
@@ -764,7 +765,7 @@ func (a *Agent) finished(ctx context.Context, d pullDone) {
 	if st.State != state.Warm && st.State != state.Stale {
 		st.State = state.Failed
 	}
-	st.Progress = Progress{Phase: PhaseFailed}
+	st.Progress = engine.Progress{Phase: engine.PhaseFailed}
 	switch class {
 	case ClassCanceled:
 		st.due = true
@@ -876,7 +877,7 @@ func (a *Agent) maybePruneLocked(ctx context.Context) {
 }
 
 // prune removes refs no container uses and returns the ones removed.
-func (a *Agent) prune(ctx context.Context, engine Engine, refs []string) []string {
+func (a *Agent) prune(ctx context.Context, engine engine.Engine, refs []string) []string {
 	inUse, err := engine.ContainerImageIDs(ctx)
 	if err != nil {
 		a.log.Warn("not pruning: cannot list containers", "error", errText(err))

@@ -19,6 +19,7 @@ import (
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
@@ -56,7 +57,7 @@ func startAgent(t *testing.T, dockerHost, envFile string, env map[string]string,
 	env[config.KeyDockerHost] = dockerHost
 	o.Getenv = func(k string) string { return env[k] }
 	o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	o.NewEngine = func(ep config.DockerEndpoint) (agent.Engine, error) { return agent.NewDockerEngine(ep) }
+	o.NewEngine = func(ep config.DockerEndpoint) (engine.Engine, error) { return engine.NewDockerEngine(ep) }
 	o.NewAuthorizer = func(c config.Config) (agent.Authorizer, error) {
 		return auth.NewSelector(auth.Options{GHCRUser: c.GHCRUser, GHCRToken: c.GHCRToken})
 	}
@@ -425,7 +426,7 @@ func TestAgentStallIsDetectedAndRetried(t *testing.T) {
 		o.Retry = agent.RetryPolicy{Initial: 500 * time.Millisecond, Max: time.Second, Attempts: 50}
 	})
 	r.waitFor(t, "download under way", 20*time.Second, func(s agent.Snapshot) bool {
-		return len(s.Images) == 1 && s.Images[0].Progress.Current > 0 && s.Images[0].Progress.Phase == agent.PhaseDownloading
+		return len(s.Images) == 1 && s.Images[0].Progress.Current > 0 && s.Images[0].Progress.Phase == engine.PhaseDownloading
 	})
 	must(t, px.Stall())
 	stalledAt := time.Now()
@@ -661,7 +662,7 @@ func TestAgentPrunesThePreviousPrefix(t *testing.T) {
 	// An image on the daemon the agent never pulled, under the same prefix.
 	other, err := f.bed.Seed(ctxT(t), f.reg, f.ns, []string{"hermes"}, testbed.SeedOptions{})
 	must(t, err)
-	if rc, err := f.engine.ImagePull(ctxT(t), other["hermes"].Ref, agent.PullOptions{}); err == nil {
+	if rc, err := f.engine.ImagePull(ctxT(t), other["hermes"].Ref, engine.PullOptions{}); err == nil {
 		io.Copy(io.Discard, rc)
 		rc.Close()
 	}
@@ -712,7 +713,7 @@ func TestDiskGuardRefusesWhatCannotFit(t *testing.T) {
 	must(t, err)
 	_, err = f.bed.Seed(ctxT(t), f.reg, f.ns, []string{"crewai"}, testbed.SeedOptions{BaseSize: 256 << 10, LayerSize: 96 << 20})
 	must(t, err)
-	engine, err := agent.NewDockerEngine(config.DockerEndpoint{Host: small.DockerHost})
+	engine, err := engine.NewDockerEngine(config.DockerEndpoint{Host: small.DockerHost})
 	must(t, err)
 	root, err := engine.RootDir(ctxT(t))
 	must(t, err)

@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -105,7 +106,7 @@ func TestPullMonitor(t *testing.T) {
 		m := newPullMonitor(c.now, to)
 		for i := range 10 {
 			c.add(4 * time.Second)
-			m.message(Progress{Phase: PhaseDownloading, Current: int64(i+1) * 100})
+			m.message(engine.Progress{Phase: engine.PhaseDownloading, Current: int64(i+1) * 100})
 			if why := m.check(); why != "" {
 				t.Fatalf("stalled while bytes flow: %s", why)
 			}
@@ -113,7 +114,7 @@ func TestPullMonitor(t *testing.T) {
 		// Messages without new bytes do not count as progress.
 		for range 2 {
 			c.add(3 * time.Second)
-			m.message(Progress{Phase: PhaseDownloading, Current: 1000})
+			m.message(engine.Progress{Phase: engine.PhaseDownloading, Current: 1000})
 		}
 		if m.check() == "" {
 			t.Fatal("6 s without new bytes is not a stall")
@@ -122,11 +123,11 @@ func TestPullMonitor(t *testing.T) {
 	t.Run("a long extraction is judged by its own timeout", func(t *testing.T) {
 		c := &fakeClock{t: time.Unix(0, 0)}
 		m := newPullMonitor(c.now, to)
-		m.message(Progress{Phase: PhaseDownloading, Current: 100})
-		m.message(Progress{Phase: PhaseExtracting, Current: 100})
+		m.message(engine.Progress{Phase: engine.PhaseDownloading, Current: 100})
+		m.message(engine.Progress{Phase: engine.PhaseExtracting, Current: 100})
 		for range 10 {
 			c.add(30 * time.Second)
-			m.message(Progress{Phase: PhaseExtracting, Current: 100})
+			m.message(engine.Progress{Phase: engine.PhaseExtracting, Current: 100})
 			if why := m.check(); why != "" {
 				t.Fatalf("extraction judged as a stall: %s", why)
 			}
@@ -149,16 +150,18 @@ func TestSnapshotWhileRunStarts(t *testing.T) {
 	}
 	d := digest.FromString("image")
 	e := &fakeEngine{
-		ping:    func(context.Context) error { return nil },
-		inspect: func(context.Context, string) (ImageInfo, error) { return ImageInfo{}, ErrImageNotFound },
-		pull:    func(context.Context, string, PullOptions) (io.ReadCloser, error) { return okStream(d), nil },
-		remote:  func(context.Context, string) (RemoteInfo, error) { return RemoteInfo{Digest: d}, nil },
+		ping: func(context.Context) error { return nil },
+		inspect: func(context.Context, string) (engine.ImageInfo, error) {
+			return engine.ImageInfo{}, engine.ErrImageNotFound
+		},
+		pull:   func(context.Context, string, engine.PullOptions) (io.ReadCloser, error) { return okStream(d), nil },
+		remote: func(context.Context, string) (engine.RemoteInfo, error) { return engine.RemoteInfo{Digest: d}, nil },
 	}
 	for range 100 {
 		a, err := New(Options{
 			EnvFile:       env,
 			Getenv:        func(string) string { return "" },
-			NewEngine:     func(config.DockerEndpoint) (Engine, error) { return e, nil },
+			NewEngine:     func(config.DockerEndpoint) (engine.Engine, error) { return e, nil },
 			NewAuthorizer: func(config.Config) (Authorizer, error) { return anonymous{}, nil },
 			Logger:        slog.New(slog.DiscardHandler),
 		})
@@ -206,7 +209,7 @@ func TestStatusDoesNotWaitForTheEnvFile(t *testing.T) {
 		EnvFile:       env,
 		Debounce:      10 * time.Millisecond,
 		Getenv:        func(string) string { return "" },
-		NewEngine:     func(config.DockerEndpoint) (Engine, error) { return goodEngine(), nil },
+		NewEngine:     func(config.DockerEndpoint) (engine.Engine, error) { return goodEngine(), nil },
 		NewAuthorizer: func(config.Config) (Authorizer, error) { return anonymous{}, nil },
 		Logger:        slog.New(slog.DiscardHandler),
 	})

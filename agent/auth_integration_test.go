@@ -13,6 +13,7 @@ import (
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -40,7 +41,7 @@ func basic(user, pass string) map[string]string {
 
 // pullOne pulls the images of rts under prefix through engine with the
 // credentials opts selects, logging into logs.
-func pullOne(t *testing.T, engine agent.Engine, prefix string, rts []string, opts auth.Options, logs io.Writer) []agent.PullResult {
+func pullOne(t *testing.T, engine engine.Engine, prefix string, rts []string, opts auth.Options, logs io.Writer) []agent.PullResult {
 	t.Helper()
 	cfg, err := config.LoadConfig("t", nil, func(k string) string {
 		return map[string]string{config.KeyRegistry: prefix, config.KeyRuntimes: strings.Join(rts, ",")}[k]
@@ -264,7 +265,7 @@ func TestAuthECREndToEnd(t *testing.T) {
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
 	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
-	engine, err := agent.NewDockerEngine(config.DockerEndpoint{Host: own.DockerHost})
+	engine, err := engine.NewDockerEngine(config.DockerEndpoint{Host: own.DockerHost})
 	must(t, err)
 	_, port, _ := strings.Cut(reg.Addr, ":")
 	prefix := ecrHost + ":" + port + "/molecule-ai"
@@ -321,7 +322,7 @@ func TestAuthGHCRUnderItsRealName(t *testing.T) {
 	_, err = own.StartRegistry(ctxT(t), "ghcr", testbed.RegistryOptions{Addr: "127.0.0.1:80", InBedNetwork: true, Root: plain.Root,
 		Htpasswd: htpasswd(t, map[string]string{"gh-bot": "gh-token-s3cret"})})
 	must(t, err)
-	engine, err := agent.NewDockerEngine(config.DockerEndpoint{Host: own.DockerHost})
+	engine, err := engine.NewDockerEngine(config.DockerEndpoint{Host: own.DockerHost})
 	must(t, err)
 	logs := &testbed.Buffer{}
 	rs := pullOne(t, engine, "ghcr.io/molecule-ai", []string{"codex"}, auth.Options{GHCRUser: "gh-bot", GHCRToken: auth.NewSecret("gh-token-s3cret")}, logs)

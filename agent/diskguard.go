@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/auth"
 )
 
@@ -31,7 +32,7 @@ type diskGuard struct {
 
 // check returns a *PullError of class disk when img does not fit, nil when
 // it fits, and a note (not an error) when the guard cannot judge.
-func (g *diskGuard) check(ctx context.Context, e Engine, img config.Image, creds auth.Credentials) (note string, err error) {
+func (g *diskGuard) check(ctx context.Context, e engine.Engine, img config.Image, creds auth.Credentials) (note string, err error) {
 	g.once.Do(func() { g.root, g.rootErr = e.RootDir(ctx) })
 	if g.rootErr != nil || g.root == "" {
 		return fmt.Sprintf("disk guard off: the daemon's data root is unknown (%v)", g.rootErr), nil

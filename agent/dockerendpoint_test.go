@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"log/slog"
 	"math/big"
 	"os"
@@ -36,7 +37,7 @@ func TestAgentDockerEndpoint(t *testing.T) {
 	a, err := New(Options{
 		EnvFile: envFile,
 		Getenv:  func(string) string { return "" },
-		NewEngine: func(ep config.DockerEndpoint) (Engine, error) {
+		NewEngine: func(ep config.DockerEndpoint) (engine.Engine, error) {
 			endpoints = append(endpoints, ep)
 			return e, nil
 		},

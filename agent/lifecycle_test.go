@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"io"
 	"log/slog"
@@ -24,7 +25,7 @@ import (
 func blockingEngine(slow string) *fakeEngine {
 	e := goodEngine()
 	pull := e.pull
-	e.pull = func(ctx context.Context, ref string, o PullOptions) (io.ReadCloser, error) {
+	e.pull = func(ctx context.Context, ref string, o engine.PullOptions) (io.ReadCloser, error) {
 		if strings.Contains(ref, slow) {
 			<-ctx.Done()
 			return nil, ctx.Err()
@@ -36,7 +37,7 @@ func blockingEngine(slow string) *fakeEngine {
 
 // lifecycleAgent is an agent on a fake engine, with its env file, state
 // file and record of pulled images in a temporary directory.
-func lifecycleAgent(t *testing.T, e Engine) *Agent {
+func lifecycleAgent(t *testing.T, e engine.Engine) *Agent {
 	t.Helper()
 	dir := t.TempDir()
 	env := filepath.Join(dir, "env")
@@ -48,7 +49,7 @@ func lifecycleAgent(t *testing.T, e Engine) *Agent {
 		StateFile:     filepath.Join(dir, state.StateFileName),
 		PulledFile:    filepath.Join(dir, "pulled.json"),
 		Getenv:        func(string) string { return "" },
-		NewEngine:     func(config.DockerEndpoint) (Engine, error) { return e, nil },
+		NewEngine:     func(config.DockerEndpoint) (engine.Engine, error) { return e, nil },
 		NewAuthorizer: func(config.Config) (Authorizer, error) { return anonymous{}, nil },
 		Logger:        slog.New(slog.DiscardHandler),
 	})

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"sync"
 	"time"
 )
@@ -18,7 +19,7 @@ type pullMonitor struct {
 	mu        sync.Mutex
 	start     time.Time
 	started   bool // a first message arrived
-	phase     Phase
+	phase     engine.Phase
 	bytes     int64
 	lastBytes time.Time // last time bytes grew (or the phase changed)
 	lastMsg   time.Time
@@ -26,11 +27,11 @@ type pullMonitor struct {
 
 func newPullMonitor(now func() time.Time, t PullTimeouts) *pullMonitor {
 	n := now()
-	return &pullMonitor{now: now, t: t, start: n, lastBytes: n, lastMsg: n, phase: PhaseResolving}
+	return &pullMonitor{now: now, t: t, start: n, lastBytes: n, lastMsg: n, phase: engine.PhaseResolving}
 }
 
 // message records a stream message and the progress after it.
-func (m *pullMonitor) message(p Progress) {
+func (m *pullMonitor) message(p engine.Progress) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	n := m.now()
@@ -51,7 +52,7 @@ func (m *pullMonitor) check() string {
 		if m.t.Begin > 0 && n.Sub(m.start) > m.t.Begin {
 			return fmt.Sprintf("the daemon sent nothing for %s after the pull began", m.t.Begin)
 		}
-	case m.phase == PhaseExtracting:
+	case m.phase == engine.PhaseExtracting:
 		if m.t.Extract > 0 && n.Sub(m.lastMsg) > m.t.Extract {
 			return fmt.Sprintf("extraction sent nothing for %s", m.t.Extract)
 		}

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/auth"
 )
 
@@ -34,7 +35,7 @@ type Authorizer interface {
 // pulling goroutines, concurrently for different images.
 type Observer interface {
 	PullStarted(img config.Image, source auth.Source)
-	PullProgress(img config.Image, p Progress)
+	PullProgress(img config.Image, p engine.Progress)
 	PullFinished(r PullResult)
 }
 
@@ -45,7 +46,7 @@ type NopObserver struct{}
 func (NopObserver) PullStarted(config.Image, auth.Source) {}
 
 // PullProgress implements Observer.
-func (NopObserver) PullProgress(config.Image, Progress) {}
+func (NopObserver) PullProgress(config.Image, engine.Progress) {}
 
 // PullFinished implements Observer.
 func (NopObserver) PullFinished(PullResult) {}
@@ -114,7 +115,7 @@ func classify(err error) ErrorClass {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return ClassCanceled
 	}
-	if errors.Is(err, ErrDaemonUnreachable) {
+	if errors.Is(err, engine.ErrDaemonUnreachable) {
 		return ClassDaemon
 	}
 	s := strings.ToLower(err.Error())
@@ -145,7 +146,7 @@ func classify(err error) ErrorClass {
 	case has("blob unknown", "500 internal server error", "502 bad gateway", "503 service unavailable", "504 gateway timeout", "unknown blob", "filesystem layer verification failed"):
 		return ClassServer
 	}
-	var se *StreamError
+	var se *engine.StreamError
 	if errors.As(err, &se) {
 		return ClassServer
 	}
@@ -205,7 +206,7 @@ func OptionsFor(cfg config.Config, concurrency int, timeouts PullTimeouts) Pulle
 
 // Puller pulls images into the Docker daemon, verifies them and reports.
 type Puller struct {
-	engine Engine
+	engine engine.Engine
 	auth   Authorizer
 	log    *slog.Logger
 	opts   PullerOptions
@@ -213,7 +214,7 @@ type Puller struct {
 }
 
 // NewPuller returns a Puller.
-func NewPuller(engine Engine, authz Authorizer, logger *slog.Logger, opts PullerOptions) (*Puller, error) {
+func NewPuller(engine engine.Engine, authz Authorizer, logger *slog.Logger, opts PullerOptions) (*Puller, error) {
 	if engine == nil || authz == nil || logger == nil {
 		return nil, errors.New("NewPuller: engine, authorizer and logger are required")
 	}
@@ -310,7 +311,7 @@ func (p *Puller) Pull(ctx context.Context, img config.Image, obs Observer) PullR
 	if p.disk != nil {
 		// Only for an image the daemon does not hold: a refresh of a
 		// warm image must cost the registry no more than a HEAD.
-		if _, err := p.engine.ImageInspect(ctx, img.Ref); errors.Is(err, ErrImageNotFound) {
+		if _, err := p.engine.ImageInspect(ctx, img.Ref); errors.Is(err, engine.ErrImageNotFound) {
 			note, err := p.disk.check(ctx, p.engine, img, sel.Credentials)
 			if err != nil {
 				return finish(err)
@@ -333,11 +334,11 @@ func (p *Puller) Pull(ctx context.Context, img config.Image, obs Observer) PullR
 	stopMon := mon.watch(pctx, cancel)
 	defer stopMon()
 
-	rc, err := p.engine.ImagePull(pctx, img.Ref, PullOptions{Platform: p.opts.Platform, Credentials: sel.Credentials})
+	rc, err := p.engine.ImagePull(pctx, img.Ref, engine.PullOptions{Platform: p.opts.Platform, Credentials: sel.Credentials})
 	if err != nil {
 		return finish(p.stopped(ctx, pctx, fmt.Errorf("pulling %s: %w", img.Ref, err)))
 	}
-	sr, err := decodeStream(rc, func(pr Progress) {
+	sr, err := engine.DecodeStream(rc, func(pr engine.Progress) {
 		mon.message(pr)
 		obs.PullProgress(img, pr)
 	})
@@ -350,7 +351,7 @@ func (p *Puller) Pull(ctx context.Context, img config.Image, obs Observer) PullR
 	res.UpToDate = strings.HasPrefix(sr.Status, "Image is up to date")
 
 	pr := sr.Progress
-	pr.Phase = PhaseVerifying
+	pr.Phase = engine.PhaseVerifying
 	obs.PullProgress(img, pr)
 	info, dg, err := p.verify(ctx, img, sr.Digest)
 	if err != nil {
@@ -362,14 +363,14 @@ func (p *Puller) Pull(ctx context.Context, img config.Image, obs Observer) PullR
 
 // Remote asks the registry, through the daemon and with the same
 // credentials as a pull, which manifest img names now.
-func (p *Puller) Remote(ctx context.Context, img config.Image) (RemoteInfo, error) {
+func (p *Puller) Remote(ctx context.Context, img config.Image) (engine.RemoteInfo, error) {
 	sel, err := p.auth.Select(ctx, img.Host())
 	if err != nil {
-		return RemoteInfo{}, &PullError{Class: ClassAuth, Err: fmt.Errorf("choosing credentials for %s: %w", img.Host(), err)}
+		return engine.RemoteInfo{}, &PullError{Class: ClassAuth, Err: fmt.Errorf("choosing credentials for %s: %w", img.Host(), err)}
 	}
 	ri, err := p.engine.DistributionInspect(ctx, img.Ref, sel.Credentials)
 	if err != nil {
-		return RemoteInfo{}, &PullError{Class: classify(err), Err: fmt.Errorf("asking the registry about %s: %w", img.Ref, err)}
+		return engine.RemoteInfo{}, &PullError{Class: classify(err), Err: fmt.Errorf("asking the registry about %s: %w", img.Ref, err)}
 	}
 	return ri, nil
 }
@@ -390,29 +391,29 @@ func (p *Puller) stopped(ctx, pctx context.Context, err error) error {
 
 // verify checks that the daemon holds img with the digest the registry
 // served (for a pin, the pinned digest).
-func (p *Puller) verify(ctx context.Context, img config.Image, served digest.Digest) (ImageInfo, digest.Digest, error) {
+func (p *Puller) verify(ctx context.Context, img config.Image, served digest.Digest) (engine.ImageInfo, digest.Digest, error) {
 	verr := func(format string, args ...any) error {
 		return &PullError{Class: ClassVerify, Err: fmt.Errorf("verifying %s: "+format, append([]any{img.Ref}, args...)...)}
 	}
 	want := served
 	if img.Pin != "" {
 		if served != "" && served != img.Pin {
-			return ImageInfo{}, "", verr("the daemon reported digest %s, not the pinned %s", served, img.Pin)
+			return engine.ImageInfo{}, "", verr("the daemon reported digest %s, not the pinned %s", served, img.Pin)
 		}
 		want = img.Pin
 	}
 	if want == "" {
-		return ImageInfo{}, "", verr("the daemon did not report the manifest digest it pulled")
+		return engine.ImageInfo{}, "", verr("the daemon did not report the manifest digest it pulled")
 	}
 	info, err := p.engine.ImageInspect(ctx, img.Ref)
 	if err != nil {
-		if errors.Is(err, ErrImageNotFound) {
-			return ImageInfo{}, "", verr("the pull reported success but the image is not in the daemon")
+		if errors.Is(err, engine.ErrImageNotFound) {
+			return engine.ImageInfo{}, "", verr("the pull reported success but the image is not in the daemon")
 		}
-		return ImageInfo{}, "", fmt.Errorf("verifying %s: %w", img.Ref, err)
+		return engine.ImageInfo{}, "", fmt.Errorf("verifying %s: %w", img.Ref, err)
 	}
 	if !hasRepoDigest(info.RepoDigests, img.Repository(), want) {
-		return ImageInfo{}, "", verr("the daemon's image %s has repo digests %v, none is %s@%s", info.ID, info.RepoDigests, img.Repository(), want)
+		return engine.ImageInfo{}, "", verr("the daemon's image %s has repo digests %v, none is %s@%s", info.ID, info.RepoDigests, img.Repository(), want)
 	}
 	return info, want, nil
 }

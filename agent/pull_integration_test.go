@@ -16,6 +16,7 @@ import (
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -34,13 +35,13 @@ type fixture struct {
 	bed    *testbed.Bed
 	reg    *testbed.Registry
 	ns     string
-	engine *agent.DockerEngine
+	engine *engine.DockerEngine
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	b := bed.Get(t)
-	e, err := agent.NewDockerEngine(config.DockerEndpoint{Host: b.DockerHost})
+	e, err := engine.NewDockerEngine(config.DockerEndpoint{Host: b.DockerHost})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,14 +223,14 @@ func TestPullFailureInsideStreamIsAFailure(t *testing.T) {
 		t.Fatal("a pull whose layer blob is gone reported success")
 	}
 	t.Logf("error: %v", r.Err)
-	var se *agent.StreamError
+	var se *engine.StreamError
 	if !errors.As(r.Err, &se) {
 		t.Fatalf("want the failure from inside the pull stream, got %T: %v", r.Err, r.Err)
 	}
 	if c := agent.ClassOf(r.Err); c != agent.ClassServer && c != agent.ClassNotFound {
 		t.Errorf("class %s, want server or not-found (err: %v)", c, r.Err)
 	}
-	if _, err := f.engine.ImageInspect(ctxT(t), imgs[0].Ref); !errors.Is(err, agent.ErrImageNotFound) {
+	if _, err := f.engine.ImageInspect(ctxT(t), imgs[0].Ref); !errors.Is(err, engine.ErrImageNotFound) {
 		t.Errorf("the image should be absent after the failed pull; inspect: %v", err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -24,29 +25,29 @@ import (
 // fakeEngine is an Engine whose behaviour each test sets.
 type fakeEngine struct {
 	ping    func(ctx context.Context) error
-	pull    func(ctx context.Context, ref string, opts PullOptions) (io.ReadCloser, error)
-	inspect func(ctx context.Context, ref string) (ImageInfo, error)
-	remote  func(ctx context.Context, ref string) (RemoteInfo, error)
+	pull    func(ctx context.Context, ref string, opts engine.PullOptions) (io.ReadCloser, error)
+	inspect func(ctx context.Context, ref string) (engine.ImageInfo, error)
+	remote  func(ctx context.Context, ref string) (engine.RemoteInfo, error)
 }
 
 func (f *fakeEngine) ImageTag(context.Context, string, string) error { return nil }
-func (f *fakeEngine) ImageRemove(context.Context, string) (RemoveResult, error) {
-	return RemoveResult{}, nil
+func (f *fakeEngine) ImageRemove(context.Context, string) (engine.RemoveResult, error) {
+	return engine.RemoveResult{}, nil
 }
 func (f *fakeEngine) ContainerImageIDs(context.Context) (map[string]bool, error) { return nil, nil }
 func (f *fakeEngine) RootDir(context.Context) (string, error)                    { return "", nil }
 
-func (f *fakeEngine) DistributionInspect(ctx context.Context, ref string, _ auth.Credentials) (RemoteInfo, error) {
+func (f *fakeEngine) DistributionInspect(ctx context.Context, ref string, _ auth.Credentials) (engine.RemoteInfo, error) {
 	return f.remote(ctx, ref)
 }
 
-var _ Engine = (*fakeEngine)(nil)
+var _ engine.Engine = (*fakeEngine)(nil)
 
 func (f *fakeEngine) Ping(ctx context.Context) error { return f.ping(ctx) }
-func (f *fakeEngine) ImagePull(ctx context.Context, ref string, opts PullOptions) (io.ReadCloser, error) {
+func (f *fakeEngine) ImagePull(ctx context.Context, ref string, opts engine.PullOptions) (io.ReadCloser, error) {
 	return f.pull(ctx, ref, opts)
 }
-func (f *fakeEngine) ImageInspect(ctx context.Context, ref string) (ImageInfo, error) {
+func (f *fakeEngine) ImageInspect(ctx context.Context, ref string) (engine.ImageInfo, error) {
 	return f.inspect(ctx, ref)
 }
 
@@ -79,11 +80,11 @@ func repoOf(ref string) string {
 func goodEngine() *fakeEngine {
 	return &fakeEngine{
 		ping: func(context.Context) error { return nil },
-		pull: func(_ context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
+		pull: func(_ context.Context, ref string, _ engine.PullOptions) (io.ReadCloser, error) {
 			return okStream(digestOf(ref)), nil
 		},
-		inspect: func(_ context.Context, ref string) (ImageInfo, error) {
-			return ImageInfo{ID: "sha256:id", RepoDigests: []string{repoOf(ref) + "@" + digestOf(ref).String()}, Size: 100}, nil
+		inspect: func(_ context.Context, ref string) (engine.ImageInfo, error) {
+			return engine.ImageInfo{ID: "sha256:id", RepoDigests: []string{repoOf(ref) + "@" + digestOf(ref).String()}, Size: 100}, nil
 		},
 	}
 }
@@ -97,7 +98,7 @@ func testImages(t *testing.T, prefix string, runtimes ...string) []config.Image 
 	return mustImages(t, mustLoad(t, nil, env))
 }
 
-func newTestPuller(t *testing.T, e Engine, opts auth.Options, po PullerOptions) *Puller {
+func newTestPuller(t *testing.T, e engine.Engine, opts auth.Options, po PullerOptions) *Puller {
 	t.Helper()
 	sel, err := auth.NewSelector(opts)
 	if err != nil {
@@ -130,13 +131,13 @@ func TestPullSuccess(t *testing.T) {
 
 func TestPullStreamErrorIsAFailure(t *testing.T) {
 	e := goodEngine()
-	e.pull = func(context.Context, string, PullOptions) (io.ReadCloser, error) {
+	e.pull = func(context.Context, string, engine.PullOptions) (io.ReadCloser, error) {
 		// The SDK call succeeds; the failure is inside the stream.
 		return io.NopCloser(strings.NewReader(`{"status":"Pulling fs layer","id":"a"}` + "\n" + `{"errorDetail":{"message":"unknown blob"},"error":"unknown blob"}`)), nil
 	}
-	e.inspect = func(context.Context, string) (ImageInfo, error) {
+	e.inspect = func(context.Context, string) (engine.ImageInfo, error) {
 		t.Fatal("a failed stream must not be verified as a success")
-		return ImageInfo{}, nil
+		return engine.ImageInfo{}, nil
 	}
 	r := newTestPuller(t, e, auth.Options{}, PullerOptions{}).Pull(context.Background(), testImages(t, "ghcr.io/x", "codex")[0], nil)
 	if r.Err == nil || ClassOf(r.Err) != ClassServer || !strings.Contains(r.Err.Error(), "unknown blob") {
@@ -150,29 +151,29 @@ func TestPullVerification(t *testing.T) {
 		name    string
 		pins    string
 		stream  func(ref string) io.ReadCloser
-		inspect func(ref string) (ImageInfo, error)
+		inspect func(ref string) (engine.ImageInfo, error)
 		want    string
 	}{
 		{
 			name:   "daemon holds another digest",
 			stream: func(ref string) io.ReadCloser { return okStream(digestOf(ref)) },
-			inspect: func(ref string) (ImageInfo, error) {
-				return ImageInfo{ID: "sha256:old", RepoDigests: []string{repoOf(ref) + "@" + digest.FromString("old").String()}}, nil
+			inspect: func(ref string) (engine.ImageInfo, error) {
+				return engine.ImageInfo{ID: "sha256:old", RepoDigests: []string{repoOf(ref) + "@" + digest.FromString("old").String()}}, nil
 			},
 			want: "none is",
 		},
 		{
 			name:   "right digest under another repository",
 			stream: func(ref string) io.ReadCloser { return okStream(digestOf(ref)) },
-			inspect: func(ref string) (ImageInfo, error) {
-				return ImageInfo{RepoDigests: []string{"ghcr.io/other/workspace-template-codex@" + digestOf(ref).String()}}, nil
+			inspect: func(ref string) (engine.ImageInfo, error) {
+				return engine.ImageInfo{RepoDigests: []string{"ghcr.io/other/workspace-template-codex@" + digestOf(ref).String()}}, nil
 			},
 			want: "none is",
 		},
 		{
 			name:    "image missing after success",
 			stream:  func(ref string) io.ReadCloser { return okStream(digestOf(ref)) },
-			inspect: func(ref string) (ImageInfo, error) { return ImageInfo{}, ErrImageNotFound },
+			inspect: func(ref string) (engine.ImageInfo, error) { return engine.ImageInfo{}, engine.ErrImageNotFound },
 			want:    "not in the daemon",
 		},
 		{
@@ -180,22 +181,24 @@ func TestPullVerification(t *testing.T) {
 			stream: func(string) io.ReadCloser {
 				return io.NopCloser(strings.NewReader(`{"status":"Status: Downloaded newer image for x"}`))
 			},
-			inspect: func(ref string) (ImageInfo, error) { return ImageInfo{}, nil },
+			inspect: func(ref string) (engine.ImageInfo, error) { return engine.ImageInfo{}, nil },
 			want:    "did not report the manifest digest",
 		},
 		{
 			name:    "pin differs from the served digest",
 			pins:    "codex=" + pin.String(),
 			stream:  func(string) io.ReadCloser { return okStream(digest.FromString("other")) },
-			inspect: func(ref string) (ImageInfo, error) { return ImageInfo{}, nil },
+			inspect: func(ref string) (engine.ImageInfo, error) { return engine.ImageInfo{}, nil },
 			want:    "not the pinned",
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := goodEngine()
-			e.pull = func(_ context.Context, ref string, _ PullOptions) (io.ReadCloser, error) { return tt.stream(ref), nil }
-			e.inspect = func(_ context.Context, ref string) (ImageInfo, error) { return tt.inspect(ref) }
+			e.pull = func(_ context.Context, ref string, _ engine.PullOptions) (io.ReadCloser, error) {
+				return tt.stream(ref), nil
+			}
+			e.inspect = func(_ context.Context, ref string) (engine.ImageInfo, error) { return tt.inspect(ref) }
 			imgs := mustImages(t, mustLoad(t, nil, map[string]string{config.KeyRuntimes: "codex", config.KeyPins: tt.pins}))
 			r := newTestPuller(t, e, auth.Options{}, PullerOptions{}).Pull(context.Background(), imgs[0], nil)
 			if ClassOf(r.Err) != ClassVerify || !strings.Contains(r.Err.Error(), tt.want) {
@@ -209,12 +212,12 @@ func TestPullPinnedVerifiesThePin(t *testing.T) {
 	pin := digest.FromString("pinned")
 	e := goodEngine()
 	var pulled string
-	e.pull = func(_ context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
+	e.pull = func(_ context.Context, ref string, _ engine.PullOptions) (io.ReadCloser, error) {
 		pulled = ref
 		return okStream(pin), nil
 	}
-	e.inspect = func(_ context.Context, ref string) (ImageInfo, error) {
-		return ImageInfo{RepoDigests: []string{repoOf(ref) + "@" + pin.String()}}, nil
+	e.inspect = func(_ context.Context, ref string) (engine.ImageInfo, error) {
+		return engine.ImageInfo{RepoDigests: []string{repoOf(ref) + "@" + pin.String()}}, nil
 	}
 	imgs := mustImages(t, mustLoad(t, nil, map[string]string{config.KeyRuntimes: "codex", config.KeyPins: "codex=" + pin.String()}))
 	r := newTestPuller(t, e, auth.Options{}, PullerOptions{}).Pull(context.Background(), imgs[0], nil)
@@ -234,16 +237,16 @@ func TestPullConcurrencyIsBoundedAndFailuresIsolated(t *testing.T) {
 			// The daemon holds nothing until it is pulled: every pull is a download.
 			pulled := map[string]bool{}
 			good := e.inspect
-			e.inspect = func(ctx context.Context, ref string) (ImageInfo, error) {
+			e.inspect = func(ctx context.Context, ref string) (engine.ImageInfo, error) {
 				mu.Lock()
 				ok := pulled[ref]
 				mu.Unlock()
 				if !ok {
-					return ImageInfo{}, ErrImageNotFound
+					return engine.ImageInfo{}, engine.ErrImageNotFound
 				}
 				return good(ctx, ref)
 			}
-			e.pull = func(ctx context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
+			e.pull = func(ctx context.Context, ref string, _ engine.PullOptions) (io.ReadCloser, error) {
 				defer enter(&inFlight, &peak)()
 				mu.Lock()
 				order = append(order, ref)
@@ -289,10 +292,12 @@ func TestPullCanceledBeforeStart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	e := goodEngine()
 	// Nothing held: every image is a download, one worker at a time.
-	e.inspect = func(context.Context, string) (ImageInfo, error) { return ImageInfo{}, ErrImageNotFound }
+	e.inspect = func(context.Context, string) (engine.ImageInfo, error) {
+		return engine.ImageInfo{}, engine.ErrImageNotFound
+	}
 	var mu sync.Mutex
 	var started []string
-	e.pull = func(ctx context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
+	e.pull = func(ctx context.Context, ref string, _ engine.PullOptions) (io.ReadCloser, error) {
 		mu.Lock()
 		started = append(started, ref)
 		mu.Unlock()
@@ -331,7 +336,7 @@ func TestCredentialsGoToGHCROnly(t *testing.T) {
 			e := goodEngine()
 			var mu sync.Mutex
 			sent := map[string]auth.Credentials{}
-			e.pull = func(_ context.Context, ref string, o PullOptions) (io.ReadCloser, error) {
+			e.pull = func(_ context.Context, ref string, o engine.PullOptions) (io.ReadCloser, error) {
 				mu.Lock()
 				sent[ref] = o.Credentials
 				mu.Unlock()
@@ -359,14 +364,14 @@ func (o *recordingObserver) PullFinished(r PullResult) { o.onFinish(r) }
 
 type progressObserver struct {
 	NopObserver
-	onProgress func(Progress)
+	onProgress func(engine.Progress)
 }
 
-func (o *progressObserver) PullProgress(_ config.Image, p Progress) { o.onProgress(p) }
+func (o *progressObserver) PullProgress(_ config.Image, p engine.Progress) { o.onProgress(p) }
 
 func TestPullStalledStreamIsCut(t *testing.T) {
 	e := goodEngine()
-	e.pull = func(ctx context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
+	e.pull = func(ctx context.Context, ref string, _ engine.PullOptions) (io.ReadCloser, error) {
 		pr, pw := io.Pipe()
 		go func() {
 			pw.Write([]byte(`{"status":"Downloading","progressDetail":{"current":10,"total":100},"id":"a"}` + "\n"))
@@ -384,7 +389,7 @@ func TestPullStalledStreamIsCut(t *testing.T) {
 
 	// The caller's cancellation, once bytes flowed, is not a stall.
 	ctx, cancel := context.WithCancel(context.Background())
-	obs := &progressObserver{onProgress: func(Progress) { cancel() }}
+	obs := &progressObserver{onProgress: func(engine.Progress) { cancel() }}
 	p = newTestPuller(t, e, auth.Options{}, PullerOptions{Timeouts: PullTimeouts{Stall: time.Hour}})
 	if r := p.Pull(ctx, img, obs); ClassOf(r.Err) != ClassCanceled {
 		t.Fatalf("got %v (%s), want canceled", r.Err, ClassOf(r.Err))
@@ -395,7 +400,7 @@ func TestRefreshesOfHeldImagesGetAWiderPool(t *testing.T) {
 	var inFlight, peak atomic.Int32
 	release := make(chan struct{})
 	e := goodEngine() // the daemon holds every image: all refreshes
-	e.pull = func(ctx context.Context, ref string, _ PullOptions) (io.ReadCloser, error) {
+	e.pull = func(ctx context.Context, ref string, _ engine.PullOptions) (io.ReadCloser, error) {
 		defer enter(&inFlight, &peak)()
 		<-release
 		return okStream(digestOf(ref)), nil
@@ -482,5 +487,37 @@ func TestTargetPlatformAndPullerOptions(t *testing.T) {
 				t.Errorf("PullerOptions = %+v, want %+v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		msg  string
+		want ErrorClass
+	}{
+		{`Error response from daemon: Head "https://ghcr.io/v2/x/manifests/latest": unauthorized`, ClassAuth},
+		{"Error response from daemon: Get https://x/v2/: no basic auth credentials", ClassAuth},
+		{"Error response from daemon: pull access denied for x, repository does not exist or may require 'docker login': denied: requested access to the resource is denied", ClassAuth},
+		{"Error response from daemon: manifest for x:latest not found: manifest unknown: manifest unknown", ClassNotFound},
+		{"toomanyrequests: You have reached your pull rate limit", ClassRateLimited},
+		{`Get "https://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused`, ClassNetwork},
+		{`Error response from daemon: Get "http://127.0.0.1:5000/v2/": EOF`, ClassNetwork}, // connection closed, no answer (soak)
+		{`Get "http://127.0.0.1:5000/v2/x/blobs/sha256:aa": write tcp 127.0.0.1:1->127.0.0.1:2: write: broken pipe`, ClassNetwork},
+		{"Error response from daemon: error creating temporary lease: grpc: the client connection is closing: context canceled", ClassDaemon}, // dockerd stopping (soak)
+		{"write /var/lib/docker/tmp/x: no space left on device", ClassDisk},
+		{"received unexpected HTTP status: 503 Service Unavailable", ClassServer},
+		{"something else entirely", ClassUnknown},
+	}
+	for _, tt := range tests {
+		if got := classify(errors.New(tt.msg)); got != tt.want {
+			t.Errorf("classify(%q) = %s, want %s", tt.msg, got, tt.want)
+		}
+	}
+	if got := classify(engine.ErrDaemonUnreachable); got != ClassDaemon {
+		t.Errorf("daemon unreachable: %s", got)
+	}
+	// What DecodeStream returns for testdata/streams/blob-missing.jsonl.
+	if got := classify(&engine.StreamError{Message: "unknown blob"}); got != ClassServer {
+		t.Errorf("a stream error: %s", got)
 	}
 }

@@ -15,8 +15,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -131,7 +131,7 @@ func (e *env) reactionAndIdle(ctx context.Context, flips int, idle time.Duration
 	if err := waitWarm(regs["a"].Prefix("molecule-ai"), 2*time.Minute); err != nil {
 		return Reaction{}, Idle{}, err
 	}
-	engine, err := agent.NewDockerEngine(config.DockerEndpoint{Host: e.bed.DockerHost})
+	docker, err := engine.NewDockerEngine(config.DockerEndpoint{Host: e.bed.DockerHost})
 	if err != nil {
 		return Reaction{}, Idle{}, err
 	}
@@ -152,7 +152,7 @@ func (e *env) reactionAndIdle(ctx context.Context, flips int, idle time.Duration
 		}
 		agentLat = append(agentLat, first.Sub(t0))
 		t1 := time.Now()
-		rc, err := engine.ImagePull(ctx, config.ImageRef(r.Prefix("molecule-ai"), "codex"), agent.PullOptions{})
+		rc, err := docker.ImagePull(ctx, config.ImageRef(r.Prefix("molecule-ai"), "codex"), engine.PullOptions{})
 		if err != nil {
 			return Reaction{}, Idle{}, err
 		}

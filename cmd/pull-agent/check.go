@@ -11,6 +11,7 @@ import (
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
@@ -52,7 +53,7 @@ each runtime: how to prove a mirror complete before a flip.`)
 		}
 		prefixes = append(prefixes, q)
 	}
-	engine, err := agent.NewDockerEngine(cfg.DockerEndpoint())
+	engine, err := engine.NewDockerEngine(cfg.DockerEndpoint())
 	if err != nil {
 		return usageErr(err)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
@@ -258,7 +259,7 @@ others.`)
 		return err
 	}
 	log, cfg, images, sel := env.log, env.cfg, env.images, env.sel
-	engine, err := agent.NewDockerEngine(cfg.DockerEndpoint())
+	engine, err := engine.NewDockerEngine(cfg.DockerEndpoint())
 	if err != nil {
 		return usageErr(err)
 	}
@@ -339,7 +340,7 @@ func (o logObserver) PullStarted(img config.Image, src auth.Source) {
 	o.log.Info("pull started", "runtime", img.Runtime, "image", img.Ref, "auth", string(src))
 }
 
-func (o logObserver) PullProgress(config.Image, agent.Progress) {}
+func (o logObserver) PullProgress(config.Image, engine.Progress) {}
 
 func (o logObserver) PullFinished(r agent.PullResult) {
 	if r.Err != nil {

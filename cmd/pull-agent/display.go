@@ -11,6 +11,7 @@ import (
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
@@ -31,8 +32,8 @@ type ttyDisplay struct {
 
 type displayRow struct {
 	runtime string
-	phase   agent.Phase
-	prog    agent.Progress
+	phase   engine.Phase
+	prog    engine.Progress
 	note    string
 	failed  bool
 }
@@ -74,11 +75,11 @@ func (d *ttyDisplay) PullStarted(img config.Image, src auth.Source) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	r := d.rows[img.Runtime]
-	r.phase = agent.PhaseResolving
+	r.phase = engine.PhaseResolving
 	r.note = string(src)
 }
 
-func (d *ttyDisplay) PullProgress(img config.Image, p agent.Progress) {
+func (d *ttyDisplay) PullProgress(img config.Image, p engine.Progress) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	r := d.rows[img.Runtime]
@@ -90,11 +91,11 @@ func (d *ttyDisplay) PullFinished(res agent.PullResult) {
 	defer d.mu.Unlock()
 	r := d.rows[res.Image.Runtime]
 	if res.Err != nil {
-		r.phase, r.failed = agent.PhaseFailed, true
+		r.phase, r.failed = engine.PhaseFailed, true
 		r.note = fmt.Sprintf("[%s] %s", agent.ClassOf(res.Err), res.Err.Error())
 		return
 	}
-	r.phase = agent.PhaseDone
+	r.phase = engine.PhaseDone
 	r.note = safetext.ShortDigest(res.Digest.String())
 	if res.UpToDate {
 		r.note += " (up to date)"
@@ -123,7 +124,7 @@ func (d *ttyDisplay) line(r *displayRow) string {
 		switch {
 		case r.failed:
 			phase = "\x1b[31m" + phase + "\x1b[0m"
-		case r.phase == agent.PhaseDone:
+		case r.phase == engine.PhaseDone:
 			phase = "\x1b[32m" + phase + "\x1b[0m"
 		}
 	}

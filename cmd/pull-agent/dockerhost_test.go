@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -127,7 +127,7 @@ func TestPullThroughADaemonThatWantsTLS(t *testing.T) {
 			t.Fatalf("check: exit %d\nstdout %s\nstderr %s", code, out, errOut)
 		}
 		// The image is in the daemon, as its unix socket shows.
-		e, err := agent.NewDockerEngine(config.DockerEndpoint{Host: b.DockerHost})
+		e, err := engine.NewDockerEngine(config.DockerEndpoint{Host: b.DockerHost})
 		if err != nil {
 			t.Fatal(err)
 		}

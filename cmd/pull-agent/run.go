@@ -16,6 +16,7 @@ import (
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/auth"
 )
@@ -78,8 +79,8 @@ and the agent waits for a good one.`)
 	o.Getenv = getenv
 	o.Logger = log
 	o.Notifier = agent.SystemdNotifier{}
-	o.NewEngine = func(ep config.DockerEndpoint) (agent.Engine, error) {
-		e, err := agent.NewDockerEngine(ep)
+	o.NewEngine = func(ep config.DockerEndpoint) (engine.Engine, error) {
+		e, err := engine.NewDockerEngine(ep)
 		if err != nil {
 			return nil, err
 		}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
@@ -468,7 +469,7 @@ func rows() []row {
 						msg = i.LastError
 					}
 				}
-				engine, err := agent.NewDockerEngine(config.DockerEndpoint{Host: small.DockerHost})
+				engine, err := engine.NewDockerEngine(config.DockerEndpoint{Host: small.DockerHost})
 				must(r.t, err)
 				root, err := engine.RootDir(context.Background())
 				engine.Close()

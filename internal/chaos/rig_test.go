@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
@@ -362,7 +362,7 @@ func (r *rig) invariants() outcome {
 	}
 	o.converge = r.waitFor("every image of the final prefix warm and verified", 90*time.Second, r.converged)
 
-	engine, err := agent.NewDockerEngine(config.DockerEndpoint{Host: r.dockerHost})
+	engine, err := engine.NewDockerEngine(config.DockerEndpoint{Host: r.dockerHost})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"errors"
@@ -33,14 +33,11 @@ func TestDecodeRecordedStreams(t *testing.T) {
 			defer f.Close()
 			var updates int
 			var last Progress
-			res, err := decodeStream(f, func(p Progress) { updates++; last = p })
+			res, err := DecodeStream(f, func(p Progress) { updates++; last = p })
 			if tt.wantErr != "" {
 				var se *StreamError
 				if !errors.As(err, &se) || se.Message != tt.wantErr {
 					t.Fatalf("want StreamError %q, got %v", tt.wantErr, err)
-				}
-				if classify(err) != ClassServer {
-					t.Errorf("class %s", classify(err))
 				}
 				return
 			}
@@ -71,39 +68,11 @@ func TestDecodeStreamBroken(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := decodeStream(strings.NewReader(tt.in), nil)
+			_, err := DecodeStream(strings.NewReader(tt.in), nil)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("got %v, want %q", err, tt.want)
 			}
 		})
-	}
-}
-
-func TestClassify(t *testing.T) {
-	tests := []struct {
-		msg  string
-		want ErrorClass
-	}{
-		{`Error response from daemon: Head "https://ghcr.io/v2/x/manifests/latest": unauthorized`, ClassAuth},
-		{"Error response from daemon: Get https://x/v2/: no basic auth credentials", ClassAuth},
-		{"Error response from daemon: pull access denied for x, repository does not exist or may require 'docker login': denied: requested access to the resource is denied", ClassAuth},
-		{"Error response from daemon: manifest for x:latest not found: manifest unknown: manifest unknown", ClassNotFound},
-		{"toomanyrequests: You have reached your pull rate limit", ClassRateLimited},
-		{`Get "https://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused`, ClassNetwork},
-		{`Error response from daemon: Get "http://127.0.0.1:5000/v2/": EOF`, ClassNetwork}, // connection closed, no answer (soak)
-		{`Get "http://127.0.0.1:5000/v2/x/blobs/sha256:aa": write tcp 127.0.0.1:1->127.0.0.1:2: write: broken pipe`, ClassNetwork},
-		{"Error response from daemon: error creating temporary lease: grpc: the client connection is closing: context canceled", ClassDaemon}, // dockerd stopping (soak)
-		{"write /var/lib/docker/tmp/x: no space left on device", ClassDisk},
-		{"received unexpected HTTP status: 503 Service Unavailable", ClassServer},
-		{"something else entirely", ClassUnknown},
-	}
-	for _, tt := range tests {
-		if got := classify(errors.New(tt.msg)); got != tt.want {
-			t.Errorf("classify(%q) = %s, want %s", tt.msg, got, tt.want)
-		}
-	}
-	if got := classify(ErrDaemonUnreachable); got != ClassDaemon {
-		t.Errorf("daemon unreachable: %s", got)
 	}
 }
 
@@ -116,7 +85,7 @@ func FuzzDecodeStream(f *testing.F) {
 		f.Add(data)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		res, err := decodeStream(strings.NewReader(string(data)), func(p Progress) {
+		res, err := DecodeStream(strings.NewReader(string(data)), func(p Progress) {
 			if p.LayersDone > p.Layers {
 				t.Fatalf("more layers done than seen: %+v", p)
 			}

@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"encoding/json"
@@ -88,19 +88,19 @@ func (l *layerState) apply(m streamMessage) {
 	}
 }
 
-// streamResult is what decodeStream learned.
-type streamResult struct {
+// StreamResult is what DecodeStream learned.
+type StreamResult struct {
 	Digest   digest.Digest // manifest digest the daemon reported
 	Status   string        // the final "Status: …" line
 	Progress Progress
 }
 
-// decodeStream reads the pull stream to its end, calling onProgress after
+// DecodeStream reads the pull stream to its end, calling onProgress after
 // each message (whether or not it changed the progress). It returns a *StreamError for an error
 // message in the stream, and an error for a stream that is not JSON or ends
 // early.
-func decodeStream(r io.Reader, onProgress func(Progress)) (streamResult, error) {
-	var res streamResult
+func DecodeStream(r io.Reader, onProgress func(Progress)) (StreamResult, error) {
+	var res StreamResult
 	layers := map[string]*layerState{}
 	var order []string
 	dec := json.NewDecoder(r)
