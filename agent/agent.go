@@ -20,6 +20,7 @@ import (
 
 	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/engine"
+	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
@@ -44,14 +45,14 @@ type Options struct {
 	// NewEngine connects to the Docker daemon at an endpoint.
 	NewEngine func(config.DockerEndpoint) (engine.Engine, error)
 	// NewAuthorizer builds the credential selection for a configuration.
-	NewAuthorizer func(config.Config) (Authorizer, error)
+	NewAuthorizer func(config.Config) (pull.Authorizer, error)
 	Logger        *slog.Logger
 	// Notifier receives sd_notify states; nil sends none.
 	Notifier Notifier
 
 	RefreshInterval time.Duration
 	Concurrency     int
-	Timeouts        PullTimeouts
+	Timeouts        pull.PullTimeouts
 	Retry           RetryPolicy
 	// RateLimit is the per-host backoff after a 429 when the registry's
 	// message names no delay (the daemon drops Retry-After headers): equal
@@ -77,8 +78,8 @@ func DefaultOptions() Options {
 	return Options{
 		EnvFile:         config.DefaultEnvFile,
 		RefreshInterval: 15 * time.Minute,
-		Concurrency:     DefaultConcurrency,
-		Timeouts:        DefaultPullTimeouts(),
+		Concurrency:     pull.DefaultConcurrency,
+		Timeouts:        pull.DefaultPullTimeouts(),
 		Retry:           RetryPolicy{Initial: 5 * time.Second, Max: 5 * time.Minute, Attempts: 8},
 		RateLimit:       RetryPolicy{Initial: 30 * time.Second, Max: 10 * time.Minute},
 		DaemonRetry:     RetryPolicy{Initial: 500 * time.Millisecond, Max: 30 * time.Second},
@@ -98,7 +99,7 @@ type ImageStatus struct {
 	LastAttempt time.Time
 	LastSuccess time.Time
 	LastError   string
-	LastClass   ErrorClass
+	LastClass   pull.ErrorClass
 	NextAttempt time.Time
 	Duration    time.Duration
 	Bytes       int64
@@ -139,7 +140,7 @@ type imageState struct {
 	fresh  bool // the running pull is not a refresh of a warm image
 	due    bool
 	cancel context.CancelCauseFunc
-	puller *Puller
+	puller *pull.Puller
 }
 
 type hostState struct {
@@ -149,7 +150,7 @@ type hostState struct {
 
 type pullDone struct {
 	ref    string
-	res    PullResult
+	res    pull.PullResult
 	st     *imageState
 	remote digest.Digest // after a failed refresh: what the registry serves
 }
@@ -170,7 +171,7 @@ type Agent struct {
 	cfgErr   error
 	cfgAt    time.Time
 	engine   engine.Engine
-	puller   *Puller
+	puller   *pull.Puller
 	images   []config.Image
 	states   map[string]*imageState
 	hosts    map[string]*hostState
@@ -189,7 +190,7 @@ type Agent struct {
 	wg sync.WaitGroup
 
 	started       time.Time
-	authz         Authorizer
+	authz         pull.Authorizer
 	hostInfo      map[string]state.HostDoc
 	lastReconcile time.Time
 	lastSaved     []byte
@@ -225,7 +226,7 @@ func New(opts Options) (*Agent, error) {
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = def.Concurrency
 	}
-	if opts.Timeouts == (PullTimeouts{}) {
+	if opts.Timeouts == (pull.PullTimeouts{}) {
 		opts.Timeouts = def.Timeouts
 	}
 	if opts.Retry.Initial <= 0 {
@@ -509,9 +510,9 @@ func (a *Agent) apply(cfg config.Config) {
 		cfg.DockerHost, cfg.DockerTLSVerify, cfg.DockerCertPath = prev.DockerHost, prev.DockerTLSVerify, prev.DockerCertPath
 	}
 	authz, err := a.opts.NewAuthorizer(cfg)
-	var puller *Puller
+	var puller *pull.Puller
 	if err == nil {
-		puller, err = NewPuller(engine, authz, a.opts.Logger, OptionsFor(cfg, a.opts.Concurrency, a.opts.Timeouts))
+		puller, err = pull.NewPuller(engine, authz, a.opts.Logger, pull.OptionsFor(cfg, a.opts.Concurrency, a.opts.Timeouts))
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -615,7 +616,7 @@ func (a *Agent) step(ctx context.Context) {
 		return
 	}
 	for _, img := range a.images {
-		if a.inflight >= a.opts.Concurrency*RefreshConcurrencyFactor {
+		if a.inflight >= a.opts.Concurrency*pull.RefreshConcurrencyFactor {
 			return
 		}
 		st := a.states[img.Ref]
@@ -663,7 +664,7 @@ func (a *Agent) startLocked(ctx context.Context, st *imageState) {
 			}
 		}
 		d := pullDone{ref: img.Ref, res: res, st: st}
-		if c := ClassOf(res.Err); res.Err != nil && wasWarm && c != ClassCanceled && c != ClassDaemon {
+		if c := pull.ClassOf(res.Err); res.Err != nil && wasWarm && c != pull.ClassCanceled && c != pull.ClassDaemon {
 			// Is the registry serving something newer than what we hold?
 			if ri, err := puller.Remote(pctx, img); err == nil {
 				d.remote = ri.Digest
@@ -678,15 +679,15 @@ func (a *Agent) startLocked(ctx context.Context, st *imageState) {
 
 // presentPin reports a pinned image the daemon already holds as warm
 // without asking the registry: a digest cannot move.
-func (a *Agent) presentPin(ctx context.Context, img config.Image) (PullResult, bool) {
+func (a *Agent) presentPin(ctx context.Context, img config.Image) (pull.PullResult, bool) {
 	if img.Pin == "" {
-		return PullResult{}, false
+		return pull.PullResult{}, false
 	}
 	info, err := a.engine.ImageInspect(ctx, img.Ref)
-	if err != nil || !hasRepoDigest(info.RepoDigests, img.Repository(), img.Pin) {
-		return PullResult{}, false
+	if err != nil || !pull.HasRepoDigest(info.RepoDigests, img.Repository(), img.Pin) {
+		return pull.PullResult{}, false
 	}
-	return PullResult{Image: img, Digest: img.Pin, ImageID: info.ID, Size: info.Size, Started: time.Now(), UpToDate: true}, true
+	return pull.PullResult{Image: img, Digest: img.Pin, ImageID: info.ID, Size: info.Size, Started: time.Now(), UpToDate: true}, true
 }
 
 // PullStarted implements Observer.
@@ -712,7 +713,7 @@ func (a *Agent) PullProgress(img config.Image, p engine.Progress) {
 }
 
 // PullFinished implements Observer; results are handled in the loop.
-func (a *Agent) PullFinished(PullResult) {}
+func (a *Agent) PullFinished(pull.PullResult) {}
 
 func (a *Agent) finished(ctx context.Context, d pullDone) {
 	a.mu.Lock()
@@ -754,7 +755,7 @@ func (a *Agent) finished(ctx context.Context, d pullDone) {
 		a.maybePruneLocked(ctx)
 		return
 	}
-	class := ClassOf(r.Err)
+	class := pull.ClassOf(r.Err)
 	st.LastError, st.LastClass = errText(r.Err), class
 	if d.remote != "" {
 		st.RemoteDigest = d.remote
@@ -767,12 +768,12 @@ func (a *Agent) finished(ctx context.Context, d pullDone) {
 	}
 	st.Progress = engine.Progress{Phase: engine.PhaseFailed}
 	switch class {
-	case ClassCanceled:
+	case pull.ClassCanceled:
 		st.due = true
 		if st.State == state.Failed {
 			st.State = state.Pending
 		}
-	case ClassDaemon:
+	case pull.ClassDaemon:
 		st.due = true
 		if a.daemonUp {
 			a.daemonUp = false
@@ -780,7 +781,7 @@ func (a *Agent) finished(ctx context.Context, d pullDone) {
 			a.nextPing = now
 			log.Warn("docker daemon unreachable; waiting for it", "error", st.LastError)
 		}
-	case ClassRateLimited:
+	case pull.ClassRateLimited:
 		host := r.Image.Host()
 		hs := a.hosts[host]
 		if hs == nil {
@@ -805,7 +806,7 @@ func (a *Agent) finished(ctx context.Context, d pullDone) {
 		}
 		st.due, st.NextAttempt = true, hs.until
 		log.Warn("registry rate-limited the pull; backing off this host", "host", host, "delay_s", time.Until(hs.until).Seconds(), "retry_after", fromHeader)
-	case ClassAuth, ClassNotFound, ClassDisk:
+	case pull.ClassAuth, pull.ClassNotFound, pull.ClassDisk:
 		if errors.Is(r.Err, auth.ErrUnavailable) {
 			a.retryLocked(st, class, now, log)
 			return
@@ -820,7 +821,7 @@ func (a *Agent) finished(ctx context.Context, d pullDone) {
 
 // retryLocked schedules a bounded retry with backoff of a failure that
 // should pass on its own.
-func (a *Agent) retryLocked(st *imageState, class ErrorClass, now time.Time, log *slog.Logger) {
+func (a *Agent) retryLocked(st *imageState, class pull.ErrorClass, now time.Time, log *slog.Logger) {
 	st.Attempts++
 	if st.Attempts > a.opts.Retry.Attempts {
 		st.due = false

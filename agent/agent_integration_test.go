@@ -13,13 +13,13 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/engine"
+	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
@@ -41,7 +41,7 @@ func fastOptions() agent.Options {
 	o.Retry = agent.RetryPolicy{Initial: 200 * time.Millisecond, Max: time.Second, Attempts: 50}
 	o.RateLimit = agent.RetryPolicy{Initial: 3 * time.Second, Max: 6 * time.Second}
 	o.DaemonRetry = agent.RetryPolicy{Initial: 100 * time.Millisecond, Max: 500 * time.Millisecond}
-	o.Timeouts = agent.PullTimeouts{Begin: 20 * time.Second, Stall: 2 * time.Second, Extract: 30 * time.Second, Overall: 2 * time.Minute}
+	o.Timeouts = pull.PullTimeouts{Begin: 20 * time.Second, Stall: 2 * time.Second, Extract: 30 * time.Second, Overall: 2 * time.Minute}
 	return o
 }
 
@@ -58,7 +58,7 @@ func startAgent(t *testing.T, dockerHost, envFile string, env map[string]string,
 	o.Getenv = func(k string) string { return env[k] }
 	o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	o.NewEngine = func(ep config.DockerEndpoint) (engine.Engine, error) { return engine.NewDockerEngine(ep) }
-	o.NewAuthorizer = func(c config.Config) (agent.Authorizer, error) {
+	o.NewAuthorizer = func(c config.Config) (pull.Authorizer, error) {
 		return auth.NewSelector(auth.Options{GHCRUser: c.GHCRUser, GHCRToken: c.GHCRToken})
 	}
 	if mod != nil {
@@ -366,7 +366,7 @@ func TestAgentConvergesAfterRegistryRestart(t *testing.T) {
 	writeEnv(t, path, reg.Prefix("b"))
 	r.waitFor(t, "a network failure with a retry scheduled", 10*time.Second, func(s agent.Snapshot) bool {
 		for _, i := range s.Images {
-			if i.LastClass == agent.ClassNetwork && i.Attempts >= 2 {
+			if i.LastClass == pull.ClassNetwork && i.Attempts >= 2 {
 				return true
 			}
 		}
@@ -431,7 +431,7 @@ func TestAgentStallIsDetectedAndRetried(t *testing.T) {
 	must(t, px.Stall())
 	stalledAt := time.Now()
 	r.waitFor(t, "the pull failing as stalled", 10*time.Second, func(s agent.Snapshot) bool {
-		return s.Images[0].LastClass == agent.ClassStalled
+		return s.Images[0].LastClass == pull.ClassStalled
 	})
 	t.Logf("stall detected %s after forwarding stopped (stall timeout 2s)", time.Since(stalledAt).Round(time.Millisecond))
 	px.Clear()
@@ -556,7 +556,7 @@ func TestAgentNoHotRetryOnNotFoundAndCancelOnLeave(t *testing.T) {
 	r := startAgent(t, f.bed.DockerHost, path, map[string]string{config.KeyRuntimes: "codex,hermes"}, nil)
 	r.waitFor(t, "hermes not found", 20*time.Second, func(s agent.Snapshot) bool {
 		h, _ := config.LookupImage(imagesOf(s), "hermes")
-		return h.Runtime != "" && statusOf(s, "hermes").LastClass == agent.ClassNotFound
+		return h.Runtime != "" && statusOf(s, "hermes").LastClass == pull.ClassNotFound
 	})
 	time.Sleep(1500 * time.Millisecond) // ≥ several retry delays of the test policy
 	if a := statusOf(r.a.Snapshot(), "hermes").Attempts; a != 1 {
@@ -701,49 +701,4 @@ func TestAgentPrunesThePreviousPrefix(t *testing.T) {
 	if !regexp.MustCompile(`msg="previous prefix pruned" component=agent images_removed=2 bytes_freed=[1-9]`).MatchString(r.logs.String()) {
 		t.Errorf("prune log:\n%s", r.logs.String())
 	}
-}
-
-func TestDiskGuardRefusesWhatCannotFit(t *testing.T) {
-	testbed.Require(t)
-	f := newFixture(t) // registry
-	small, err := testbed.Start(ctxT(t), testbed.Options{Logf: t.Logf, DataRootSize: "64m"})
-	must(t, err)
-	t.Cleanup(func() { small.Stop() })
-	_, err = f.bed.Seed(ctxT(t), f.reg, f.ns, []string{"codex", "hermes"}, testbed.SeedOptions{})
-	must(t, err)
-	_, err = f.bed.Seed(ctxT(t), f.reg, f.ns, []string{"crewai"}, testbed.SeedOptions{BaseSize: 256 << 10, LayerSize: 96 << 20})
-	must(t, err)
-	engine, err := engine.NewDockerEngine(config.DockerEndpoint{Host: small.DockerHost})
-	must(t, err)
-	root, err := engine.RootDir(ctxT(t))
-	must(t, err)
-	free := func() int64 {
-		var st syscall.Statfs_t
-		must(t, syscall.Statfs(root, &st))
-		return int64(st.Bavail) * int64(st.Bsize)
-	}
-	before := free()
-	cfg, err := config.LoadConfig("t", nil, func(k string) string {
-		return map[string]string{config.KeyRegistry: f.reg.Prefix(f.ns), config.KeyRuntimes: "codex,crewai,hermes"}[k]
-	})
-	must(t, err)
-	imgs, err := cfg.Images()
-	must(t, err)
-	sel, _ := auth.NewSelector(auth.Options{})
-	p, err := agent.NewPuller(engine, sel, slog.New(slog.NewTextHandler(io.Discard, nil)), agent.PullerOptions{DiskGuard: true, DiskMargin: 1 << 20, Concurrency: 1})
-	must(t, err)
-	big := p.Pull(ctxT(t), imgs[1], nil)
-	if agent.ClassOf(big.Err) != agent.ClassDisk || !strings.Contains(big.Err.Error(), "only") {
-		t.Fatalf("a 96 MiB image on a 64 MiB disk: %v (%s)", big.Err, agent.ClassOf(big.Err))
-	}
-	t.Logf("refused: %v", big.Err)
-	if after := free(); before-after > 1<<20 {
-		t.Errorf("the refused pull wrote %d bytes", before-after)
-	}
-	for _, i := range []int{0, 2} {
-		if r := p.Pull(ctxT(t), imgs[i], nil); r.Err != nil {
-			t.Errorf("%s: %v", imgs[i].Runtime, r.Err)
-		}
-	}
-	must(t, engine.Ping(ctxT(t)))
 }

@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/engine"
+	"github.com/molecule-ai/pull-agent/agent/pull"
 	"log/slog"
 	"math/big"
 	"os"
@@ -41,7 +42,7 @@ func TestAgentDockerEndpoint(t *testing.T) {
 			endpoints = append(endpoints, ep)
 			return e, nil
 		},
-		NewAuthorizer: func(config.Config) (Authorizer, error) { return anonymous{}, nil },
+		NewAuthorizer: func(config.Config) (pull.Authorizer, error) { return anonymous{}, nil },
 		Logger:        slog.New(slog.NewTextHandler(&logs, nil)),
 	})
 	mustNil(t, err)

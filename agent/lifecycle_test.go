@@ -5,6 +5,7 @@ import (
 	"context"
 	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/engine"
+	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"io"
 	"log/slog"
@@ -50,7 +51,7 @@ func lifecycleAgent(t *testing.T, e engine.Engine) *Agent {
 		PulledFile:    filepath.Join(dir, "pulled.json"),
 		Getenv:        func(string) string { return "" },
 		NewEngine:     func(config.DockerEndpoint) (engine.Engine, error) { return e, nil },
-		NewAuthorizer: func(config.Config) (Authorizer, error) { return anonymous{}, nil },
+		NewAuthorizer: func(config.Config) (pull.Authorizer, error) { return anonymous{}, nil },
 		Logger:        slog.New(slog.DiscardHandler),
 	})
 	if err != nil {

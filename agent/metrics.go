@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -52,10 +53,10 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 }
 
-func (m *Metrics) observePull(r PullResult) {
+func (m *Metrics) observePull(r pull.PullResult) {
 	result, class := "success", ""
 	if r.Err != nil {
-		result, class = "failure", string(ClassOf(r.Err))
+		result, class = "failure", string(pull.ClassOf(r.Err))
 	}
 	m.pulls.WithLabelValues(result, class).Inc()
 	m.pullSeconds.Observe(r.Duration.Seconds())

@@ -9,9 +9,9 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/engine"
+	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
@@ -63,7 +63,7 @@ each runtime: how to prove a mirror complete before a flip.`)
 		return &exitError{code: checkUnreachable, err: err}
 	}
 	platform := cfg.TargetPlatform()
-	var reports []agent.CheckReport
+	var reports []pull.CheckReport
 	for _, p := range prefixes {
 		pc := cfg
 		pc.Prefix = p
@@ -77,30 +77,30 @@ each runtime: how to prove a mirror complete before a flip.`)
 		}
 		// Check only asks the registry (Remote): the timeouts of a pull
 		// do not apply.
-		puller, err := agent.NewPuller(engine, sel, env.log, agent.OptionsFor(pc, 0, agent.PullTimeouts{}))
+		puller, err := pull.NewPuller(engine, sel, env.log, pull.OptionsFor(pc, 0, pull.PullTimeouts{}))
 		if err != nil {
 			return err
 		}
-		reports = append(reports, agent.Check(ctx, puller, p, platform, images))
+		reports = append(reports, pull.Check(ctx, puller, p, platform, images))
 	}
 	ok := true
 	for _, r := range reports {
 		ok = ok && r.OK()
 	}
-	var parity map[string]agent.Parity
+	var parity map[string]pull.Parity
 	if len(reports) == 2 {
-		parity = agent.Compare(reports[0], reports[1])
+		parity = pull.Compare(reports[0], reports[1])
 		for _, p := range parity {
-			ok = ok && p == agent.ParitySame
+			ok = ok && p == pull.ParitySame
 		}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		doc := struct {
-			OK      bool                    `json:"ok"`
-			Reports []agent.CheckReport     `json:"reports"`
-			Parity  map[string]agent.Parity `json:"parity,omitempty"`
+			OK      bool                   `json:"ok"`
+			Reports []pull.CheckReport     `json:"reports"`
+			Parity  map[string]pull.Parity `json:"parity,omitempty"`
 		}{ok, reports, parity}
 		if err := enc.Encode(doc); err != nil {
 			return err
@@ -114,7 +114,7 @@ each runtime: how to prove a mirror complete before a flip.`)
 	return nil
 }
 
-func printCheck(w io.Writer, reports []agent.CheckReport, parity map[string]agent.Parity) {
+func printCheck(w io.Writer, reports []pull.CheckReport, parity map[string]pull.Parity) {
 	for i, r := range reports {
 		label := "P"
 		if i == 1 {
@@ -154,7 +154,7 @@ func printCheck(w io.Writer, reports []agent.CheckReport, parity map[string]agen
 			st, dg := "present", "-"
 			if !im.Present {
 				st = "MISSING"
-				if im.Class != "" && im.Class != agent.ClassNotFound {
+				if im.Class != "" && im.Class != pull.ClassNotFound {
 					st = "ERROR [" + plain(string(im.Class)) + "]"
 				}
 			} else {

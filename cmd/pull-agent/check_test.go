@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -63,13 +63,13 @@ func TestCheckMirrorParity(t *testing.T) {
 	}
 	code, out, _ = check(mirror.Prefix("drift"), "--json")
 	var doc struct {
-		OK     bool                    `json:"ok"`
-		Parity map[string]agent.Parity `json:"parity"`
+		OK     bool                   `json:"ok"`
+		Parity map[string]pull.Parity `json:"parity"`
 	}
 	if err := json.Unmarshal([]byte(out), &doc); err != nil {
 		t.Fatal(err)
 	}
-	if code != checkFailed || doc.OK || doc.Parity["codex"] != agent.ParityDiffers || doc.Parity["hermes"] != agent.ParitySame {
+	if code != checkFailed || doc.OK || doc.Parity["codex"] != pull.ParityDiffers || doc.Parity["hermes"] != pull.ParitySame {
 		t.Fatalf("drifted mirror: exit %d %+v", code, doc)
 	}
 

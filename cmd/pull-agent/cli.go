@@ -17,9 +17,9 @@ import (
 
 	"golang.org/x/term"
 
-	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/engine"
+	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
@@ -246,7 +246,7 @@ holds the digest the registry served. One failed image never stops the
 others.`)
 	var c common
 	c.register(fs)
-	concurrency := fs.Int("concurrency", agent.DefaultConcurrency, "how many images to pull at once")
+	concurrency := fs.Int("concurrency", pull.DefaultConcurrency, "how many images to pull at once")
 	quiet := fs.Bool("quiet", false, "no progress output; failures are still printed to stderr")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -268,12 +268,12 @@ others.`)
 	if err := engine.Ping(ctx); err != nil {
 		return &exitError{code: exitFailed, err: fmt.Errorf("no image can be pulled: %w", err)}
 	}
-	puller, err := agent.NewPuller(engine, sel, log, agent.OptionsFor(cfg, *concurrency, agent.DefaultPullTimeouts()))
+	puller, err := pull.NewPuller(engine, sel, log, pull.OptionsFor(cfg, *concurrency, pull.DefaultPullTimeouts()))
 	if err != nil {
 		return err
 	}
 
-	var obs agent.Observer = agent.NopObserver{}
+	var obs pull.Observer = pull.NopObserver{}
 	var display *ttyDisplay
 	switch {
 	case *quiet:
@@ -292,8 +292,8 @@ others.`)
 
 // summarize prints what happened and returns an exit error if any image is
 // missing.
-func summarize(results []agent.PullResult, quiet bool, stdout, stderr io.Writer) error {
-	var failed []agent.PullResult
+func summarize(results []pull.PullResult, quiet bool, stdout, stderr io.Writer) error {
+	var failed []pull.PullResult
 	for _, r := range results {
 		if r.Err != nil {
 			failed = append(failed, r)
@@ -307,7 +307,7 @@ func summarize(results []agent.PullResult, quiet bool, stdout, stderr io.Writer)
 	}
 	fmt.Fprintf(stderr, "%d image(s) failed:\n", len(failed))
 	for _, r := range failed {
-		fmt.Fprintf(stderr, "  %s  %s  [%s] %s\n", r.Image.Runtime, r.Image.Ref, agent.ClassOf(r.Err), safetext.Line(r.Err.Error(), maxLineRunes))
+		fmt.Fprintf(stderr, "  %s  %s  [%s] %s\n", r.Image.Runtime, r.Image.Ref, pull.ClassOf(r.Err), safetext.Line(r.Err.Error(), maxLineRunes))
 	}
 	return &exitError{code: exitFailed}
 }
@@ -342,9 +342,9 @@ func (o logObserver) PullStarted(img config.Image, src auth.Source) {
 
 func (o logObserver) PullProgress(config.Image, engine.Progress) {}
 
-func (o logObserver) PullFinished(r agent.PullResult) {
+func (o logObserver) PullFinished(r pull.PullResult) {
 	if r.Err != nil {
-		o.log.Error("pull failed", "runtime", r.Image.Runtime, "image", r.Image.Ref, "class", string(agent.ClassOf(r.Err)), "error", safetext.Line(r.Err.Error(), maxLineRunes), "duration_s", r.Duration.Seconds())
+		o.log.Error("pull failed", "runtime", r.Image.Runtime, "image", r.Image.Ref, "class", string(pull.ClassOf(r.Err)), "error", safetext.Line(r.Err.Error(), maxLineRunes), "duration_s", r.Duration.Seconds())
 		return
 	}
 	o.log.Info("image pulled", "runtime", r.Image.Runtime, "image", r.Image.Ref, "digest", r.Digest.String(), "bytes", r.Bytes, "size", r.Size, "up_to_date", r.UpToDate, "duration_s", r.Duration.Seconds())

@@ -9,9 +9,9 @@ import (
 
 	"github.com/docker/go-units"
 
-	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/engine"
+	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
@@ -38,7 +38,7 @@ type displayRow struct {
 	failed  bool
 }
 
-var _ agent.Observer = (*ttyDisplay)(nil)
+var _ pull.Observer = (*ttyDisplay)(nil)
 
 func newTTYDisplay(w io.Writer, images []config.Image, color bool) *ttyDisplay {
 	d := &ttyDisplay{w: w, color: color, rows: map[string]*displayRow{}, stop: make(chan struct{}), done: make(chan struct{}), start: time.Now()}
@@ -86,13 +86,13 @@ func (d *ttyDisplay) PullProgress(img config.Image, p engine.Progress) {
 	r.phase, r.prog = p.Phase, p
 }
 
-func (d *ttyDisplay) PullFinished(res agent.PullResult) {
+func (d *ttyDisplay) PullFinished(res pull.PullResult) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	r := d.rows[res.Image.Runtime]
 	if res.Err != nil {
 		r.phase, r.failed = engine.PhaseFailed, true
-		r.note = fmt.Sprintf("[%s] %s", agent.ClassOf(res.Err), res.Err.Error())
+		r.note = fmt.Sprintf("[%s] %s", pull.ClassOf(res.Err), res.Err.Error())
 		return
 	}
 	r.phase = engine.PhaseDone

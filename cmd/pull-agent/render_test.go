@@ -14,7 +14,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/molecule-ai/pull-agent/agent"
+	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/agent/state"
 )
 
@@ -111,16 +111,16 @@ func FuzzRenderCheck(f *testing.F) {
 	f.Add("codex", "sha256:ab", "linux/amd64\x1b[2J", "denied\x1b]0;x\x07", "sha256:"+strings.Repeat("a", 64), true, false)
 	f.Add("", "", "", "", "", false, true)
 	f.Fuzz(func(t *testing.T, runtime, dg, platform, errText, dg2 string, present, twoPrefixes bool) {
-		rep := agent.CheckReport{Prefix: "p", Platform: "linux/amd64",
-			Images: []agent.CheckResult{{Runtime: runtime, Image: runtime, Present: present, Digest: digest.Digest(dg), Platforms: []string{platform, ""}, Class: agent.ErrorClass(errText), Error: errText}},
-			Hosts:  []agent.HostCheck{{Host: errText, Source: platform, AuthOK: present, Error: errText}}}
-		reports := []agent.CheckReport{rep}
-		var parity map[string]agent.Parity
+		rep := pull.CheckReport{Prefix: "p", Platform: "linux/amd64",
+			Images: []pull.CheckResult{{Runtime: runtime, Image: runtime, Present: present, Digest: digest.Digest(dg), Platforms: []string{platform, ""}, Class: pull.ErrorClass(errText), Error: errText}},
+			Hosts:  []pull.HostCheck{{Host: errText, Source: platform, AuthOK: present, Error: errText}}}
+		reports := []pull.CheckReport{rep}
+		var parity map[string]pull.Parity
 		if twoPrefixes {
 			q := rep
-			q.Images = []agent.CheckResult{{Runtime: runtime, Present: true, Digest: digest.Digest(dg2), Platforms: []string{platform}}}
+			q.Images = []pull.CheckResult{{Runtime: runtime, Present: true, Digest: digest.Digest(dg2), Platforms: []string{platform}}}
 			reports = append(reports, q)
-			parity = agent.Compare(rep, q)
+			parity = pull.Compare(rep, q)
 		}
 		var b bytes.Buffer
 		printCheck(&b, reports, parity)

@@ -17,6 +17,7 @@ import (
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/engine"
+	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/auth"
 )
@@ -88,7 +89,7 @@ and the agent waits for a good one.`)
 		return e, nil
 	}
 	auth.RouteECRLogs(log)
-	o.NewAuthorizer = func(cfg config.Config) (agent.Authorizer, error) {
+	o.NewAuthorizer = func(cfg config.Config) (pull.Authorizer, error) {
 		return c.authorizer(cfg, getenv, log)
 	}
 	a, err := agent.New(o)

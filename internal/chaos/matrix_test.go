@@ -15,9 +15,9 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/engine"
+	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/safetext"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
@@ -121,7 +121,7 @@ func serverRow(status int, header map[string]string, body, class string) func(r 
 		r.flip(p, ds)
 		took := r.failing(60*time.Second, class)
 		note := ""
-		if class == string(agent.ClassRateLimited) {
+		if class == string(pull.ClassRateLimited) {
 			d, err := r.doc()
 			must(r.t, err)
 			var until time.Time
@@ -196,7 +196,7 @@ func configRow(cfg, want string, transient bool) func(r *rig) string {
 		p, ds := r.next(fromMain, testbed.SeedOptions{})
 		r.writeDockerConfig(strings.ReplaceAll(cfg, "HOST", r.w.tcp.Addr))
 		r.flip(p, ds)
-		took := r.failing(30*time.Second, string(agent.ClassAuth))
+		took := r.failing(30*time.Second, string(pull.ClassAuth))
 		d, err := r.doc()
 		must(r.t, err)
 		if !strings.Contains(d.Images[0].LastError, want) {
@@ -232,7 +232,7 @@ func ecrRow(status int, code string) func(r *rig) string {
 		r.w.ecrAPI.Fail(status, code)
 		r.t.Cleanup(func() { r.w.ecrAPI.Fail(0, "") })
 		r.flip(p, ds)
-		took := r.failing(30*time.Second, string(agent.ClassAuth))
+		took := r.failing(30*time.Second, string(pull.ClassAuth))
 		r.waitFor("retries of the token fetch", 15*time.Second, func(d state.StateDoc) bool {
 			return len(d.Images) > 0 && d.Images[0].Attempts >= 2
 		})
@@ -326,7 +326,7 @@ func rows() []row {
 					}
 				})
 				r.flip(p, ds)
-				took := r.failing(30*time.Second, string(agent.ClassNetwork))
+				took := r.failing(30*time.Second, string(pull.ClassNetwork))
 				must(r.t, r.w.tcp.Up())
 				up = true
 				return "every image network after " + secs(took)
@@ -341,7 +341,7 @@ func rows() []row {
 				r.w.http.SetFault(&testbed.Fault{Match: "/manifests/", Status: 403, Body: string(body)})
 				r.t.Cleanup(func() { r.w.http.SetFault(nil) })
 				r.flip(p, ds)
-				took := r.failing(30*time.Second, string(agent.ClassAuth))
+				took := r.failing(30*time.Second, string(pull.ClassAuth))
 				status := r.command("status", "--status-socket", r.socket, "--state-dir", r.stateDir)
 				check := r.command("check", "--env-file", r.envFile, "--state-dir", r.stateDir)
 				pull := r.command("pull", "--env-file", r.envFile, "--state-dir", r.stateDir)
@@ -355,11 +355,11 @@ func rows() []row {
 				return fmt.Sprintf("every image auth after %s; status, check and pull show %q", secs(took), "access revoked by the mirror … ?REDACTED")
 			}},
 		{group: "registry", fault: "answering 500", inject: "HTTP proxy answers 500 to manifest requests", expect: "server failures, retried with backoff", fast: true,
-			run: serverRow(500, nil, `{"errors":[{"code":"UNKNOWN","message":"chaos: internal error"}]}`, string(agent.ClassServer))},
+			run: serverRow(500, nil, `{"errors":[{"code":"UNKNOWN","message":"chaos: internal error"}]}`, string(pull.ClassServer))},
 		{group: "registry", fault: "429 with Retry-After", inject: "HTTP proxy answers 429, Retry-After: 3", expect: "rate-limited; the host is cooled down, nothing sent to it meanwhile",
-			run: serverRow(429, map[string]string{"Retry-After": "3"}, `{"errors":[{"code":"TOOMANYREQUESTS","message":"chaos: slow down"}]}`, string(agent.ClassRateLimited))},
+			run: serverRow(429, map[string]string{"Retry-After": "3"}, `{"errors":[{"code":"TOOMANYREQUESTS","message":"chaos: slow down"}]}`, string(pull.ClassRateLimited))},
 		{group: "registry", fault: "429 without Retry-After", inject: "HTTP proxy answers 429", expect: "as above, with the agent's own backoff",
-			run: serverRow(429, nil, `{"errors":[{"code":"TOOMANYREQUESTS","message":"chaos: slow down"}]}`, string(agent.ClassRateLimited))},
+			run: serverRow(429, nil, `{"errors":[{"code":"TOOMANYREQUESTS","message":"chaos: slow down"}]}`, string(pull.ClassRateLimited))},
 		{group: "registry", fault: "reset mid-blob", inject: "toxiproxy: 256 KB/s and reset_peer 1 s into every connection", expect: "the failed pull retried; converges once connections hold", fast: true,
 			run: func(r *rig) string {
 				p, ds := r.next(fromMain, big)
@@ -375,7 +375,7 @@ func rows() []row {
 				r.midPull()
 				must(r.t, r.w.tcp.Stall())
 				stalledAt := time.Now()
-				r.anyFailed(30*time.Second, string(agent.ClassStalled))
+				r.anyFailed(30*time.Second, string(pull.ClassStalled))
 				took := time.Since(stalledAt)
 				r.w.tcp.Clear()
 				return "stalled detected " + secs(took) + " after the bytes stopped"
@@ -391,7 +391,7 @@ func rows() []row {
 					}
 				})
 				r.flip(p, ds)
-				took := r.failing(30*time.Second, string(agent.ClassNetwork), string(agent.ClassServer), string(agent.ClassAuth))
+				took := r.failing(30*time.Second, string(pull.ClassNetwork), string(pull.ClassServer), string(pull.ClassAuth))
 				d, _ := r.doc()
 				r.waitFor("retries while the token server is down", 15*time.Second, func(d state.StateDoc) bool {
 					return len(d.Images) > 0 && d.Images[0].Attempts >= 2
@@ -416,7 +416,7 @@ func rows() []row {
 				api.Fail(500, "ServerException")
 				time.Sleep(4500 * time.Millisecond)
 				r.flip(p, ds)
-				took := r.failing(30*time.Second, string(agent.ClassAuth))
+				took := r.failing(30*time.Second, string(pull.ClassAuth))
 				d, _ := r.doc()
 				if !strings.Contains(d.Images[0].LastError, "expired at") {
 					r.t.Errorf("error %q does not say the token expired", d.Images[0].LastError)
@@ -461,11 +461,11 @@ func rows() []row {
 				r.warmUp(fromMain)
 				p, ds := r.next(fromMain, testbed.SeedOptions{LayerSize: 40 << 20})
 				r.flip(p, ds)
-				took, _ := r.anyFailed(60*time.Second, string(agent.ClassDisk))
+				took, _ := r.anyFailed(60*time.Second, string(pull.ClassDisk))
 				d, _ := r.doc()
 				msg := ""
 				for _, i := range d.Images {
-					if i.LastErrorClass == string(agent.ClassDisk) {
+					if i.LastErrorClass == string(pull.ClassDisk) {
 						msg = i.LastError
 					}
 				}

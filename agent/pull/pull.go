@@ -1,4 +1,4 @@
-package agent
+package pull
 
 import (
 	"context"
@@ -412,13 +412,14 @@ func (p *Puller) verify(ctx context.Context, img config.Image, served digest.Dig
 		}
 		return engine.ImageInfo{}, "", fmt.Errorf("verifying %s: %w", img.Ref, err)
 	}
-	if !hasRepoDigest(info.RepoDigests, img.Repository(), want) {
+	if !HasRepoDigest(info.RepoDigests, img.Repository(), want) {
 		return engine.ImageInfo{}, "", verr("the daemon's image %s has repo digests %v, none is %s@%s", info.ID, info.RepoDigests, img.Repository(), want)
 	}
 	return info, want, nil
 }
 
-func hasRepoDigest(repoDigests []string, repo string, want digest.Digest) bool {
+// HasRepoDigest reports whether one of repoDigests names repo@want.
+func HasRepoDigest(repoDigests []string, repo string, want digest.Digest) bool {
 	for _, rd := range repoDigests {
 		n, err := reference.ParseNormalizedNamed(rd)
 		if err != nil {

@@ -1,4 +1,4 @@
-package agent
+package pull
 
 import (
 	"context"
@@ -107,6 +107,12 @@ func Check(ctx context.Context, p *Puller, prefix, platform string, images []con
 	}
 	return rep
 }
+
+// maxErrorRunes bounds an error kept in a check result, as the agent
+// bounds the errors it keeps in its state.
+const maxErrorRunes = 512
+
+func errText(err error) string { return safetext.Line(err.Error(), maxErrorRunes) }
 
 func platformIn(want string, have []string) bool {
 	if len(have) == 0 {

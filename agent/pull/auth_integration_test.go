@@ -1,4 +1,4 @@
-package agent_test
+package pull_test
 
 import (
 	"encoding/base64"
@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/engine"
+	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -41,7 +41,7 @@ func basic(user, pass string) map[string]string {
 
 // pullOne pulls the images of rts under prefix through engine with the
 // credentials opts selects, logging into logs.
-func pullOne(t *testing.T, engine engine.Engine, prefix string, rts []string, opts auth.Options, logs io.Writer) []agent.PullResult {
+func pullOne(t *testing.T, engine engine.Engine, prefix string, rts []string, opts auth.Options, logs io.Writer) []pull.PullResult {
 	t.Helper()
 	cfg, err := config.LoadConfig("t", nil, func(k string) string {
 		return map[string]string{config.KeyRegistry: prefix, config.KeyRuntimes: strings.Join(rts, ",")}[k]
@@ -56,7 +56,7 @@ func pullOne(t *testing.T, engine engine.Engine, prefix string, rts []string, op
 	opts.Logger = log
 	sel, err := auth.NewSelector(opts)
 	must(t, err)
-	p, err := agent.NewPuller(engine, sel, log, agent.PullerOptions{Timeouts: agent.PullTimeouts{Overall: 2 * time.Minute}})
+	p, err := pull.NewPuller(engine, sel, log, pull.PullerOptions{Timeouts: pull.PullTimeouts{Overall: 2 * time.Minute}})
 	must(t, err)
 	return p.PullAll(ctxT(t), imgs, nil)
 }
@@ -73,7 +73,7 @@ func noSecrets(t *testing.T, secrets []string, texts ...string) {
 	}
 }
 
-func errText(rs []agent.PullResult) string {
+func errText(rs []pull.PullResult) string {
 	var b strings.Builder
 	for _, r := range rs {
 		if r.Err != nil {
@@ -102,8 +102,8 @@ func TestAuthBasicViaConfigJSONAuths(t *testing.T) {
 		"missing": {},
 	} {
 		rs := pullOne(t, f.engine, reg.Prefix("p"), []string{"codex"}, auth.Options{DockerConfigDir: dockerConfig(t, cfg)}, logs)
-		if agent.ClassOf(rs[0].Err) != agent.ClassAuth {
-			t.Errorf("%s credentials: %v (%s), want auth", name, rs[0].Err, agent.ClassOf(rs[0].Err))
+		if pull.ClassOf(rs[0].Err) != pull.ClassAuth {
+			t.Errorf("%s credentials: %v (%s), want auth", name, rs[0].Err, pull.ClassOf(rs[0].Err))
 		}
 		t.Logf("%s credentials: %v", name, rs[0].Err)
 	}
@@ -145,7 +145,7 @@ func TestAuthCredentialHelpersAgainstARegistry(t *testing.T) {
 	}
 	start := time.Now()
 	rs := pullOne(t, f.engine, reg.Prefix("h"), []string{"codex"}, auth.Options{HelperTimeout: 500 * time.Millisecond, DockerConfigDir: dockerConfig(t, map[string]any{"credHelpers": map[string]string{reg.Addr: "pa-hang"}})}, logs)
-	if agent.ClassOf(rs[0].Err) != agent.ClassAuth || !strings.Contains(rs[0].Err.Error(), "did not answer within 500ms") {
+	if pull.ClassOf(rs[0].Err) != pull.ClassAuth || !strings.Contains(rs[0].Err.Error(), "did not answer within 500ms") {
 		t.Errorf("hanging helper: %v", rs[0].Err)
 	}
 	if time.Since(start) > 10*time.Second {
@@ -154,7 +154,7 @@ func TestAuthCredentialHelpersAgainstARegistry(t *testing.T) {
 	// A helper that prints the credentials and then fails: the pull fails
 	// as auth, naming the helper and its exit status, never its output.
 	rs = pullOne(t, f.engine, reg.Prefix("h"), []string{"codex"}, auth.Options{DockerConfigDir: dockerConfig(t, map[string]any{"credHelpers": map[string]string{reg.Addr: "pa-leak"}})}, logs)
-	if agent.ClassOf(rs[0].Err) != agent.ClassAuth || !strings.Contains(rs[0].Err.Error(), "docker-credential-pa-leak failed (exit status 1)") {
+	if pull.ClassOf(rs[0].Err) != pull.ClassAuth || !strings.Contains(rs[0].Err.Error(), "docker-credential-pa-leak failed (exit status 1)") {
 		t.Errorf("helper printing and failing: %v", rs[0].Err)
 	}
 	rs = pullOne(t, f.engine, reg.Prefix("h"), []string{"codex"}, auth.Options{DockerConfigDir: dockerConfig(t, map[string]any{"credHelpers": map[string]string{reg.Addr: "../pa-good"}})}, logs)
@@ -195,7 +195,7 @@ func TestAuthTokenFlowLikeGHCR(t *testing.T) {
 	}
 	for name, dir := range map[string]string{"wrong token": cfgFor("gh-bot", "nope-s3cret"), "anonymous": ""} {
 		rs := pullOne(t, f.engine, reg.Prefix("molecule-ai"), []string{"codex"}, auth.Options{DockerConfigDir: dir}, logs)
-		if c := agent.ClassOf(rs[0].Err); c != agent.ClassAuth {
+		if c := pull.ClassOf(rs[0].Err); c != pull.ClassAuth {
 			t.Errorf("%s: %v (%s), want auth", name, rs[0].Err, c)
 		}
 		t.Logf("%s: %v", name, rs[0].Err)
@@ -296,8 +296,8 @@ func TestAuthECREndToEnd(t *testing.T) {
 	api.Fail(500, "ServerException")
 	time.Sleep(time.Until(renewed[0].CredentialsExpire.Add(400 * time.Millisecond)))
 	rs = pullOne(t, engine, prefix, []string{"codex"}, opts, logs)
-	if agent.ClassOf(rs[0].Err) != agent.ClassAuth || !strings.Contains(rs[0].Err.Error(), "expired at") {
-		t.Fatalf("expired token: %v (%s)", rs[0].Err, agent.ClassOf(rs[0].Err))
+	if pull.ClassOf(rs[0].Err) != pull.ClassAuth || !strings.Contains(rs[0].Err.Error(), "expired at") {
+		t.Fatalf("expired token: %v (%s)", rs[0].Err, pull.ClassOf(rs[0].Err))
 	}
 	if !strings.Contains(logs.String(), "ServerException") {
 		t.Errorf("the cause is not in the log:\n%s", logs.String())
@@ -331,8 +331,8 @@ func TestAuthGHCRUnderItsRealName(t *testing.T) {
 	}
 	for name, o := range map[string]auth.Options{"no credentials": {}, "wrong token": {GHCRUser: "gh-bot", GHCRToken: auth.NewSecret("wrong-s3cret")}} {
 		rs := pullOne(t, engine, "ghcr.io/molecule-ai", []string{"codex"}, o, logs)
-		if agent.ClassOf(rs[0].Err) != agent.ClassAuth {
-			t.Errorf("%s: %v (%s)", name, rs[0].Err, agent.ClassOf(rs[0].Err))
+		if pull.ClassOf(rs[0].Err) != pull.ClassAuth {
+			t.Errorf("%s: %v (%s)", name, rs[0].Err, pull.ClassOf(rs[0].Err))
 		}
 		t.Logf("%s: %v", name, rs[0].Err)
 	}

@@ -1,4 +1,4 @@
-package agent_test
+package pull_test
 
 import (
 	"context"
@@ -14,9 +14,9 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/engine"
+	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -77,17 +77,24 @@ func (f *fixture) images(t *testing.T, env map[string]string) []config.Image {
 	return imgs
 }
 
-func (f *fixture) puller(t *testing.T, opts auth.Options, po agent.PullerOptions) *agent.Puller {
+func (f *fixture) puller(t *testing.T, opts auth.Options, po pull.PullerOptions) *pull.Puller {
 	t.Helper()
 	sel, err := auth.NewSelector(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := agent.NewPuller(f.engine, sel, slog.New(slog.NewTextHandler(io.Discard, nil)), po)
+	p, err := pull.NewPuller(f.engine, sel, slog.New(slog.NewTextHandler(io.Discard, nil)), po)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -103,7 +110,7 @@ func TestPullAllNineVerifiedByDigest(t *testing.T) {
 	if len(imgs) != 9 {
 		t.Fatalf("resolved %d images, want 9", len(imgs))
 	}
-	results := f.puller(t, auth.Options{}, agent.PullerOptions{}).PullAll(ctxT(t), imgs, nil)
+	results := f.puller(t, auth.Options{}, pull.PullerOptions{}).PullAll(ctxT(t), imgs, nil)
 	for _, r := range results {
 		if r.Err != nil {
 			t.Errorf("%s: %v", r.Image.Runtime, r.Err)
@@ -125,7 +132,7 @@ func TestPullAllNineVerifiedByDigest(t *testing.T) {
 		}
 	}
 	// A second pull finds everything up to date.
-	for _, r := range f.puller(t, auth.Options{}, agent.PullerOptions{}).PullAll(ctxT(t), imgs, nil) {
+	for _, r := range f.puller(t, auth.Options{}, pull.PullerOptions{}).PullAll(ctxT(t), imgs, nil) {
 		if r.Err != nil || !r.UpToDate {
 			t.Errorf("%s: second pull: err=%v up_to_date=%v", r.Image.Runtime, r.Err, r.UpToDate)
 		}
@@ -136,7 +143,7 @@ func TestPullMovedTagIsPulledAnew(t *testing.T) {
 	f := newFixture(t)
 	old := f.seed(t, []string{"codex"})["codex"]
 	imgs := f.images(t, map[string]string{config.KeyRuntimes: "codex"})
-	p := f.puller(t, auth.Options{}, agent.PullerOptions{})
+	p := f.puller(t, auth.Options{}, pull.PullerOptions{})
 	if r := p.Pull(ctxT(t), imgs[0], nil); r.Err != nil || r.Digest != old.Digest {
 		t.Fatalf("first pull: digest %s err %v, want %s", r.Digest, r.Err, old.Digest)
 	}
@@ -167,7 +174,7 @@ func TestPullOneMissingImageFailsAloneAndIsNamed(t *testing.T) {
 	f := newFixture(t)
 	all := config.KnownRuntimes()
 	f.seed(t, slices.DeleteFunc(slices.Clone(all), func(s string) bool { return s == "hermes" }))
-	results := f.puller(t, auth.Options{}, agent.PullerOptions{}).PullAll(ctxT(t), f.images(t, map[string]string{}), nil)
+	results := f.puller(t, auth.Options{}, pull.PullerOptions{}).PullAll(ctxT(t), f.images(t, map[string]string{}), nil)
 	for _, r := range results {
 		switch {
 		case r.Image.Runtime == "hermes":
@@ -175,7 +182,7 @@ func TestPullOneMissingImageFailsAloneAndIsNamed(t *testing.T) {
 				t.Fatal("hermes is not in the registry but its pull succeeded")
 			}
 			t.Logf("hermes: %v", r.Err)
-			if c := agent.ClassOf(r.Err); c != agent.ClassNotFound {
+			if c := pull.ClassOf(r.Err); c != pull.ClassNotFound {
 				t.Errorf("hermes: class %s, want not-found (err: %v)", c, r.Err)
 			}
 			if !strings.Contains(r.Err.Error(), "workspace-template-hermes") {
@@ -198,11 +205,11 @@ func TestPullRegistryNotListening(t *testing.T) {
 		t.Fatal(err)
 	}
 	imgs := f.images(t, map[string]string{config.KeyRegistry: fmt.Sprintf("127.0.0.1:%d/nobody", port)})
-	for _, r := range f.puller(t, auth.Options{}, agent.PullerOptions{}).PullAll(ctxT(t), imgs, nil) {
+	for _, r := range f.puller(t, auth.Options{}, pull.PullerOptions{}).PullAll(ctxT(t), imgs, nil) {
 		if r.Err == nil {
 			t.Fatalf("%s: pull from a closed port succeeded", r.Image.Runtime)
 		}
-		if c := agent.ClassOf(r.Err); c != agent.ClassNetwork {
+		if c := pull.ClassOf(r.Err); c != pull.ClassNetwork {
 			t.Errorf("%s: class %s, want network (err: %v)", r.Image.Runtime, c, r.Err)
 		}
 		if !strings.Contains(r.Err.Error(), "connection refused") || !strings.Contains(r.Err.Error(), r.Image.Ref) {
@@ -218,7 +225,7 @@ func TestPullFailureInsideStreamIsAFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	imgs := f.images(t, map[string]string{config.KeyRuntimes: "crewai"})
-	r := f.puller(t, auth.Options{}, agent.PullerOptions{}).Pull(ctxT(t), imgs[0], nil)
+	r := f.puller(t, auth.Options{}, pull.PullerOptions{}).Pull(ctxT(t), imgs[0], nil)
 	if r.Err == nil {
 		t.Fatal("a pull whose layer blob is gone reported success")
 	}
@@ -227,7 +234,7 @@ func TestPullFailureInsideStreamIsAFailure(t *testing.T) {
 	if !errors.As(r.Err, &se) {
 		t.Fatalf("want the failure from inside the pull stream, got %T: %v", r.Err, r.Err)
 	}
-	if c := agent.ClassOf(r.Err); c != agent.ClassServer && c != agent.ClassNotFound {
+	if c := pull.ClassOf(r.Err); c != pull.ClassServer && c != pull.ClassNotFound {
 		t.Errorf("class %s, want server or not-found (err: %v)", c, r.Err)
 	}
 	if _, err := f.engine.ImageInspect(ctxT(t), imgs[0].Ref); !errors.Is(err, engine.ErrImageNotFound) {
@@ -247,7 +254,7 @@ func TestPullPinnedDigest(t *testing.T) {
 		config.KeyPins:     "autogen=" + s["autogen"].Digest.String(),
 		config.KeyPlatform: "linux/amd64",
 	})
-	p := f.puller(t, auth.Options{}, agent.PullerOptions{Platform: "linux/amd64"})
+	p := f.puller(t, auth.Options{}, pull.PullerOptions{Platform: "linux/amd64"})
 	for _, r := range p.PullAll(ctxT(t), imgs, nil) {
 		if r.Err != nil {
 			t.Fatalf("%s: %v", r.Image.Runtime, r.Err)
@@ -264,7 +271,7 @@ func TestPullPinnedDigest(t *testing.T) {
 		t.Fatal("a pin to a digest the registry does not have succeeded")
 	}
 	t.Logf("error: %v", r.Err)
-	if c := agent.ClassOf(r.Err); c != agent.ClassNotFound {
+	if c := pull.ClassOf(r.Err); c != pull.ClassNotFound {
 		t.Errorf("class %s, want not-found (err: %v)", c, r.Err)
 	}
 }
@@ -282,7 +289,7 @@ func TestGHCRCredentialsAreNotSentToOtherHosts(t *testing.T) {
 	imgs := f.images(t, map[string]string{config.KeyRegistry: reg.Prefix("private"), config.KeyRuntimes: "codex"})
 	// The GHCR credentials are right for this registry, but it is not
 	// ghcr.io: they must not be sent, so the pull is refused.
-	p := f.puller(t, auth.Options{GHCRUser: "puller", GHCRToken: auth.NewSecret("s3cret-token")}, agent.PullerOptions{})
+	p := f.puller(t, auth.Options{GHCRUser: "puller", GHCRToken: auth.NewSecret("s3cret-token")}, pull.PullerOptions{})
 	r := p.Pull(ctxT(t), imgs[0], nil)
 	if r.Err == nil {
 		t.Fatal("the pull succeeded: GHCR credentials reached a host that is not ghcr.io")
@@ -291,7 +298,7 @@ func TestGHCRCredentialsAreNotSentToOtherHosts(t *testing.T) {
 	if r.Source != auth.SourceAnonymous {
 		t.Errorf("source %q, want anonymous", r.Source)
 	}
-	if c := agent.ClassOf(r.Err); c != agent.ClassAuth {
+	if c := pull.ClassOf(r.Err); c != pull.ClassAuth {
 		t.Errorf("class %s, want auth (err: %v)", c, r.Err)
 	}
 	if strings.Contains(r.Err.Error(), "s3cret-token") {
