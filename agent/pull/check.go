@@ -130,16 +130,16 @@ func platformIn(want string, have []string) bool {
 	return false
 }
 
-// Parity compares one runtime across two prefixes.
-type Parity string
+// Parity compares one runtime across two prefixes, P and Q.
+type Parity int
 
-// The parities.
+// The parities. The zero value is none of them.
 const (
-	ParitySame     Parity = "same"
-	ParityDiffers  Parity = "differs"
-	ParityMissingP Parity = "missing in P"
-	ParityMissingQ Parity = "missing in Q"
-	ParityMissingB Parity = "missing in both"
+	ParitySame     Parity = iota + 1 // present under both, the same digest
+	ParityDiffers                    // present under both, different digests
+	ParityMissingP                   // missing under P only
+	ParityMissingQ                   // missing under Q only
+	ParityMissingB                   // missing under both
 )
 
 // Compare returns the parity of each runtime of p and q (by runtime).

@@ -98,10 +98,10 @@ each runtime: how to prove a mirror complete before a flip.`)
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		doc := struct {
-			OK      bool                   `json:"ok"`
-			Reports []pull.CheckReport     `json:"reports"`
-			Parity  map[string]pull.Parity `json:"parity,omitempty"`
-		}{ok, reports, parity}
+			OK      bool               `json:"ok"`
+			Reports []pull.CheckReport `json:"reports"`
+			Parity  map[string]string  `json:"parity,omitempty"`
+		}{ok, reports, parityLabels(parity)}
 		if err := enc.Encode(doc); err != nil {
 			return err
 		}
@@ -166,7 +166,7 @@ func printCheck(w io.Writer, reports []pull.CheckReport, parity map[string]pull.
 			row = append(row, st, dg, dashJoin(im.Platforms))
 		}
 		if parity != nil {
-			row = append(row, string(parity[reports[0].Images[n].Runtime]))
+			row = append(row, parityLabel(parity[reports[0].Images[n].Runtime]))
 		}
 		fmt.Fprintln(tw, strings.Join(row, "\t"))
 	}
@@ -178,4 +178,33 @@ func dashJoin(s []string) string {
 		return "-"
 	}
 	return plain(strings.Join(s, ","))
+}
+
+// parityLabel is how check names a parity, in its table and its JSON.
+func parityLabel(p pull.Parity) string {
+	switch p {
+	case pull.ParitySame:
+		return "same"
+	case pull.ParityDiffers:
+		return "differs"
+	case pull.ParityMissingP:
+		return "missing in P"
+	case pull.ParityMissingQ:
+		return "missing in Q"
+	case pull.ParityMissingB:
+		return "missing in both"
+	}
+	return "-"
+}
+
+// parityLabels labels each runtime's parity; nil for nil.
+func parityLabels(parity map[string]pull.Parity) map[string]string {
+	if parity == nil {
+		return nil
+	}
+	out := make(map[string]string, len(parity))
+	for rt, p := range parity {
+		out[rt] = parityLabel(p)
+	}
+	return out
 }

@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/molecule-ai/pull-agent/agent/config"
-	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -64,12 +63,12 @@ func TestCheckMirrorParity(t *testing.T) {
 	code, out, _ = check(mirror.Prefix("drift"), "--json")
 	var doc struct {
 		OK     bool                   `json:"ok"`
-		Parity map[string]pull.Parity `json:"parity"`
+		Parity map[string]string `json:"parity"`
 	}
 	if err := json.Unmarshal([]byte(out), &doc); err != nil {
 		t.Fatal(err)
 	}
-	if code != checkFailed || doc.OK || doc.Parity["codex"] != pull.ParityDiffers || doc.Parity["hermes"] != pull.ParitySame {
+	if code != checkFailed || doc.OK || doc.Parity["codex"] != "differs" || doc.Parity["hermes"] != "same" {
 		t.Fatalf("drifted mirror: exit %d %+v", code, doc)
 	}
 
