@@ -49,15 +49,15 @@ const (
 // back as a 1 MB error in the log and the state document.
 const maxValueRunes = 160
 
-// DefaultPrefix is the registry prefix used when MOLECULE_IMAGE_REGISTRY is
+// defaultPrefix is the registry prefix used when MOLECULE_IMAGE_REGISTRY is
 // unset or empty.
-const DefaultPrefix = "ghcr.io/molecule-ai"
+const defaultPrefix = "ghcr.io/molecule-ai"
 
 // DefaultEnvFile is where the systemd unit keeps the env file.
 const DefaultEnvFile = "/etc/pull-agent/pull-agent.env"
 
-// DefaultDockerHost is the Docker daemon's socket when DOCKER_HOST is unset.
-const DefaultDockerHost = "unix:///var/run/docker.sock"
+// defaultDockerHost is the Docker daemon's socket when DOCKER_HOST is unset.
+const defaultDockerHost = "unix:///var/run/docker.sock"
 
 // KnownRuntimes returns the workspace-template runtimes the platform ships,
 // in the order images are resolved (alphabetical).
@@ -121,15 +121,15 @@ func PlatformOrDefault(p string) string {
 // DefaultDiskMarginMB is the disk guard's default safety margin.
 const DefaultDiskMarginMB = 1024
 
-// ConfigError is one configuration value that was refused.
-type ConfigError struct {
+// configError is one configuration value that was refused.
+type configError struct {
 	Key    string
 	Value  string // may be abbreviated; never a secret
 	Source string // "path:line" or "environment"
 	Reason string
 }
 
-func (e *ConfigError) Error() string {
+func (e *configError) Error() string {
 	return fmt.Sprintf("%s: %s=%q: %s", e.Source, e.Key, safetext.Line(e.Value, maxValueRunes), e.Reason)
 }
 
@@ -146,9 +146,9 @@ func ReadEnvFile(path string) ([]EnvVar, error) {
 		return nil, fmt.Errorf("opening env file: %w", err)
 	}
 	if st.IsDir() {
-		return nil, &EnvFileError{File: path, Msg: "is a directory, not a file"}
+		return nil, &envFileError{File: path, Msg: "is a directory, not a file"}
 	}
-	return ParseEnvFile(path, f)
+	return parseEnvFile(path, f)
 }
 
 // WarnEnvFileMode logs a warning for each way the env file at path lets
@@ -181,8 +181,8 @@ func WarnEnvFileMode(log *slog.Logger, path string, vars []EnvVar) {
 	}
 }
 
-// Keys are the keys pull-agent reads from its env file.
-func Keys() []string {
+// keys are the keys pull-agent reads from its env file.
+func keys() []string {
 	return []string{KeyRegistry, KeyRuntimes, KeyPins, KeyPlatform, KeyGHCRUser, KeyGHCRToken, KeyDockerHost, KeyDockerTLSVerify, KeyDockerCertPath, KeyAlias, KeyPrune, KeyDiskMargin}
 }
 
@@ -193,7 +193,7 @@ func Keys() []string {
 // are logged.
 func WarnUnusedKeys(log *slog.Logger, path string, vars []EnvVar) {
 	for _, v := range vars {
-		if !slices.Contains(Keys(), v.Key) {
+		if !slices.Contains(keys(), v.Key) {
 			log.Warn("env file sets a key pull-agent does not read; for the process environment (proxy, AWS_*) use a systemd drop-in with Environment=", "env_file", path, "key", v.Key, "line", v.Line)
 		}
 	}
@@ -217,26 +217,26 @@ func LoadConfig(file string, fileVars []EnvVar, getenv func(string) string) (Con
 	prefix, src := l.get(KeyRegistry)
 	p, err := ParsePrefix(prefix)
 	if err != nil {
-		errs = append(errs, &ConfigError{Key: KeyRegistry, Value: prefix, Source: src, Reason: err.Error()})
+		errs = append(errs, &configError{Key: KeyRegistry, Value: prefix, Source: src, Reason: err.Error()})
 	}
 	cfg.Prefix = p
 
 	rts, src := l.get(KeyRuntimes)
-	cfg.Runtimes, err = ParseRuntimes(rts)
+	cfg.Runtimes, err = parseRuntimes(rts)
 	if err != nil {
-		errs = append(errs, &ConfigError{Key: KeyRuntimes, Value: rts, Source: src, Reason: err.Error()})
+		errs = append(errs, &configError{Key: KeyRuntimes, Value: rts, Source: src, Reason: err.Error()})
 	}
 
 	pins, src := l.get(KeyPins)
-	cfg.Pins, err = ParsePins(pins, cfg.Runtimes)
+	cfg.Pins, err = parsePins(pins, cfg.Runtimes)
 	if err != nil {
-		errs = append(errs, &ConfigError{Key: KeyPins, Value: pins, Source: src, Reason: err.Error()})
+		errs = append(errs, &configError{Key: KeyPins, Value: pins, Source: src, Reason: err.Error()})
 	}
 
 	plat, src := l.get(KeyPlatform)
-	cfg.Platform, err = ParsePlatform(plat)
+	cfg.Platform, err = parsePlatform(plat)
 	if err != nil {
-		errs = append(errs, &ConfigError{Key: KeyPlatform, Value: plat, Source: src, Reason: err.Error()})
+		errs = append(errs, &configError{Key: KeyPlatform, Value: plat, Source: src, Reason: err.Error()})
 	}
 
 	cfg.GHCRUser, _ = l.get(KeyGHCRUser)
@@ -250,9 +250,9 @@ func LoadConfig(file string, fileVars []EnvVar, getenv func(string) string) (Con
 		a, err := ParsePrefix(alias)
 		switch {
 		case err != nil:
-			errs = append(errs, &ConfigError{Key: KeyAlias, Value: alias, Source: src, Reason: err.Error()})
+			errs = append(errs, &configError{Key: KeyAlias, Value: alias, Source: src, Reason: err.Error()})
 		case a == cfg.Prefix:
-			errs = append(errs, &ConfigError{Key: KeyAlias, Value: alias, Source: src, Reason: "is the image prefix itself; set it to the prefix other software still uses (the previous one)"})
+			errs = append(errs, &configError{Key: KeyAlias, Value: alias, Source: src, Reason: "is the image prefix itself; set it to the prefix other software still uses (the previous one)"})
 		default:
 			cfg.AliasPrefix = a
 		}
@@ -263,7 +263,7 @@ func LoadConfig(file string, fileVars []EnvVar, getenv func(string) string) (Con
 			cfg.PrunePrevious = true
 		case "false", "no", "0", "off":
 		default:
-			errs = append(errs, &ConfigError{Key: KeyPrune, Value: v, Source: src, Reason: "write true or false"})
+			errs = append(errs, &configError{Key: KeyPrune, Value: v, Source: src, Reason: "write true or false"})
 		}
 	}
 	cfg.DiskMarginBytes = DefaultDiskMarginMB << 20
@@ -271,7 +271,7 @@ func LoadConfig(file string, fileVars []EnvVar, getenv func(string) string) (Con
 		n, err := strconv.ParseInt(v, 10, 64)
 		switch {
 		case err != nil || n < -1:
-			errs = append(errs, &ConfigError{Key: KeyDiskMargin, Value: v, Source: src, Reason: "write a number of MiB (0 or more), or -1 to turn the disk guard off"})
+			errs = append(errs, &configError{Key: KeyDiskMargin, Value: v, Source: src, Reason: "write a number of MiB (0 or more), or -1 to turn the disk guard off"})
 		case n == -1:
 			cfg.DiskMarginBytes = -1
 		default:
@@ -281,7 +281,7 @@ func LoadConfig(file string, fileVars []EnvVar, getenv func(string) string) (Con
 
 	host, hostSrc := l.get(KeyDockerHost)
 	if host == "" {
-		host, hostSrc = DefaultDockerHost, "default ("+KeyDockerHost+" unset)"
+		host, hostSrc = defaultDockerHost, "default ("+KeyDockerHost+" unset)"
 	}
 	verify, _ := l.get(KeyDockerTLSVerify)
 	certPath, certSrc := l.get(KeyDockerCertPath)
@@ -290,10 +290,10 @@ func LoadConfig(file string, fileVars []EnvVar, getenv func(string) string) (Con
 	}
 	cfg.DockerHost, cfg.DockerTLSVerify, cfg.DockerCertPath = host, verify != "", certPath
 	if err := checkDockerHost(host, cfg.DockerTLSVerify); err != nil {
-		errs = append(errs, &ConfigError{Key: KeyDockerHost, Value: redactDockerHost(host), Source: hostSrc, Reason: err.Error()})
+		errs = append(errs, &configError{Key: KeyDockerHost, Value: redactDockerHost(host), Source: hostSrc, Reason: err.Error()})
 	} else if cfg.DockerTLSVerify {
 		if err := checkDockerCertFiles(certPath); err != nil {
-			errs = append(errs, &ConfigError{Key: KeyDockerCertPath, Value: certPath, Source: certSrc, Reason: err.Error()})
+			errs = append(errs, &configError{Key: KeyDockerCertPath, Value: certPath, Source: certSrc, Reason: err.Error()})
 		}
 	}
 
@@ -330,14 +330,14 @@ func (l layered) get(key string) (string, string) {
 }
 
 // ParsePrefix validates a registry prefix and returns it with trailing
-// slashes removed. An empty value selects DefaultPrefix.
+// slashes removed. An empty value selects defaultPrefix.
 func ParsePrefix(s string) (string, error) {
 	if s == "" {
-		return DefaultPrefix, nil
+		return defaultPrefix, nil
 	}
 	switch {
 	case strings.Contains(s, "://"):
-		return "", fmt.Errorf("a prefix has no URL scheme; write the registry host and path only, e.g. %q", DefaultPrefix)
+		return "", fmt.Errorf("a prefix has no URL scheme; write the registry host and path only, e.g. %q", defaultPrefix)
 	case strings.ContainsFunc(s, func(r rune) bool { return r == ' ' || r == '\t' || r == '\n' || r == '\r' || r == '\v' || r == '\f' }):
 		return "", errors.New("contains white space (an inline comment? the env file has none); remove it")
 	case strings.ContainsAny(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"):
@@ -380,9 +380,9 @@ func ParsePrefix(s string) (string, error) {
 
 var runtimeName = regexp.MustCompile(`^[a-z0-9]+(-+[a-z0-9]+)*$`)
 
-// ParseRuntimes parses a comma-separated runtime list. An empty value selects
+// parseRuntimes parses a comma-separated runtime list. An empty value selects
 // KnownRuntimes. Names are trimmed, de-duplicated and sorted.
-func ParseRuntimes(s string) ([]string, error) {
+func parseRuntimes(s string) ([]string, error) {
 	if strings.TrimSpace(s) == "" {
 		return KnownRuntimes(), nil
 	}
@@ -404,9 +404,9 @@ func ParseRuntimes(s string) ([]string, error) {
 	return slices.Compact(out), nil
 }
 
-// ParsePins parses comma-separated runtime=sha256:<hex> pairs. Every pinned
+// parsePins parses comma-separated runtime=sha256:<hex> pairs. Every pinned
 // runtime must be in runtimes.
-func ParsePins(s string, runtimes []string) (map[string]digest.Digest, error) {
+func parsePins(s string, runtimes []string) (map[string]digest.Digest, error) {
 	pins := map[string]digest.Digest{}
 	for _, pair := range strings.Split(s, ",") {
 		pair = strings.TrimSpace(pair)
@@ -433,9 +433,9 @@ func ParsePins(s string, runtimes []string) (map[string]digest.Digest, error) {
 	return pins, nil
 }
 
-// ParsePlatform validates an os/arch[/variant] platform and returns its
+// parsePlatform validates an os/arch[/variant] platform and returns its
 // normalized form. Empty means the daemon's own platform.
-func ParsePlatform(s string) (string, error) {
+func parsePlatform(s string) (string, error) {
 	if s == "" {
 		return "", nil
 	}

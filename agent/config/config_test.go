@@ -60,7 +60,7 @@ func TestResolverContract(t *testing.T) {
 	})
 	t.Run("empty env is the default", func(t *testing.T) {
 		cfg := mustLoad(t, nil, map[string]string{KeyRegistry: ""})
-		if cfg.Prefix != DefaultPrefix {
+		if cfg.Prefix != defaultPrefix {
 			t.Fatalf("prefix %q", cfg.Prefix)
 		}
 	})
@@ -119,12 +119,12 @@ func TestLayering(t *testing.T) {
 	if cfg.DockerHost != "unix:///tmp/d.sock" {
 		t.Errorf("docker host %q", cfg.DockerHost)
 	}
-	if d := mustLoad(t, nil, nil).DockerHost; d != DefaultDockerHost {
+	if d := mustLoad(t, nil, nil).DockerHost; d != defaultDockerHost {
 		t.Errorf("default docker host %q", d)
 	}
 	// An empty value in the file still wins over the environment.
 	cfg = mustLoad(t, []EnvVar{{Key: KeyRegistry, Value: "", Line: 1}}, env)
-	if cfg.Prefix != DefaultPrefix {
+	if cfg.Prefix != defaultPrefix {
 		t.Errorf("empty in file: prefix %q, want default", cfg.Prefix)
 	}
 }
@@ -134,7 +134,7 @@ func TestConfigRefusals(t *testing.T) {
 	tests := []struct {
 		name string
 		env  map[string]string
-		key  string // the key the *ConfigError names; "" for a pair (one of them a secret: no value quoted)
+		key  string // the key the *configError names; "" for a pair (one of them a secret: no value quoted)
 		want string // in the error
 	}{
 		{"scheme", map[string]string{KeyRegistry: "https://ghcr.io/molecule-ai"}, KeyRegistry, "no URL scheme"},
@@ -173,14 +173,14 @@ func TestConfigRefusals(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("error %q does not say %q", err, tt.want)
 			}
-			var ce *ConfigError
+			var ce *configError
 			switch {
 			case tt.key == "":
 				if errors.As(err, &ce) {
 					t.Fatalf("a pair with a secret refused as one key's value: %v", err)
 				}
 			case !errors.As(err, &ce) || ce.Key != tt.key:
-				t.Fatalf("error %v is not a *ConfigError for %s", err, tt.key)
+				t.Fatalf("error %v is not a *configError for %s", err, tt.key)
 			case !strings.Contains(err.Error(), ce.Key+"="):
 				t.Errorf("error does not name the key: %v", err)
 			case !strings.Contains(err.Error(), ce.Value):
@@ -195,7 +195,7 @@ func TestConfigRefusals(t *testing.T) {
 }
 
 func TestConfigErrorNamesFileAndLine(t *testing.T) {
-	vars, err := ParseEnvFile("/etc/pull-agent/pull-agent.env", strings.NewReader("# c\nMOLECULE_IMAGE_REGISTRY=https://x\n"))
+	vars, err := parseEnvFile("/etc/pull-agent/pull-agent.env", strings.NewReader("# c\nMOLECULE_IMAGE_REGISTRY=https://x\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +227,7 @@ func TestPinsAndPlatform(t *testing.T) {
 	if cfg.Platform != "linux/amd64" {
 		t.Fatalf("platform %q", cfg.Platform)
 	}
-	if p, err := ParsePlatform("linux/arm64/v8"); err != nil || p != "linux/arm64/v8" {
+	if p, err := parsePlatform("linux/arm64/v8"); err != nil || p != "linux/arm64/v8" {
 		t.Fatalf("arm64: %q %v", p, err)
 	}
 }
@@ -272,18 +272,18 @@ func FuzzParseRuntimesAndPins(f *testing.F) {
 	f.Add("codex,hermes", "codex=sha256:"+strings.Repeat("0", 64))
 	f.Add(",,", "x=")
 	f.Fuzz(func(t *testing.T, rts, pins string) {
-		list, err := ParseRuntimes(rts)
+		list, err := parseRuntimes(rts)
 		if err != nil {
 			return
 		}
 		if !slices.IsSorted(list) || len(slices.Compact(slices.Clone(list))) != len(list) {
 			t.Fatalf("%q: not sorted and unique: %v", rts, list)
 		}
-		pm, err := ParsePins(pins, list)
+		pm, err := parsePins(pins, list)
 		if err != nil {
 			return
 		}
-		cfg := Config{Prefix: DefaultPrefix, Runtimes: list, Pins: pm}
+		cfg := Config{Prefix: defaultPrefix, Runtimes: list, Pins: pm}
 		if _, err := cfg.Images(); err != nil {
 			t.Fatalf("runtimes %q pins %q accepted but %v", rts, pins, err)
 		}
@@ -305,7 +305,7 @@ func TestErrorsDoNotRepeatHugeValues(t *testing.T) {
 	}
 	for name, in := range cases {
 		t.Run(name, func(t *testing.T) {
-			vars, err := ParseEnvFile("f", strings.NewReader(in))
+			vars, err := parseEnvFile("f", strings.NewReader(in))
 			if err == nil {
 				_, err = LoadConfig("f", vars, envOf(nil))
 			}
@@ -374,7 +374,7 @@ func TestWarnEnvFileMode(t *testing.T) {
 func TestWarnUnusedKeys(t *testing.T) {
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	vars, err := ParseEnvFile("f.env", strings.NewReader(KeyRegistry+"=ghcr.io/x\nHTTPS_PROXY=http://u:proxy-s3cret@proxy:3128\n"+KeyGHCRToken+"=ghp_x\nAWS_REGION=eu-west-1\n"))
+	vars, err := parseEnvFile("f.env", strings.NewReader(KeyRegistry+"=ghcr.io/x\nHTTPS_PROXY=http://u:proxy-s3cret@proxy:3128\n"+KeyGHCRToken+"=ghp_x\nAWS_REGION=eu-west-1\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

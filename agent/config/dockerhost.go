@@ -89,7 +89,7 @@ func checkDockerHost(host string, tlsVerify bool) error {
 	switch scheme {
 	case "unix":
 		if rest == "" {
-			return fmt.Errorf("names no socket; write e.g. %s", DefaultDockerHost)
+			return fmt.Errorf("names no socket; write e.g. %s", defaultDockerHost)
 		}
 		if tlsVerify {
 			return fmt.Errorf("is a unix socket, but %s is set (any value turns it on, even 0 or false): dockerd serves its unix socket without TLS, so every call would fail; unset %s, or use tcp:// with TLS", KeyDockerTLSVerify, KeyDockerTLSVerify)
@@ -99,9 +99,9 @@ func checkDockerHost(host string, tlsVerify bool) error {
 	case "ssh":
 		return errors.New("ssh:// is not supported (the docker CLI runs ssh for it, the Engine API client cannot); use tcp://host:2376 with TLS, or run the agent on the daemon's host with its unix socket")
 	case "npipe":
-		return errors.New("npipe:// is a Windows named pipe; on Linux use the unix socket, e.g. " + DefaultDockerHost)
+		return errors.New("npipe:// is a Windows named pipe; on Linux use the unix socket, e.g. " + defaultDockerHost)
 	case "fd":
-		return errors.New("fd:// is how dockerd listens under systemd socket activation, not an address a client can dial; use the socket it is bound to, e.g. " + DefaultDockerHost)
+		return errors.New("fd:// is how dockerd listens under systemd socket activation, not an address a client can dial; use the socket it is bound to, e.g. " + defaultDockerHost)
 	default:
 		if lower := strings.ToLower(scheme); lower != scheme && (lower == "unix" || lower == "tcp" || lower == "http" || lower == "https") {
 			return fmt.Errorf("write the scheme in lower case (%s://)", lower)
@@ -131,7 +131,7 @@ func checkDockerHost(host string, tlsVerify bool) error {
 	// not count: DNS can change its answer.
 	if !IsLoopbackHost(u.Hostname()) {
 		return fmt.Errorf("%s is not a loopback address and %s is not set: every registry credential sent with a pull would cross the network in clear text, to whoever answers at that address; set %s=1 and %s (the directory of %s, %s, %s), or use the daemon's unix socket (%s)",
-			safetext.Line(u.Hostname(), maxValueRunes), KeyDockerTLSVerify, KeyDockerTLSVerify, KeyDockerCertPath, certFileCA, certFileClient, certFileKey, DefaultDockerHost)
+			safetext.Line(u.Hostname(), maxValueRunes), KeyDockerTLSVerify, KeyDockerTLSVerify, KeyDockerCertPath, certFileCA, certFileClient, certFileKey, defaultDockerHost)
 	}
 	return nil
 }

@@ -26,7 +26,7 @@ func TestCheckDockerHost(t *testing.T) {
 		tls  bool
 		want string // a part of the error; "" = accepted
 	}{
-		{"default socket", DefaultDockerHost, false, ""},
+		{"default socket", defaultDockerHost, false, ""},
 		{"socket elsewhere", "unix:///run/user/1000/docker.sock", false, ""},
 		{"loopback 127.0.0.1", "tcp://127.0.0.1:2375", false, ""},
 		{"loopback anywhere in 127/8", "tcp://127.45.6.7:2375", false, ""},
@@ -56,7 +56,7 @@ func TestCheckDockerHost(t *testing.T) {
 		{"https loopback without TLS", "https://127.0.0.1:2376", false, "not from the scheme"},
 
 		{"empty socket path", "unix://", false, "names no socket"},
-		{"socket with TLS", DefaultDockerHost, true, "dockerd serves its unix socket without TLS"},
+		{"socket with TLS", defaultDockerHost, true, "dockerd serves its unix socket without TLS"},
 		{"no scheme, a path", "/var/run/docker.sock", false, "has no scheme"},
 		{"no scheme, host:port", "docker.example.test:2375", false, "has no scheme"},
 		{"empty", "", false, "has no scheme"},
@@ -94,7 +94,7 @@ func TestRedactDockerHost(t *testing.T) {
 		"tcp://bob:hunter2@h:2376":      "tcp://REDACTED@h:2376",
 		"tcp://bob:hun@ter2@h:2376/p@x": "tcp://REDACTED@h:2376/p@x",
 		"tcp://h:2376/p@x":              "tcp://h:2376/p@x",
-		DefaultDockerHost:               DefaultDockerHost,
+		defaultDockerHost:               defaultDockerHost,
 		"no scheme@all":                 "no scheme@all",
 	} {
 		if got := redactDockerHost(in); got != want {
@@ -154,7 +154,7 @@ func TestLoadConfigDockerTLS(t *testing.T) {
 	})
 	t.Run("the env file wins over the environment", func(t *testing.T) {
 		file := []EnvVar{{Key: KeyDockerHost, Value: remote, Line: 1}, {Key: KeyDockerTLSVerify, Value: "1", Line: 2}, {Key: KeyDockerCertPath, Value: certs, Line: 3}}
-		cfg := mustLoad(t, file, map[string]string{KeyDockerHost: DefaultDockerHost, KeyDockerCertPath: "/elsewhere"})
+		cfg := mustLoad(t, file, map[string]string{KeyDockerHost: defaultDockerHost, KeyDockerCertPath: "/elsewhere"})
 		if cfg.DockerEndpoint() != (DockerEndpoint{Host: remote, TLSVerify: true, CertPath: certs}) {
 			t.Fatalf("endpoint %+v", cfg.DockerEndpoint())
 		}
@@ -246,9 +246,9 @@ func TestLoadConfigRefusesDockerHosts(t *testing.T) {
 			if err == nil {
 				t.Fatal("accepted")
 			}
-			var ce *ConfigError
+			var ce *configError
 			if !errors.As(err, &ce) || ce.Key != tt.key {
-				t.Fatalf("error %v is not a ConfigError for %s", err, tt.key)
+				t.Fatalf("error %v is not a configError for %s", err, tt.key)
 			}
 			if !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("error\n%s\ndoes not contain\n%s", err, tt.want)

@@ -9,10 +9,10 @@ import (
 	"unicode/utf8"
 )
 
-// MaxEnvFileSize is the largest env file ParseEnvFile reads. The file holds
+// maxEnvFileSize is the largest env file parseEnvFile reads. The file holds
 // a handful of keys; anything bigger is a mistake (a log or a binary written
 // over it) and is refused rather than parsed.
-const MaxEnvFileSize = 1 << 20
+const maxEnvFileSize = 1 << 20
 
 // EnvVar is one assignment read from an env file, with the line it starts on.
 type EnvVar struct {
@@ -21,14 +21,14 @@ type EnvVar struct {
 	Line  int
 }
 
-// EnvFileError is a line of an env file that could not be parsed.
-type EnvFileError struct {
-	File string // as given to ParseEnvFile; may be empty
+// envFileError is a line of an env file that could not be parsed.
+type envFileError struct {
+	File string // as given to parseEnvFile; may be empty
 	Line int    // 1-based; 0 when the problem is the file as a whole
 	Msg  string
 }
 
-func (e *EnvFileError) Error() string {
+func (e *envFileError) Error() string {
 	file := e.File
 	if file == "" {
 		file = "env file"
@@ -39,7 +39,7 @@ func (e *EnvFileError) Error() string {
 	return fmt.Sprintf("%s:%d: %s", file, e.Line, e.Msg)
 }
 
-// ParseEnvFile reads assignments with the syntax systemd's EnvironmentFile=
+// parseEnvFile reads assignments with the syntax systemd's EnvironmentFile=
 // accepts: blank lines; comments starting with '#' or ';'; KEY=VALUE with
 // white space trimmed around the key and around an unquoted value; single
 // quotes (literal); double quotes (backslash escapes ", \, ` and $, and a
@@ -49,20 +49,20 @@ func (e *EnvFileError) Error() string {
 //
 // Where systemd silently skips a line (no '=', a key that is not a valid
 // variable name, invalid UTF-8) or accepts an unterminated quote at the end
-// of the file, ParseEnvFile returns an *EnvFileError naming the line instead:
+// of the file, parseEnvFile returns an *envFileError naming the line instead:
 // a daemon that ignores half its configuration is worse than one that says
 // so. A later assignment of a key replaces an earlier one. name is used only
 // in error messages.
-func ParseEnvFile(name string, r io.Reader) ([]EnvVar, error) {
-	data, err := io.ReadAll(io.LimitReader(r, MaxEnvFileSize+1))
+func parseEnvFile(name string, r io.Reader) ([]EnvVar, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxEnvFileSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", name, err)
 	}
-	if len(data) > MaxEnvFileSize {
-		return nil, &EnvFileError{File: name, Msg: fmt.Sprintf("file is larger than %d bytes; it should hold a few KEY=VALUE lines", MaxEnvFileSize)}
+	if len(data) > maxEnvFileSize {
+		return nil, &envFileError{File: name, Msg: fmt.Sprintf("file is larger than %d bytes; it should hold a few KEY=VALUE lines", maxEnvFileSize)}
 	}
 	if i := bytes.IndexByte(data, 0); i >= 0 {
-		return nil, &EnvFileError{File: name, Line: 1 + bytes.Count(data[:i], []byte{'\n'}), Msg: "contains a NUL byte; the file is not text"}
+		return nil, &envFileError{File: name, Line: 1 + bytes.Count(data[:i], []byte{'\n'}), Msg: "contains a NUL byte; the file is not text"}
 	}
 	p := envParser{name: name, line: 1}
 	return p.parse(data)
@@ -98,7 +98,7 @@ func isEnvNewline(c byte) bool    { return c == '\n' || c == '\r' }
 func isEnvWhitespace(c byte) bool { return c == ' ' || c == '\t' || isEnvNewline(c) }
 
 func (p *envParser) fail(line int, format string, args ...any) error {
-	return &EnvFileError{File: p.name, Line: line, Msg: fmt.Sprintf(format, args...)}
+	return &envFileError{File: p.name, Line: line, Msg: fmt.Sprintf(format, args...)}
 }
 
 func (p *envParser) parse(data []byte) ([]EnvVar, error) {
@@ -283,7 +283,7 @@ func knownKey(s string) string {
 	s = strings.TrimSpace(s)
 	s = strings.TrimPrefix(s, "export ")
 	s = strings.TrimLeft(s, " \t")
-	for _, k := range Keys() {
+	for _, k := range keys() {
 		if rest, ok := strings.CutPrefix(s, k); ok && (rest == "" || strings.ContainsRune(" \t:", rune(rest[0]))) {
 			return k
 		}

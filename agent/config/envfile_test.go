@@ -40,9 +40,9 @@ func TestParseEnvFile(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			vars, err := ParseEnvFile("f.env", strings.NewReader(tt.in))
+			vars, err := parseEnvFile("f.env", strings.NewReader(tt.in))
 			if err != nil {
-				t.Fatalf("ParseEnvFile(%q): %v", tt.in, err)
+				t.Fatalf("parseEnvFile(%q): %v", tt.in, err)
 			}
 			got := kv{}
 			for _, v := range vars {
@@ -62,7 +62,7 @@ func TestParseEnvFile(t *testing.T) {
 
 func TestParseEnvFileLineNumbers(t *testing.T) {
 	in := "# header\n\nA=1\nB=\"multi\nline\"\nC=cont\\\ninued\nD=4\n"
-	vars, err := ParseEnvFile("f.env", strings.NewReader(in))
+	vars, err := parseEnvFile("f.env", strings.NewReader(in))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,10 +100,10 @@ func TestParseEnvFileErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseEnvFile("/etc/x.env", strings.NewReader(tt.in))
-			var fe *EnvFileError
+			_, err := parseEnvFile("/etc/x.env", strings.NewReader(tt.in))
+			var fe *envFileError
 			if !errors.As(err, &fe) {
-				t.Fatalf("want *EnvFileError, got %v", err)
+				t.Fatalf("want *envFileError, got %v", err)
 			}
 			if fe.Line != tt.wantLine || !strings.Contains(fe.Msg, tt.wantMsg) {
 				t.Fatalf("got line %d %q, want line %d containing %q", fe.Line, fe.Msg, tt.wantLine, tt.wantMsg)
@@ -122,24 +122,24 @@ func TestParseEnvFileErrors(t *testing.T) {
 }
 
 func TestParseEnvFileTooLarge(t *testing.T) {
-	big := "A=" + strings.Repeat("x", MaxEnvFileSize) + "\n"
-	_, err := ParseEnvFile("big.env", strings.NewReader(big))
+	big := "A=" + strings.Repeat("x", maxEnvFileSize) + "\n"
+	_, err := parseEnvFile("big.env", strings.NewReader(big))
 	if err == nil || !strings.Contains(err.Error(), "larger than") {
 		t.Fatalf("want a size error, got %v", err)
 	}
 }
 
 // FuzzParseEnvFile checks that any input either parses or fails with an
-// *EnvFileError, never panics, and that every value written back in single
+// *envFileError, never panics, and that every value written back in single
 // quotes (when it has none) parses to itself.
 func FuzzParseEnvFile(f *testing.F) {
 	for _, s := range []string{"A=1\n", `A="x\"y"`, "A='q'\n# c\n", "A=b\\\nc", "K", "=", "A=\"", "\x00"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
-		vars, err := ParseEnvFile("fuzz.env", strings.NewReader(in))
+		vars, err := parseEnvFile("fuzz.env", strings.NewReader(in))
 		if err != nil {
-			var fe *EnvFileError
+			var fe *envFileError
 			if !errors.As(err, &fe) {
 				t.Fatalf("error of type %T: %v", err, err)
 			}
@@ -152,7 +152,7 @@ func FuzzParseEnvFile(f *testing.F) {
 			if strings.Contains(v.Value, "'") {
 				continue
 			}
-			again, err := ParseEnvFile("again.env", strings.NewReader(v.Key+"='"+v.Value+"'\n"))
+			again, err := parseEnvFile("again.env", strings.NewReader(v.Key+"='"+v.Value+"'\n"))
 			if err != nil || len(again) != 1 || again[0].Value != v.Value {
 				t.Fatalf("value %q of %s does not round-trip: %v %v", v.Value, v.Key, again, err)
 			}

@@ -30,7 +30,7 @@ type diskGuard struct {
 	rootErr error
 }
 
-// check returns a *PullError of class disk when img does not fit, nil when
+// check returns a *pullError of class disk when img does not fit, nil when
 // it fits, and a note (not an error) when the guard cannot judge.
 func (g *diskGuard) check(ctx context.Context, e engine.Engine, img config.Image, creds auth.Credentials) (note string, err error) {
 	g.once.Do(func() { g.root, g.rootErr = e.RootDir(ctx) })
@@ -47,7 +47,7 @@ func (g *diskGuard) check(ctx context.Context, e engine.Engine, img config.Image
 		return fmt.Sprintf("disk guard skipped: could not read the manifest of %s (%v)", img.Ref, err), nil
 	}
 	if size+g.margin > free {
-		return "", &PullError{Class: ClassDisk, Err: fmt.Errorf("not pulling %s: it needs %s compressed plus a %s margin, and only %s is free on %s (the daemon's data root); free space or lower %s",
+		return "", &pullError{Class: ClassDisk, Err: fmt.Errorf("not pulling %s: it needs %s compressed plus a %s margin, and only %s is free on %s (the daemon's data root); free space or lower %s",
 			img.Ref, units.BytesSize(float64(size)), units.BytesSize(float64(g.margin)), units.BytesSize(float64(free)), g.root, config.KeyDiskMargin)}
 	}
 	return "", nil

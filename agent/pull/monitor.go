@@ -65,7 +65,7 @@ func (m *pullMonitor) check() string {
 }
 
 // watch checks the pull periodically until stop is called, cancelling it
-// with a *StallError when check says so.
+// with a *stallError when check says so.
 func (m *pullMonitor) watch(ctx context.Context, cancel context.CancelCauseFunc) (stop func()) {
 	shortest := time.Duration(0)
 	for _, d := range []time.Duration{m.t.Begin, m.t.Stall, m.t.Extract} {
@@ -90,7 +90,7 @@ func (m *pullMonitor) watch(ctx context.Context, cancel context.CancelCauseFunc)
 				return
 			case <-t.C:
 				if why := m.check(); why != "" {
-					cancel(&StallError{What: why})
+					cancel(&stallError{What: why})
 					return
 				}
 			}

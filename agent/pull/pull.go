@@ -69,7 +69,7 @@ type PullResult struct {
 	UpToDate bool
 	// CredentialsExpire is when the credentials used expire, when known.
 	CredentialsExpire time.Time
-	// Err is nil on success, otherwise a *PullError.
+	// Err is nil on success, otherwise an error whose class ClassOf tells.
 	Err error
 }
 
@@ -91,18 +91,18 @@ const (
 	ClassUnknown     ErrorClass = "unknown"
 )
 
-// PullError is a failed pull.
-type PullError struct {
+// pullError is a failed pull.
+type pullError struct {
 	Class ErrorClass
 	Err   error
 }
 
-func (e *PullError) Error() string { return e.Err.Error() }
-func (e *PullError) Unwrap() error { return e.Err }
+func (e *pullError) Error() string { return e.Err.Error() }
+func (e *pullError) Unwrap() error { return e.Err }
 
 // ClassOf returns the class of a pull error, ClassUnknown for other errors.
 func ClassOf(err error) ErrorClass {
-	var pe *PullError
+	var pe *pullError
 	if errors.As(err, &pe) {
 		return pe.Class
 	}
@@ -174,12 +174,12 @@ func DefaultPullTimeouts() PullTimeouts {
 	return PullTimeouts{Begin: 2 * time.Minute, Stall: 2 * time.Minute, Extract: 15 * time.Minute, Overall: 2 * time.Hour}
 }
 
-// StallError is why a pull was stopped by its timeouts.
-type StallError struct {
+// stallError is why a pull was stopped by its timeouts.
+type stallError struct {
 	What string
 }
 
-func (e *StallError) Error() string { return "pull stalled: " + e.What }
+func (e *stallError) Error() string { return "pull stalled: " + e.What }
 
 // PullerOptions configures a Puller.
 type PullerOptions struct {
@@ -253,7 +253,7 @@ func (p *Puller) PullAll(ctx context.Context, images []config.Image, obs Observe
 		}
 	}
 	notStarted := func(i int) {
-		results[i] = PullResult{Image: images[i], Started: p.opts.Now(), Err: &PullError{Class: ClassCanceled, Err: fmt.Errorf("pull of %s not started: %w", images[i].Ref, ctx.Err())}}
+		results[i] = PullResult{Image: images[i], Started: p.opts.Now(), Err: &pullError{Class: ClassCanceled, Err: fmt.Errorf("pull of %s not started: %w", images[i].Ref, ctx.Err())}}
 		obs.PullFinished(results[i])
 	}
 	var wg sync.WaitGroup
@@ -293,9 +293,9 @@ func (p *Puller) Pull(ctx context.Context, img config.Image, obs Observer) PullR
 	finish := func(err error) PullResult {
 		res.Duration = p.opts.Now().Sub(res.Started)
 		if err != nil {
-			var pe *PullError
+			var pe *pullError
 			if !errors.As(err, &pe) {
-				err = &PullError{Class: classify(err), Err: err}
+				err = &pullError{Class: classify(err), Err: err}
 			}
 			res.Err = err
 		}
@@ -306,7 +306,7 @@ func (p *Puller) Pull(ctx context.Context, img config.Image, obs Observer) PullR
 	sel, err := p.auth.Select(ctx, img.Host())
 	res.Source, res.CredentialsExpire = sel.Source, sel.Expires
 	if err != nil {
-		return finish(&PullError{Class: ClassAuth, Err: fmt.Errorf("choosing credentials for %s: %w", img.Host(), err)})
+		return finish(&pullError{Class: ClassAuth, Err: fmt.Errorf("choosing credentials for %s: %w", img.Host(), err)})
 	}
 	if p.disk != nil {
 		// Only for an image the daemon does not hold: a refresh of a
@@ -327,7 +327,7 @@ func (p *Puller) Pull(ctx context.Context, img config.Image, obs Observer) PullR
 	defer cancel(nil)
 	if d := p.opts.Timeouts.Overall; d > 0 {
 		var cancelT context.CancelFunc
-		pctx, cancelT = context.WithTimeoutCause(pctx, d, &StallError{What: fmt.Sprintf("not finished within the %s deadline", d)})
+		pctx, cancelT = context.WithTimeoutCause(pctx, d, &stallError{What: fmt.Sprintf("not finished within the %s deadline", d)})
 		defer cancelT()
 	}
 	mon := newPullMonitor(p.opts.Now, p.opts.Timeouts)
@@ -366,11 +366,11 @@ func (p *Puller) Pull(ctx context.Context, img config.Image, obs Observer) PullR
 func (p *Puller) Remote(ctx context.Context, img config.Image) (engine.RemoteInfo, error) {
 	sel, err := p.auth.Select(ctx, img.Host())
 	if err != nil {
-		return engine.RemoteInfo{}, &PullError{Class: ClassAuth, Err: fmt.Errorf("choosing credentials for %s: %w", img.Host(), err)}
+		return engine.RemoteInfo{}, &pullError{Class: ClassAuth, Err: fmt.Errorf("choosing credentials for %s: %w", img.Host(), err)}
 	}
 	ri, err := p.engine.DistributionInspect(ctx, img.Ref, sel.Credentials)
 	if err != nil {
-		return engine.RemoteInfo{}, &PullError{Class: classify(err), Err: fmt.Errorf("asking the registry about %s: %w", img.Ref, err)}
+		return engine.RemoteInfo{}, &pullError{Class: classify(err), Err: fmt.Errorf("asking the registry about %s: %w", img.Ref, err)}
 	}
 	return ri, nil
 }
@@ -380,11 +380,11 @@ func (p *Puller) Remote(ctx context.Context, img config.Image) (engine.RemoteInf
 // cancellation.
 func (p *Puller) stopped(ctx, pctx context.Context, err error) error {
 	if ctx.Err() != nil {
-		return &PullError{Class: ClassCanceled, Err: fmt.Errorf("%w: %v", context.Cause(ctx), err)}
+		return &pullError{Class: ClassCanceled, Err: fmt.Errorf("%w: %v", context.Cause(ctx), err)}
 	}
-	var se *StallError
+	var se *stallError
 	if cause := context.Cause(pctx); errors.As(cause, &se) {
-		return &PullError{Class: ClassStalled, Err: fmt.Errorf("%w (%v)", se, err)}
+		return &pullError{Class: ClassStalled, Err: fmt.Errorf("%w (%v)", se, err)}
 	}
 	return err
 }
@@ -393,7 +393,7 @@ func (p *Puller) stopped(ctx, pctx context.Context, err error) error {
 // served (for a pin, the pinned digest).
 func (p *Puller) verify(ctx context.Context, img config.Image, served digest.Digest) (engine.ImageInfo, digest.Digest, error) {
 	verr := func(format string, args ...any) error {
-		return &PullError{Class: ClassVerify, Err: fmt.Errorf("verifying %s: "+format, append([]any{img.Ref}, args...)...)}
+		return &pullError{Class: ClassVerify, Err: fmt.Errorf("verifying %s: "+format, append([]any{img.Ref}, args...)...)}
 	}
 	want := served
 	if img.Pin != "" {
