@@ -211,9 +211,22 @@ func LoadConfig(file string, fileVars []EnvVar, getenv func(string) string) (Con
 	for _, v := range fileVars {
 		l.vars[v.Key] = v
 	}
-	var errs []error
 	var cfg Config
+	// In this order, so that the joined error lists the keys as before.
+	errs := l.loadImageSet(&cfg)
+	errs = append(errs, l.loadCredentials(&cfg)...)
+	errs = append(errs, l.loadPolicy(&cfg)...)
+	errs = append(errs, l.loadDocker(&cfg)...)
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
 
+// loadImageSet reads what names the images: prefix, runtimes, pins and
+// platform.
+func (l layered) loadImageSet(cfg *Config) []error {
+	var errs []error
 	prefix, src := l.get(KeyRegistry)
 	p, err := ParsePrefix(prefix)
 	if err != nil {
@@ -238,14 +251,24 @@ func LoadConfig(file string, fileVars []EnvVar, getenv func(string) string) (Con
 	if err != nil {
 		errs = append(errs, &configError{Key: KeyPlatform, Value: plat, Source: src, Reason: err.Error()})
 	}
+	return errs
+}
 
+// loadCredentials reads the ghcr.io user and token, which go together.
+func (l layered) loadCredentials(cfg *Config) []error {
 	cfg.GHCRUser, _ = l.get(KeyGHCRUser)
 	tok, _ := l.get(KeyGHCRToken)
 	cfg.GHCRToken = auth.NewSecret(tok)
 	if (cfg.GHCRUser == "") != (tok == "") {
-		errs = append(errs, fmt.Errorf("%s and %s must be set together; only one of them is set", KeyGHCRUser, KeyGHCRToken))
+		return []error{fmt.Errorf("%s and %s must be set together; only one of them is set", KeyGHCRUser, KeyGHCRToken)}
 	}
+	return nil
+}
 
+// loadPolicy reads what the agent does besides pulling: the alias, the
+// pruning of the previous prefix and the disk guard's margin.
+func (l layered) loadPolicy(cfg *Config) []error {
+	var errs []error
 	if alias, src := l.get(KeyAlias); alias != "" {
 		a, err := ParsePrefix(alias)
 		switch {
@@ -278,7 +301,12 @@ func LoadConfig(file string, fileVars []EnvVar, getenv func(string) string) (Con
 			cfg.DiskMarginBytes = n << 20
 		}
 	}
+	return errs
+}
 
+// loadDocker reads where the Docker daemon is and, with TLS, the files
+// that reach it.
+func (l layered) loadDocker(cfg *Config) []error {
 	host, hostSrc := l.get(KeyDockerHost)
 	if host == "" {
 		host, hostSrc = defaultDockerHost, "default ("+KeyDockerHost+" unset)"
@@ -290,17 +318,14 @@ func LoadConfig(file string, fileVars []EnvVar, getenv func(string) string) (Con
 	}
 	cfg.DockerHost, cfg.DockerTLSVerify, cfg.DockerCertPath = host, verify != "", certPath
 	if err := checkDockerHost(host, cfg.DockerTLSVerify); err != nil {
-		errs = append(errs, &configError{Key: KeyDockerHost, Value: redactDockerHost(host), Source: hostSrc, Reason: err.Error()})
-	} else if cfg.DockerTLSVerify {
+		return []error{&configError{Key: KeyDockerHost, Value: redactDockerHost(host), Source: hostSrc, Reason: err.Error()}}
+	}
+	if cfg.DockerTLSVerify {
 		if err := checkDockerCertFiles(certPath); err != nil {
-			errs = append(errs, &configError{Key: KeyDockerCertPath, Value: certPath, Source: certSrc, Reason: err.Error()})
+			return []error{&configError{Key: KeyDockerCertPath, Value: certPath, Source: certSrc, Reason: err.Error()}}
 		}
 	}
-
-	if err := errors.Join(errs...); err != nil {
-		return Config{}, err
-	}
-	return cfg, nil
+	return nil
 }
 
 type layered struct {

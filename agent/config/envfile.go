@@ -104,120 +104,14 @@ func (p *envParser) fail(line int, format string, args ...any) error {
 func (p *envParser) parse(data []byte) ([]EnvVar, error) {
 	st := stPreKey
 	for _, c := range data {
+		var err error
 		switch st {
-		case stPreKey:
-			switch {
-			case c == '#' || c == ';':
-				st = stComment
-			case isEnvNewline(c):
-				p.line++
-			case c == '=': // no key at all; push reports it
-				st = stPreValue
-				p.startLine = p.line
-				p.key.Reset()
-				p.value.Reset()
-				p.keyEnd, p.valueEnd = -1, -1
-			case !isEnvWhitespace(c):
-				st = stKey
-				p.startLine = p.line
-				p.key.Reset()
-				p.value.Reset()
-				p.keyEnd = -1
-				p.key.WriteByte(c)
-			}
-		case stKey:
-			switch {
-			case isEnvNewline(c):
-				return nil, p.noEquals()
-			case c == '=':
-				st = stPreValue
-				p.valueEnd = -1
-			default:
-				if !isEnvWhitespace(c) {
-					p.keyEnd = -1
-				} else if p.keyEnd < 0 {
-					p.keyEnd = p.key.Len()
-				}
-				p.key.WriteByte(c)
-			}
-		case stPreValue:
-			switch {
-			case isEnvNewline(c):
-				if err := p.push(false); err != nil {
-					return nil, err
-				}
-				p.line++
-				st = stPreKey
-			case c == '\'':
-				st = stSingle
-				p.quoteLine = p.line
-			case c == '"':
-				st = stDouble
-				p.quoteLine = p.line
-			case c == '\\':
-				st = stValueEscape
-			case !isEnvWhitespace(c):
-				st = stValue
-				p.value.WriteByte(c)
-			}
-		case stValue:
-			switch {
-			case isEnvNewline(c):
-				if err := p.push(true); err != nil {
-					return nil, err
-				}
-				p.line++
-				st = stPreKey
-			case c == '\\':
-				st = stValueEscape
-				p.valueEnd = -1
-			default:
-				if !isEnvWhitespace(c) {
-					p.valueEnd = -1
-				} else if p.valueEnd < 0 {
-					p.valueEnd = p.value.Len()
-				}
-				p.value.WriteByte(c)
-			}
-		case stValueEscape:
-			st = stValue
-			if isEnvNewline(c) {
-				p.line++ // continuation: the newline is dropped
-			} else {
-				p.value.WriteByte(c)
-			}
-		case stSingle:
-			if c == '\'' {
-				st = stPreValue
-			} else {
-				if c == '\n' {
-					p.line++
-				}
-				p.value.WriteByte(c)
-			}
-		case stDouble:
-			switch c {
-			case '"':
-				st = stPreValue
-			case '\\':
-				st = stDoubleEscape
-			default:
-				if c == '\n' {
-					p.line++
-				}
-				p.value.WriteByte(c)
-			}
-		case stDoubleEscape:
-			st = stDouble
-			switch c {
-			case '"', '\\', '`', '$':
-				p.value.WriteByte(c)
-			case '\n':
-				p.line++ // continuation
-			default:
-				p.value.WriteByte('\\')
-				p.value.WriteByte(c)
-			}
+		case stPreKey, stKey:
+			st, err = p.keyByte(st, c)
+		case stPreValue, stValue, stValueEscape:
+			st, err = p.valueByte(st, c)
+		case stSingle, stDouble, stDoubleEscape:
+			st = p.quotedByte(st, c)
 		case stComment:
 			// systemd ≥ 254 ends a comment at the newline even after a
 			// backslash; so does this parser.
@@ -226,24 +120,163 @@ func (p *envParser) parse(data []byte) ([]EnvVar, error) {
 				st = stPreKey
 			}
 		}
+		if err != nil {
+			return nil, err
+		}
 	}
-	switch st {
-	case stKey:
-		return nil, p.noEquals()
-	case stSingle:
-		return nil, p.fail(p.quoteLine, "single quote opened here is never closed")
-	case stDouble, stDoubleEscape:
-		return nil, p.fail(p.quoteLine, "double quote opened here is never closed")
-	case stPreValue, stValueEscape:
-		if err := p.push(false); err != nil {
-			return nil, err
-		}
-	case stValue:
-		if err := p.push(true); err != nil {
-			return nil, err
-		}
+	if err := p.end(st); err != nil {
+		return nil, err
 	}
 	return p.out, nil
+}
+
+// keyByte reads c before the '=' of an assignment.
+func (p *envParser) keyByte(st envState, c byte) (envState, error) {
+	if st == stPreKey {
+		switch {
+		case c == '#' || c == ';':
+			return stComment, nil
+		case isEnvNewline(c):
+			p.line++
+		case c == '=': // no key at all; push reports it
+			p.startLine = p.line
+			p.key.Reset()
+			p.value.Reset()
+			p.keyEnd, p.valueEnd = -1, -1
+			return stPreValue, nil
+		case !isEnvWhitespace(c):
+			p.startLine = p.line
+			p.key.Reset()
+			p.value.Reset()
+			p.keyEnd = -1
+			p.key.WriteByte(c)
+			return stKey, nil
+		}
+		return st, nil
+	}
+	switch {
+	case isEnvNewline(c):
+		return st, p.noEquals()
+	case c == '=':
+		p.valueEnd = -1
+		return stPreValue, nil
+	default:
+		if !isEnvWhitespace(c) {
+			p.keyEnd = -1
+		} else if p.keyEnd < 0 {
+			p.keyEnd = p.key.Len()
+		}
+		p.key.WriteByte(c)
+	}
+	return st, nil
+}
+
+// valueByte reads c of an unquoted value, or between quoted pieces.
+func (p *envParser) valueByte(st envState, c byte) (envState, error) {
+	switch st {
+	case stPreValue:
+		switch {
+		case isEnvNewline(c):
+			if err := p.push(false); err != nil {
+				return st, err
+			}
+			p.line++
+			return stPreKey, nil
+		case c == '\'':
+			p.quoteLine = p.line
+			return stSingle, nil
+		case c == '"':
+			p.quoteLine = p.line
+			return stDouble, nil
+		case c == '\\':
+			return stValueEscape, nil
+		case !isEnvWhitespace(c):
+			p.value.WriteByte(c)
+			return stValue, nil
+		}
+	case stValue:
+		switch {
+		case isEnvNewline(c):
+			if err := p.push(true); err != nil {
+				return st, err
+			}
+			p.line++
+			return stPreKey, nil
+		case c == '\\':
+			p.valueEnd = -1
+			return stValueEscape, nil
+		default:
+			if !isEnvWhitespace(c) {
+				p.valueEnd = -1
+			} else if p.valueEnd < 0 {
+				p.valueEnd = p.value.Len()
+			}
+			p.value.WriteByte(c)
+		}
+	case stValueEscape:
+		if isEnvNewline(c) {
+			p.line++ // continuation: the newline is dropped
+		} else {
+			p.value.WriteByte(c)
+		}
+		return stValue, nil
+	}
+	return st, nil
+}
+
+// quotedByte reads c inside single or double quotes.
+func (p *envParser) quotedByte(st envState, c byte) envState {
+	switch st {
+	case stSingle:
+		if c == '\'' {
+			return stPreValue
+		}
+		if c == '\n' {
+			p.line++
+		}
+		p.value.WriteByte(c)
+	case stDouble:
+		switch c {
+		case '"':
+			return stPreValue
+		case '\\':
+			return stDoubleEscape
+		default:
+			if c == '\n' {
+				p.line++
+			}
+			p.value.WriteByte(c)
+		}
+	case stDoubleEscape:
+		switch c {
+		case '"', '\\', '`', '$':
+			p.value.WriteByte(c)
+		case '\n':
+			p.line++ // continuation
+		default:
+			p.value.WriteByte('\\')
+			p.value.WriteByte(c)
+		}
+		return stDouble
+	}
+	return st
+}
+
+// end handles the end of the file in state st.
+func (p *envParser) end(st envState) error {
+	switch st {
+	case stKey:
+		return p.noEquals()
+	case stSingle:
+		return p.fail(p.quoteLine, "single quote opened here is never closed")
+	case stDouble, stDoubleEscape:
+		return p.fail(p.quoteLine, "double quote opened here is never closed")
+	case stPreValue, stValueEscape:
+		return p.push(false)
+	case stValue:
+		return p.push(true)
+	}
+	return nil
 }
 
 // push records the assignment being read. trimValue drops trailing white
