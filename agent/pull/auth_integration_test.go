@@ -39,9 +39,9 @@ func basic(user, pass string) map[string]string {
 	return map[string]string{"auth": base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))}
 }
 
-// pullOne pulls the images of rts under prefix through engine with the
+// pullOne pulls the images of rts under prefix through eng with the
 // credentials opts selects, logging into logs.
-func pullOne(t *testing.T, engine engine.Engine, prefix string, rts []string, opts auth.Options, logs io.Writer) []pull.PullResult {
+func pullOne(t *testing.T, eng engine.Engine, prefix string, rts []string, opts auth.Options, logs io.Writer) []pull.PullResult {
 	t.Helper()
 	cfg, err := config.LoadConfig("t", nil, func(k string) string {
 		return map[string]string{config.KeyRegistry: prefix, config.KeyRuntimes: strings.Join(rts, ",")}[k]
@@ -56,7 +56,7 @@ func pullOne(t *testing.T, engine engine.Engine, prefix string, rts []string, op
 	opts.Logger = log
 	sel, err := auth.NewSelector(opts)
 	must(t, err)
-	p, err := pull.NewPuller(engine, sel, log, pull.PullerOptions{Timeouts: pull.PullTimeouts{Overall: 2 * time.Minute}})
+	p, err := pull.NewPuller(eng, sel, log, pull.PullerOptions{Timeouts: pull.PullTimeouts{Overall: 2 * time.Minute}})
 	must(t, err)
 	return p.PullAll(ctxT(t), imgs, nil)
 }
@@ -265,7 +265,7 @@ func TestAuthECREndToEnd(t *testing.T) {
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
 	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
-	engine, err := engine.NewDockerEngine(config.DockerEndpoint{Host: own.DockerHost})
+	eng, err := engine.NewDockerEngine(config.DockerEndpoint{Host: own.DockerHost})
 	must(t, err)
 	_, port, _ := strings.Cut(reg.Addr, ":")
 	prefix := ecrHost + ":" + port + "/molecule-ai"
@@ -273,7 +273,7 @@ func TestAuthECREndToEnd(t *testing.T) {
 	auth.RouteECRLogs(slog.New(slog.NewTextHandler(logs, nil)))
 	opts := auth.Options{ECRCacheDir: t.TempDir(), GHCRUser: "gh-bot", GHCRToken: auth.NewSecret("gh-s3cret")}
 
-	rs := pullOne(t, engine, prefix, []string{"codex", "hermes"}, opts, logs)
+	rs := pullOne(t, eng, prefix, []string{"codex", "hermes"}, opts, logs)
 	for _, r := range rs {
 		if r.Err != nil || r.Digest != seed[r.Image.Runtime].Digest {
 			t.Fatalf("%s: %v", r.Image.Runtime, r.Err)
@@ -288,14 +288,14 @@ func TestAuthECREndToEnd(t *testing.T) {
 	// Past half the token's life (ecr-login reads the real clock): a new
 	// token before the next pull.
 	time.Sleep(time.Until(rs[0].CredentialsExpire.Add(-life/2 + 400*time.Millisecond)))
-	renewed := pullOne(t, engine, prefix, []string{"codex"}, opts, logs)
+	renewed := pullOne(t, eng, prefix, []string{"codex"}, opts, logs)
 	if renewed[0].Err != nil || api.Calls() != 2 {
 		t.Fatalf("after half the token's life: %v, %d API calls", renewed[0].Err, api.Calls())
 	}
 	// The API fails and the cached token expires: an auth failure with the cause logged.
 	api.Fail(500, "ServerException")
 	time.Sleep(time.Until(renewed[0].CredentialsExpire.Add(400 * time.Millisecond)))
-	rs = pullOne(t, engine, prefix, []string{"codex"}, opts, logs)
+	rs = pullOne(t, eng, prefix, []string{"codex"}, opts, logs)
 	if pull.ClassOf(rs[0].Err) != pull.ClassAuth || !strings.Contains(rs[0].Err.Error(), "expired at") {
 		t.Fatalf("expired token: %v (%s)", rs[0].Err, pull.ClassOf(rs[0].Err))
 	}
@@ -322,15 +322,15 @@ func TestAuthGHCRUnderItsRealName(t *testing.T) {
 	_, err = own.StartRegistry(ctxT(t), "ghcr", testbed.RegistryOptions{Addr: "127.0.0.1:80", InBedNetwork: true, Root: plain.Root,
 		Htpasswd: htpasswd(t, map[string]string{"gh-bot": "gh-token-s3cret"})})
 	must(t, err)
-	engine, err := engine.NewDockerEngine(config.DockerEndpoint{Host: own.DockerHost})
+	eng, err := engine.NewDockerEngine(config.DockerEndpoint{Host: own.DockerHost})
 	must(t, err)
 	logs := &testbed.Buffer{}
-	rs := pullOne(t, engine, "ghcr.io/molecule-ai", []string{"codex"}, auth.Options{GHCRUser: "gh-bot", GHCRToken: auth.NewSecret("gh-token-s3cret")}, logs)
+	rs := pullOne(t, eng, "ghcr.io/molecule-ai", []string{"codex"}, auth.Options{GHCRUser: "gh-bot", GHCRToken: auth.NewSecret("gh-token-s3cret")}, logs)
 	if rs[0].Err != nil || rs[0].Digest != seed["codex"].Digest || rs[0].Source != auth.SourceGHCREnv {
 		t.Fatalf("ghcr.io with GHCR_USER/GHCR_TOKEN: %+v", rs[0])
 	}
 	for name, o := range map[string]auth.Options{"no credentials": {}, "wrong token": {GHCRUser: "gh-bot", GHCRToken: auth.NewSecret("wrong-s3cret")}} {
-		rs := pullOne(t, engine, "ghcr.io/molecule-ai", []string{"codex"}, o, logs)
+		rs := pullOne(t, eng, "ghcr.io/molecule-ai", []string{"codex"}, o, logs)
 		if pull.ClassOf(rs[0].Err) != pull.ClassAuth {
 			t.Errorf("%s: %v (%s)", name, rs[0].Err, pull.ClassOf(rs[0].Err))
 		}

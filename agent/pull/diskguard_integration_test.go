@@ -24,9 +24,9 @@ func TestDiskGuardRefusesWhatCannotFit(t *testing.T) {
 	must(t, err)
 	_, err = f.bed.Seed(ctxT(t), f.reg, f.ns, []string{"crewai"}, testbed.SeedOptions{BaseSize: 256 << 10, LayerSize: 96 << 20})
 	must(t, err)
-	engine, err := engine.NewDockerEngine(config.DockerEndpoint{Host: small.DockerHost})
+	eng, err := engine.NewDockerEngine(config.DockerEndpoint{Host: small.DockerHost})
 	must(t, err)
-	root, err := engine.RootDir(ctxT(t))
+	root, err := eng.RootDir(ctxT(t))
 	must(t, err)
 	free := func() int64 {
 		var st syscall.Statfs_t
@@ -41,7 +41,7 @@ func TestDiskGuardRefusesWhatCannotFit(t *testing.T) {
 	imgs, err := cfg.Images()
 	must(t, err)
 	sel, _ := auth.NewSelector(auth.Options{})
-	p, err := pull.NewPuller(engine, sel, slog.New(slog.NewTextHandler(io.Discard, nil)), pull.PullerOptions{DiskGuard: true, DiskMargin: 1 << 20, Concurrency: 1})
+	p, err := pull.NewPuller(eng, sel, slog.New(slog.NewTextHandler(io.Discard, nil)), pull.PullerOptions{DiskGuard: true, DiskMargin: 1 << 20, Concurrency: 1})
 	must(t, err)
 	big := p.Pull(ctxT(t), imgs[1], nil)
 	if pull.ClassOf(big.Err) != pull.ClassDisk || !strings.Contains(big.Err.Error(), "only") {
@@ -56,5 +56,5 @@ func TestDiskGuardRefusesWhatCannotFit(t *testing.T) {
 			t.Errorf("%s: %v", imgs[i].Runtime, r.Err)
 		}
 	}
-	must(t, engine.Ping(ctxT(t)))
+	must(t, eng.Ping(ctxT(t)))
 }

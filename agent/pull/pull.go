@@ -214,8 +214,8 @@ type Puller struct {
 }
 
 // NewPuller returns a Puller.
-func NewPuller(engine engine.Engine, authz Authorizer, logger *slog.Logger, opts PullerOptions) (*Puller, error) {
-	if engine == nil || authz == nil || logger == nil {
+func NewPuller(e engine.Engine, authz Authorizer, logger *slog.Logger, opts PullerOptions) (*Puller, error) {
+	if e == nil || authz == nil || logger == nil {
 		return nil, errors.New("NewPuller: engine, authorizer and logger are required")
 	}
 	if opts.Concurrency < 0 {
@@ -227,7 +227,7 @@ func NewPuller(engine engine.Engine, authz Authorizer, logger *slog.Logger, opts
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	p := &Puller{engine: engine, auth: authz, log: logger.With("component", "puller"), opts: opts}
+	p := &Puller{engine: e, auth: authz, log: logger.With("component", "puller"), opts: opts}
 	if opts.DiskGuard {
 		p.disk = &diskGuard{margin: opts.DiskMargin, platform: config.PlatformOrDefault(opts.Platform)}
 	}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 	"text/tabwriter"
 
@@ -53,35 +54,20 @@ each runtime: how to prove a mirror complete before a flip.`)
 		}
 		prefixes = append(prefixes, q)
 	}
-	engine, err := engine.NewDockerEngine(cfg.DockerEndpoint())
+	eng, err := engine.NewDockerEngine(cfg.DockerEndpoint())
 	if err != nil {
 		return usageErr(err)
 	}
-	defer engine.Close()
+	defer eng.Close()
 	config.WarnDockerSocketOwner(env.log, cfg.DockerHost)
-	if err := engine.Ping(ctx); err != nil {
+	if err := eng.Ping(ctx); err != nil {
 		return &exitError{code: checkUnreachable, err: err}
 	}
-	platform := cfg.TargetPlatform()
-	var reports []pull.CheckReport
-	for _, p := range prefixes {
-		pc := cfg
-		pc.Prefix = p
-		images, err := pc.Images()
-		if err != nil {
-			return usageErr(err)
-		}
-		sel, err := c.authorizer(pc, getenv, env.log)
-		if err != nil {
-			return err
-		}
-		// Check only asks the registry (Remote): the timeouts of a pull
-		// do not apply.
-		puller, err := pull.NewPuller(engine, sel, env.log, pull.OptionsFor(pc, 0, pull.PullTimeouts{}))
-		if err != nil {
-			return err
-		}
-		reports = append(reports, pull.Check(ctx, puller, p, platform, images))
+	reports, err := checkPrefixes(ctx, eng, cfg, prefixes, func(pc config.Config) (pull.Authorizer, error) {
+		return c.authorizer(pc, getenv, env.log)
+	}, env.log)
+	if err != nil {
+		return err
 	}
 	ok := true
 	for _, r := range reports {
@@ -95,14 +81,7 @@ each runtime: how to prove a mirror complete before a flip.`)
 		}
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		doc := struct {
-			OK      bool               `json:"ok"`
-			Reports []pull.CheckReport `json:"reports"`
-			Parity  map[string]string  `json:"parity,omitempty"`
-		}{ok, reports, parityLabels(parity)}
-		if err := enc.Encode(doc); err != nil {
+		if err := printCheckJSON(stdout, ok, reports, parity); err != nil {
 			return err
 		}
 	} else {
@@ -112,6 +91,45 @@ each runtime: how to prove a mirror complete before a flip.`)
 		return &exitError{code: checkFailed}
 	}
 	return nil
+}
+
+// checkPrefixes checks cfg's image set under each of prefixes, with the
+// credentials authz chooses for each.
+func checkPrefixes(ctx context.Context, eng engine.Engine, cfg config.Config, prefixes []string, authz func(config.Config) (pull.Authorizer, error), log *slog.Logger) ([]pull.CheckReport, error) {
+	platform := cfg.TargetPlatform()
+	var reports []pull.CheckReport
+	for _, p := range prefixes {
+		pc := cfg
+		pc.Prefix = p
+		images, err := pc.Images()
+		if err != nil {
+			return nil, usageErr(err)
+		}
+		sel, err := authz(pc)
+		if err != nil {
+			return nil, err
+		}
+		// Check only asks the registry (Remote): the timeouts of a pull
+		// do not apply.
+		puller, err := pull.NewPuller(eng, sel, log, pull.OptionsFor(pc, 0, pull.PullTimeouts{}))
+		if err != nil {
+			return nil, err
+		}
+		reports = append(reports, pull.Check(ctx, puller, p, platform, images))
+	}
+	return reports, nil
+}
+
+// printCheckJSON is 'check --json'.
+func printCheckJSON(w io.Writer, ok bool, reports []pull.CheckReport, parity map[string]pull.Parity) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	doc := struct {
+		OK      bool               `json:"ok"`
+		Reports []pull.CheckReport `json:"reports"`
+		Parity  map[string]string  `json:"parity,omitempty"`
+	}{ok, reports, parityLabels(parity)}
+	return enc.Encode(doc)
 }
 
 func printCheck(w io.Writer, reports []pull.CheckReport, parity map[string]pull.Parity) {

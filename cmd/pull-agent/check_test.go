@@ -62,7 +62,7 @@ func TestCheckMirrorParity(t *testing.T) {
 	}
 	code, out, _ = check(mirror.Prefix("drift"), "--json")
 	var doc struct {
-		OK     bool                   `json:"ok"`
+		OK     bool              `json:"ok"`
 		Parity map[string]string `json:"parity"`
 	}
 	if err := json.Unmarshal([]byte(out), &doc); err != nil {
