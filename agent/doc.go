@@ -1,5 +1,5 @@
-// Package agent owns what pull-agent keeps warm and how: the configuration
-// (env file layered over the process environment), the image set it
-// resolves to, and the puller that brings each image into the Docker daemon
-// and proves it arrived with the digest the registry served.
+// Package agent is the scheduler: it watches the env file, keeps the
+// configured image set warm with the puller (retries, cooldowns, refresh,
+// alias tags, pruning), and publishes what it knows as the state document,
+// on the status socket, to Prometheus and to systemd.
 package agent
