@@ -64,13 +64,26 @@ func startAgent(t *testing.T, dockerHost, envFile string, env map[string]string,
 	if mod != nil {
 		mod(&o)
 	}
+	w, err := agent.NewWatcher(o.EnvFile, o.Debounce, o.Logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	o.Changes = w.Changes()
 	a, err := agent.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
+	go func() {
+		var watching sync.WaitGroup
+		watching.Go(func() { w.Run(ctx) })
+		done <- a.Run(ctx)
+		watching.Wait()
+	}()
 	var once sync.Once
 	var runErr error
 	stop := func() error {
@@ -394,11 +407,12 @@ func TestAgentSurvivesDockerRestartAndAbsence(t *testing.T) {
 	// Docker absent at start: not fatal.
 	must(t, own.StopDockerd())
 	r := startAgent(t, own.DockerHost, path, map[string]string{config.KeyRuntimes: strings.Join(rts, ",")}, nil)
-	testbed.WaitFor(t, "the agent to find Docker unreachable and start anyway", 10*time.Second, func() bool {
-		logs := r.logs.String()
-		return strings.Contains(logs, `msg="docker daemon unreachable"`) && strings.Contains(logs, `msg="agent started"`)
+	// Started: the configuration accepted and the first refresh
+	// scheduled, with Docker seen down.
+	s := r.waitFor(t, "the agent to start with Docker unreachable", 10*time.Second, func(s agent.Snapshot) bool {
+		return !s.NextRefresh.IsZero() && s.Config != nil
 	})
-	if s := r.a.Snapshot(); s.DaemonUp || s.Warm() != 0 {
+	if s.DaemonUp || s.Warm() != 0 {
 		t.Fatalf("with Docker down: %s", describe(s))
 	}
 	must(t, own.StartDockerd(ctxT(t)))
@@ -677,7 +691,13 @@ func TestAgentPrunesThePreviousPrefix(t *testing.T) {
 	must(t, err)
 	writeEnv(t, path, prefixB)
 	r.waitFor(t, "warm on B", 20*time.Second, warmOn(prefixB, seedB))
-	testbed.WaitFor(t, "the previous prefix pruned", 10*time.Second, func() bool { return strings.Contains(r.logs.String(), "previous prefix pruned") })
+	// A prune ends by dropping what it removed from the record of pulled
+	// images.
+	testbed.WaitFor(t, "the previous prefix pruned", 10*time.Second, func() bool {
+		data, err := os.ReadFile(filepath.Join(dir, "pulled.json"))
+		return err == nil && !strings.Contains(string(data), config.ImageRef(prefixA, "autogen")) &&
+			!strings.Contains(string(data), config.ImageRef(prefixA, "crewai"))
+	})
 	present := func(ref string) bool {
 		_, err := f.engine.ImageInspect(ctxT(t), ref)
 		return err == nil

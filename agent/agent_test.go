@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
@@ -26,7 +27,7 @@ func TestBackoffIsFullJitterUnderADoublingCap(t *testing.T) {
 	for n, ceil := range caps {
 		var lo, hi time.Duration = ceil, 0
 		for range 2000 {
-			d := backoff(p, n)
+			d := backoff(p, n, rand.Float64)
 			if d < 0 || d > ceil {
 				t.Fatalf("try %d: delay %s outside [0, %s]", n, d, ceil)
 			}
@@ -43,7 +44,7 @@ func TestEqualJitterHasAFloor(t *testing.T) {
 	p := RetryPolicy{Initial: 30 * time.Second, Max: 10 * time.Minute}
 	for n, ceil := range map[int]time.Duration{1: 30 * time.Second, 3: 2 * time.Minute, 20: 10 * time.Minute} {
 		for range 1000 {
-			if d := equalJitter(p, n); d < ceil/2 || d > ceil {
+			if d := equalJitter(p, n, rand.Float64); d < ceil/2 || d > ceil {
 				t.Fatalf("strike %d: %s outside [%s, %s]", n, d, ceil/2, ceil)
 			}
 		}
@@ -66,9 +67,9 @@ func TestRetryAfterInMessage(t *testing.T) {
 }
 
 func TestJitterStaysWithinTenPercent(t *testing.T) {
-	a := &Agent{}
+	l := &loop{opts: Options{Random: rand.Float64}}
 	for range 1000 {
-		d := a.jitter(15 * time.Minute)
+		d := l.jitter(15 * time.Minute)
 		if d < 810*time.Second || d > 990*time.Second {
 			t.Fatalf("jitter gave %s", d)
 		}
@@ -141,9 +142,10 @@ func TestStatusDoesNotWaitForTheEnvFile(t *testing.T) {
 	if err := os.WriteFile(env, []byte(config.KeyRegistry+"=r.test/x\n"+config.KeyRuntimes+"=codex\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	changes := make(chan struct{}, 1)
 	a, err := New(Options{
 		EnvFile:       env,
-		Debounce:      10 * time.Millisecond,
+		Changes:       changes,
 		Getenv:        func(string) string { return "" },
 		NewEngine:     func(config.DockerEndpoint) (engine.Engine, error) { return goodEngine(), nil },
 		NewAuthorizer: func(config.Config) (pull.Authorizer, error) { return anonymous{}, nil },
@@ -163,9 +165,7 @@ func TestStatusDoesNotWaitForTheEnvFile(t *testing.T) {
 	}
 	waitPrefix := func(want string) {
 		t.Helper()
-		if !waitFor(5*time.Second, func() bool { return prefix() == want }) {
-			t.Fatalf("prefix %q, want %q", prefix(), want)
-		}
+		testbed.WaitFor(t, "prefix "+want, 5*time.Second, func() bool { return prefix() == want })
 	}
 	waitPrefix("r.test/x")
 
@@ -182,9 +182,8 @@ func TestStatusDoesNotWaitForTheEnvFile(t *testing.T) {
 	// the agent then waits in read until it is closed.
 	writer := func() (*os.File, error) { return os.OpenFile(env, os.O_WRONLY|syscall.O_NONBLOCK, 0) }
 	var w *os.File
-	if !waitFor(5*time.Second, func() bool { w, err = writer(); return err == nil }) {
-		t.Fatalf("the agent never read the env file after it changed: %v", err)
-	}
+	changes <- struct{}{}
+	testbed.WaitFor(t, "the agent to open the env file after it changed", 5*time.Second, func() bool { w, err = writer(); return err == nil })
 	// Whatever happens below, every later read of the FIFO ends (on an
 	// empty file, which is refused), so that Run can stop.
 	defer func() {

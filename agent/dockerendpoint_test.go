@@ -46,34 +46,35 @@ func TestAgentDockerEndpoint(t *testing.T) {
 		Logger:        slog.New(slog.NewTextHandler(&logs, nil)),
 	})
 	mustNil(t, err)
-	a.initialEnv()
+	l := newLoop(a)
+	l.initialEnv()
 
 	write(config.KeyRuntimes + "=codex\nDOCKER_HOST=tcp://203.0.113.7:2375\n")
-	a.loadConfig(true, false)
-	if a.cfg != nil || len(endpoints) != 0 || a.cfgErr == nil || !strings.Contains(a.cfgErr.Error(), "clear text") {
-		t.Fatalf("a remote DOCKER_HOST without TLS at start: cfg %v, engines %v, error %v", a.cfg, endpoints, a.cfgErr)
+	l.loadConfig(true, false)
+	if l.cfg != nil || len(endpoints) != 0 || l.cfgErr == nil || !strings.Contains(l.cfgErr.Error(), "clear text") {
+		t.Fatalf("a remote DOCKER_HOST without TLS at start: cfg %v, engines %v, error %v", l.cfg, endpoints, l.cfgErr)
 	}
 
 	write(config.KeyRuntimes + "=codex\nDOCKER_HOST=tcp://203.0.113.7:2376\nDOCKER_TLS_VERIFY=1\nDOCKER_CERT_PATH=" + certs + "\n")
-	a.loadConfig(false, false)
+	l.loadConfig(false, false)
 	want := config.DockerEndpoint{Host: "tcp://203.0.113.7:2376", TLSVerify: true, CertPath: certs}
-	if a.cfg == nil || len(endpoints) != 1 || endpoints[0] != want {
-		t.Fatalf("with TLS: cfg %v, engines %+v, error %v", a.cfg, endpoints, a.cfgErr)
+	if l.cfg == nil || len(endpoints) != 1 || endpoints[0] != want {
+		t.Fatalf("with TLS: cfg %v, engines %+v, error %v", l.cfg, endpoints, l.cfgErr)
 	}
 
 	write(config.KeyRuntimes + "=codex,hermes\nDOCKER_HOST=tcp://203.0.113.7:2376\n")
-	a.loadConfig(false, false)
-	if a.cfgErr == nil || len(a.cfg.Runtimes) != 1 || a.cfg.DockerEndpoint() != want {
-		t.Fatalf("TLS dropped: error %v, runtimes %v, endpoint %+v", a.cfgErr, a.cfg.Runtimes, a.cfg.DockerEndpoint())
+	l.loadConfig(false, false)
+	if l.cfgErr == nil || len(l.cfg.Runtimes) != 1 || l.cfg.DockerEndpoint() != want {
+		t.Fatalf("TLS dropped: error %v, runtimes %v, endpoint %+v", l.cfgErr, l.cfg.Runtimes, l.cfg.DockerEndpoint())
 	}
 	if !strings.Contains(logs.String(), "configuration refused; keeping the last good configuration") {
 		t.Fatalf("no refusal logged:\n%s", logs.String())
 	}
 
 	write(config.KeyRuntimes + "=codex,hermes\nDOCKER_HOST=tcp://127.0.0.1:2375\n")
-	a.loadConfig(false, false)
-	if a.cfgErr != nil || len(a.cfg.Runtimes) != 2 || len(endpoints) != 1 || a.cfg.DockerEndpoint() != want {
-		t.Fatalf("another daemon: error %v, runtimes %v, engines %+v, endpoint %+v", a.cfgErr, a.cfg.Runtimes, endpoints, a.cfg.DockerEndpoint())
+	l.loadConfig(false, false)
+	if l.cfgErr != nil || len(l.cfg.Runtimes) != 2 || len(endpoints) != 1 || l.cfg.DockerEndpoint() != want {
+		t.Fatalf("another daemon: error %v, runtimes %v, engines %+v, endpoint %+v", l.cfgErr, l.cfg.Runtimes, endpoints, l.cfg.DockerEndpoint())
 	}
 	if !strings.Contains(logs.String(), "changed; restart the agent to use it") {
 		t.Fatalf("no restart hint logged:\n%s", logs.String())

@@ -1,47 +1,44 @@
 package agent
 
 import (
-	"github.com/molecule-ai/pull-agent/agent/state"
 	"os"
 	"sort"
 	"time"
+
+	"github.com/molecule-ai/pull-agent/agent/state"
 )
 
-// Document builds the state document from the agent's state.
+// Document builds the state document from the agent's published view.
 func (a *Agent) Document() state.StateDoc {
-	s := a.Snapshot()
-	a.mu.Lock()
-	hosts := make(map[string]state.HostDoc, len(a.hostInfo))
-	for h, hd := range a.hostInfo {
-		hosts[h] = hd
-	}
-	lastReconcile := a.lastReconcile
-	a.mu.Unlock()
+	return a.view.Load().document(a, a.opts.Clock.Now())
+}
 
-	doc := state.StateDoc{SchemaVersion: state.SchemaVersion, WrittenAt: time.Now().UTC()}
+// document is the state document of v, written at now.
+func (v *view) document(a *Agent, now time.Time) state.StateDoc {
+	s := v.snapshot()
 	ad := state.AgentDoc{
 		Version: a.opts.Version, PID: os.Getpid(), StartedAt: a.started.UTC(), EnvFile: a.opts.EnvFile,
 		ConfigLoadedAt: tp(s.ConfigAt), ConfigOK: s.Config != nil && s.ConfigError == "", ConfigError: s.ConfigError,
-		DockerUp: s.DaemonUp, LastReconcile: tp(lastReconcile), NextRefresh: tp(s.NextRefresh),
+		DockerUp: s.DaemonUp, LastReconcile: tp(v.lastReconcile), NextRefresh: tp(s.NextRefresh),
 		Warm: s.Warm(), Total: len(s.Images),
 	}
 	if s.Config != nil {
 		ad.Prefix, ad.Platform = s.Config.Prefix, s.Config.Platform
 	}
-	doc.Agent = ad
+	doc := state.StateDoc{SchemaVersion: state.SchemaVersion, WrittenAt: now.UTC(), Agent: ad}
+	hosts := make(map[string]state.HostDoc, len(v.hosts))
 	for _, i := range s.Images {
 		h := i.Image.Host()
-		if _, ok := hosts[h]; !ok {
-			hosts[h] = state.HostDoc{Host: h, CredentialSource: a.describeHost(h)}
-		}
+		hosts[h] = v.hosts[h]
 		doc.Images = append(doc.Images, imageDoc(i))
 	}
 	for h, until := range s.Cooldowns {
 		hd := hosts[h]
-		hd.Host, hd.CooldownUntil = h, tp(until)
+		hd.CooldownUntil = tp(until)
 		hosts[h] = hd
 	}
-	for _, hd := range hosts {
+	for h, hd := range hosts {
+		hd.Host = h
 		doc.Hosts = append(doc.Hosts, hd)
 	}
 	sort.Slice(doc.Hosts, func(i, j int) bool { return doc.Hosts[i].Host < doc.Hosts[j].Host })

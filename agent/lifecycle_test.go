@@ -7,6 +7,7 @@ import (
 	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/agent/state"
+	"github.com/molecule-ai/pull-agent/internal/testbed"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -37,38 +38,41 @@ func blockingEngine(slow string) *fakeEngine {
 }
 
 // lifecycleAgent is an agent on a fake engine, with its env file, state
-// file and record of pulled images in a temporary directory.
-func lifecycleAgent(t *testing.T, e engine.Engine) *Agent {
+// file and record of pulled images in a temporary directory. run runs it
+// as cmd does: with a Watcher of the env file, joined before run returns.
+func lifecycleAgent(t *testing.T, e engine.Engine) (a *Agent, run func(context.Context) error) {
 	t.Helper()
 	dir := t.TempDir()
 	env := filepath.Join(dir, "env")
 	if err := os.WriteFile(env, []byte(config.KeyRegistry+"=r.test/x\n"+config.KeyRuntimes+"=codex,crewai,hermes\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(Options{
+	log := slog.New(slog.DiscardHandler)
+	w, err := NewWatcher(env, 10*time.Millisecond, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err = New(Options{
 		EnvFile:       env,
+		Changes:       w.Changes(),
 		StateFile:     filepath.Join(dir, state.StateFileName),
 		PulledFile:    filepath.Join(dir, "pulled.json"),
 		Getenv:        func(string) string { return "" },
 		NewEngine:     func(config.DockerEndpoint) (engine.Engine, error) { return e, nil },
 		NewAuthorizer: func(config.Config) (pull.Authorizer, error) { return anonymous{}, nil },
-		Logger:        slog.New(slog.DiscardHandler),
+		Logger:        log,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a
-}
-
-// waitFor polls cond until it holds or d has passed.
-func waitFor(d time.Duration, cond func() bool) bool {
-	for deadline := time.Now().Add(d); ; time.Sleep(5 * time.Millisecond) {
-		if cond() {
-			return true
+	return a, func(ctx context.Context) error {
+		if err := w.Start(); err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			return false
-		}
+		var watching sync.WaitGroup
+		defer watching.Wait()
+		watching.Go(func() { w.Run(ctx) })
+		return a.Run(ctx)
 	}
 }
 
@@ -89,7 +93,7 @@ func baseline(t *testing.T) state.Counts {
 // may still be on its way out), and shows what is still running.
 func noGoroutinesLeft(t *testing.T, before state.Counts) {
 	t.Helper()
-	if waitFor(2*time.Second, func() bool { return runtime.NumGoroutine() <= before.Goroutines }) {
+	if testbed.Poll(2*time.Second, func() bool { return runtime.NumGoroutine() <= before.Goroutines }) {
 		return
 	}
 	buf := make([]byte, 1<<20)
@@ -104,7 +108,7 @@ func noGoroutinesLeft(t *testing.T, before state.Counts) {
 // to the 5 s header timeout).
 func TestRunAndServeLeaveNothingBehind(t *testing.T) {
 	before := baseline(t)
-	a := lifecycleAgent(t, blockingEngine("codex"))
+	a, run := lifecycleAgent(t, blockingEngine("codex"))
 	ln, err := ListenStatus(filepath.Join(t.TempDir(), "status.sock"))
 	if err != nil {
 		t.Fatal(err)
@@ -113,7 +117,7 @@ func TestRunAndServeLeaveNothingBehind(t *testing.T) {
 	defer cancel()
 	ran, served := make(chan error, 1), make(chan struct{})
 	go func() { a.Serve(ctx, ln, slog.New(slog.DiscardHandler)); close(served) }()
-	go func() { ran <- a.Run(ctx) }()
+	go func() { ran <- run(ctx) }()
 
 	silent, err := net.Dial("unix", ln.Addr().String())
 	if err != nil {
@@ -128,9 +132,7 @@ func TestRunAndServeLeaveNothingBehind(t *testing.T) {
 		}
 		return false
 	}
-	if !waitFor(5*time.Second, inFlight) {
-		t.Fatal("the slow pull never started")
-	}
+	testbed.WaitFor(t, "the slow pull to start", 5*time.Second, inFlight)
 	// The status server has accepted the silent client once it answers
 	// the next one.
 	if c, err := net.Dial("unix", ln.Addr().String()); err != nil {
@@ -192,7 +194,7 @@ func TestRunStartStopCycles(t *testing.T) {
 	before := baseline(t)
 	e := blockingEngine("hermes")
 	for i := range 100 {
-		a := lifecycleAgent(t, e)
+		a, run := lifecycleAgent(t, e)
 		ln, err := ListenStatus(filepath.Join(t.TempDir(), "status.sock"))
 		if err != nil {
 			t.Fatal(err)
@@ -233,7 +235,7 @@ func TestRunStartStopCycles(t *testing.T) {
 		})
 		running.Go(func() { a.Serve(ctx, ln, slog.New(slog.DiscardHandler)) })
 		ran := make(chan error, 1)
-		running.Go(func() { ran <- a.Run(ctx) })
+		running.Go(func() { ran <- run(ctx) })
 		time.Sleep(time.Duration(rand.IntN(8000)) * time.Microsecond)
 		cancel()
 		stopped := make(chan struct{})

@@ -86,7 +86,7 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener, log *slog.Logger) {
 		if r.URL.Query().Has("close_idle") {
 			// Pooled idle connections come and go with load; without
 			// them, what is counted is held by something alive.
-			a.closeIdleConnections()
+			closeIdleConnections(a.view.Load().engine)
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(ProcessCounts())
@@ -122,17 +122,6 @@ func ServeUntil(ctx context.Context, srv *http.Server, ln net.Listener, grace ti
 		return nil
 	}
 	return err
-}
-
-// closeIdleConnections drops the Docker client's idle connections, where
-// the engine has them.
-func (a *Agent) closeIdleConnections() {
-	a.mu.Lock()
-	e := a.engine
-	a.mu.Unlock()
-	if c, ok := e.(interface{ CloseIdleConnections() }); ok {
-		c.CloseIdleConnections()
-	}
 }
 
 // ProcessCounts reads the current counts (file descriptors from

@@ -24,6 +24,67 @@ import (
 
 // runAgent is 'pull-agent run': the long-running agent.
 func runAgent(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	rf, err := parseRunFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := rf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	if err := state.PrepareStateDir(rf.stateDir); err != nil {
+		return err
+	}
+	unlock, err := state.LockStateDir(rf.stateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	ln, err := agent.ListenStatus(rf.statusSocket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(rf.statusSocket)
+	// Whatever ends runAgent stops every goroutine it started and waits
+	// for them (deferred calls run last first): no server answers from a
+	// removed socket or an unlocked state directory.
+	var running sync.WaitGroup
+	defer running.Wait()
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	changes, err := startWatcher(ctx, &running, rf.opts, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	o := wireOptions(rf, getenv, log)
+	o.Changes = changes
+	a, err := agent.New(o)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	running.Go(func() { a.Serve(ctx, ln, log) })
+	if rf.metricsAddr != "" {
+		mln, err := net.Listen("tcp", rf.metricsAddr)
+		if err != nil {
+			return usageErr(fmt.Errorf("--metrics-addr %q: %w", rf.metricsAddr, err))
+		}
+		running.Go(func() { serveMetrics(ctx, mln, a.Metrics().Handler(), agent.DefaultServerTimeouts(), log) })
+	}
+	reloadOnSignal(ctx, &running, a)
+	return a.Run(ctx)
+}
+
+// runFlags are the flags of 'pull-agent run'.
+type runFlags struct {
+	common
+	opts         agent.Options
+	statusSocket string
+	metricsAddr  string
+}
+
+func parseRunFlags(args []string, stderr io.Writer) (runFlags, error) {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	setUsage(fs, stderr, "[--env-file F] [--refresh-interval D] [flags]", `
@@ -33,9 +94,9 @@ its state on the status socket and reports to systemd. A refused env file
 (at start or later) does not stop it: the error is logged and shown by
 'pull-agent status', the last good configuration, if any, stays in force,
 and the agent waits for a good one.`)
-	var c common
-	c.register(fs)
-	o := agent.DefaultOptions()
+	rf := runFlags{opts: agent.DefaultOptions()}
+	rf.register(fs)
+	o := &rf.opts
 	fs.DurationVar(&o.RefreshInterval, "refresh-interval", o.RefreshInterval, "re-pull moving tags this often (±10% jitter)")
 	fs.IntVar(&o.Concurrency, "concurrency", o.Concurrency, "how many images to pull at once")
 	fs.DurationVar(&o.Timeouts.Begin, "pull-begin-timeout", o.Timeouts.Begin, "a pull fails as stalled when the daemon sends nothing for this long after it began")
@@ -46,36 +107,31 @@ and the agent waits for a good one.`)
 	fs.DurationVar(&o.Retry.Max, "retry-max", o.Retry.Max, "largest retry delay ceiling")
 	fs.IntVar(&o.Retry.Attempts, "retry-attempts", o.Retry.Attempts, "transient failures in a row before an image waits for the next refresh")
 	fs.DurationVar(&o.Debounce, "debounce", o.Debounce, "quiet time after an env file event before it is read")
-	statusSocket := fs.String("status-socket", defaultStatusSocket, "unix socket serving the live state (JSON) to 'pull-agent status'")
-	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9464); off when empty")
+	fs.StringVar(&rf.statusSocket, "status-socket", defaultStatusSocket, "unix socket serving the live state (JSON) to 'pull-agent status'")
+	fs.StringVar(&rf.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9464); off when empty")
 	if err := parseFlags(fs, args); err != nil {
-		return err
+		return rf, err
 	}
 	switch {
 	case o.RefreshInterval < 0 || o.Debounce < 0 || o.Retry.Initial < 0 || o.Retry.Max < 0:
-		return usageErr(fmt.Errorf("durations must not be negative"))
+		return rf, usageErr(fmt.Errorf("durations must not be negative"))
 	case o.Concurrency < 1:
-		return usageErr(fmt.Errorf("--concurrency %d: must be 1 or more", o.Concurrency))
+		return rf, usageErr(fmt.Errorf("--concurrency %d: must be 1 or more", o.Concurrency))
 	case o.Retry.Attempts < 0:
-		return usageErr(fmt.Errorf("--retry-attempts %d: must be 0 or more", o.Retry.Attempts))
+		return rf, usageErr(fmt.Errorf("--retry-attempts %d: must be 0 or more", o.Retry.Attempts))
 	case o.Retry.Max < o.Retry.Initial:
-		return usageErr(fmt.Errorf("--retry-max %s is below --retry-initial %s", o.Retry.Max, o.Retry.Initial))
+		return rf, usageErr(fmt.Errorf("--retry-max %s is below --retry-initial %s", o.Retry.Max, o.Retry.Initial))
 	}
-	log, err := c.logger(stderr)
-	if err != nil {
-		return err
-	}
-	if err := state.PrepareStateDir(c.stateDir); err != nil {
-		return err
-	}
-	unlock, err := state.LockStateDir(c.stateDir)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	o.EnvFile = c.envFile
-	o.StateFile = filepath.Join(c.stateDir, state.StateFileName)
-	o.PulledFile = filepath.Join(c.stateDir, "pulled.json")
+	rf.opts.EnvFile = rf.envFile
+	return rf, nil
+}
+
+// wireOptions connects the agent to the state directory, systemd, the
+// Docker daemon and the credential selection.
+func wireOptions(rf runFlags, getenv func(string) string, log *slog.Logger) agent.Options {
+	o := rf.opts
+	o.StateFile = filepath.Join(rf.stateDir, state.StateFileName)
+	o.PulledFile = filepath.Join(rf.stateDir, "pulled.json")
 	o.Version = version
 	o.Getenv = getenv
 	o.Logger = log
@@ -90,36 +146,31 @@ and the agent waits for a good one.`)
 	}
 	auth.RouteECRLogs(log)
 	o.NewAuthorizer = func(cfg config.Config) (pull.Authorizer, error) {
-		return c.authorizer(cfg, getenv, log)
+		return rf.authorizer(cfg, getenv, log)
 	}
-	a, err := agent.New(o)
+	return o
+}
+
+// startWatcher watches the env file until ctx is done, in a goroutine of
+// running, and returns its change notifications.
+func startWatcher(ctx context.Context, running *sync.WaitGroup, o agent.Options, log *slog.Logger) (<-chan struct{}, error) {
+	w, err := agent.NewWatcher(o.EnvFile, o.Debounce, log)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	ln, err := agent.ListenStatus(*statusSocket)
-	if err != nil {
-		return err
+	if err := w.Start(); err != nil {
+		return nil, fmt.Errorf("watching %s: %w", o.EnvFile, err)
 	}
-	defer os.Remove(*statusSocket)
-	// Whatever ends runAgent stops every goroutine it started and waits
-	// for them (deferred calls run last first): no server answers from a
-	// removed socket or an unlocked state directory.
-	var running sync.WaitGroup
-	defer running.Wait()
-	ctx, stop := context.WithCancel(ctx)
-	defer stop()
-	running.Go(func() { a.Serve(ctx, ln, log) })
-	if *metricsAddr != "" {
-		mln, err := net.Listen("tcp", *metricsAddr)
-		if err != nil {
-			return usageErr(fmt.Errorf("--metrics-addr %q: %w", *metricsAddr, err))
-		}
-		running.Go(func() { serveMetrics(ctx, mln, a.Metrics().Handler(), agent.DefaultServerTimeouts(), log) })
-	}
+	running.Go(func() { w.Run(ctx) })
+	return w.Changes(), nil
+}
+
+// reloadOnSignal has the agent reload on SIGHUP until ctx is done.
+func reloadOnSignal(ctx context.Context, running *sync.WaitGroup, a *agent.Agent) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	running.Go(func() {
+		defer signal.Stop(hup)
 		for {
 			select {
 			case <-ctx.Done():
@@ -129,7 +180,6 @@ and the agent waits for a good one.`)
 			}
 		}
 	})
-	return a.Run(ctx)
 }
 
 // defaultStatusSocket is in the unit's RuntimeDirectory.
