@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -11,8 +10,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/opencontainers/go-digest"
 
 	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/engine"
@@ -85,15 +82,7 @@ func TestSnapshotWhileRunStarts(t *testing.T) {
 	if err := os.WriteFile(env, []byte(config.KeyRegistry+"=r.test/x\n"+config.KeyRuntimes+"=codex\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d := digest.FromString("image")
-	e := &fakeEngine{
-		ping: func(context.Context) error { return nil },
-		inspect: func(context.Context, string) (engine.ImageInfo, error) {
-			return engine.ImageInfo{}, engine.ErrImageNotFound
-		},
-		pull:   func(context.Context, string, engine.PullOptions) (io.ReadCloser, error) { return okStream(d), nil },
-		remote: func(context.Context, string) (engine.RemoteInfo, error) { return engine.RemoteInfo{Digest: d}, nil },
-	}
+	e := newScriptEngine(nil)
 	for range 100 {
 		a, err := New(Options{
 			EnvFile:       env,
@@ -147,7 +136,7 @@ func TestStatusDoesNotWaitForTheEnvFile(t *testing.T) {
 		EnvFile:       env,
 		Changes:       changes,
 		Getenv:        func(string) string { return "" },
-		NewEngine:     func(config.DockerEndpoint) (engine.Engine, error) { return goodEngine(), nil },
+		NewEngine:     func(config.DockerEndpoint) (engine.Engine, error) { return newScriptEngine(nil), nil },
 		NewAuthorizer: func(config.Config) (pull.Authorizer, error) { return anonymous{}, nil },
 		Logger:        slog.New(slog.DiscardHandler),
 	})

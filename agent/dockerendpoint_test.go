@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -34,7 +33,7 @@ func TestAgentDockerEndpoint(t *testing.T) {
 	}
 	var logs bytes.Buffer
 	var endpoints []config.DockerEndpoint
-	e := &fakeEngine{ping: func(context.Context) error { return nil }}
+	e := newScriptEngine(nil)
 	a, err := New(Options{
 		EnvFile: envFile,
 		Getenv:  func(string) string { return "" },

@@ -24,17 +24,13 @@ import (
 
 // blockingEngine pulls every image at once but those of runtime slow,
 // whose pulls run until they are cancelled.
-func blockingEngine(slow string) *fakeEngine {
-	e := goodEngine()
-	pull := e.pull
-	e.pull = func(ctx context.Context, ref string, o engine.PullOptions) (io.ReadCloser, error) {
+func blockingEngine(slow string) *scriptEngine {
+	return newScriptEngine(func(ref string, _ int) error {
 		if strings.Contains(ref, slow) {
-			<-ctx.Done()
-			return nil, ctx.Err()
+			return errHang
 		}
-		return pull(ctx, ref, o)
-	}
-	return e
+		return nil
+	})
 }
 
 // lifecycleAgent is an agent on a fake engine, with its env file, state

@@ -128,6 +128,31 @@ func (e *scriptEngine) ImageTag(context.Context, string, string) error          
 func (e *scriptEngine) ContainerImageIDs(context.Context) (map[string]bool, error) { return nil, nil }
 func (e *scriptEngine) RootDir(context.Context) (string, error)                    { return "", nil }
 
+// okStream is the stream of a successful pull of d.
+func okStream(d digest.Digest) io.ReadCloser {
+	return io.NopCloser(strings.NewReader(`{"status":"Pulling from x","id":"latest"}
+{"status":"Pulling fs layer","progressDetail":{},"id":"aaa"}
+{"status":"Downloading","progressDetail":{"current":50,"total":100},"id":"aaa"}
+{"status":"Download complete","progressDetail":{},"id":"aaa"}
+{"status":"Pull complete","progressDetail":{},"id":"aaa"}
+{"status":"Digest: ` + d.String() + `"}
+{"status":"Status: Downloaded newer image for x"}
+`))
+}
+
+// digestOf gives every reference a stable fake digest.
+func digestOf(ref string) digest.Digest {
+	name, _, _ := strings.Cut(ref, ":latest")
+	name, _, _ = strings.Cut(name, "@")
+	return digest.FromString(name)
+}
+
+func repoOf(ref string) string {
+	name, _, _ := strings.Cut(ref, ":latest")
+	name, _, _ = strings.Cut(name, "@")
+	return name
+}
+
 // pullTimes are the times ref was pulled, as offsets from t0.
 func (e *scriptEngine) pullTimes(ref string, t0 time.Time) []time.Duration {
 	e.mu.Lock()
