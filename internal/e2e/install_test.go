@@ -240,16 +240,8 @@ func TestInstallRefusesBeforeChangingAnything(t *testing.T) {
 	}
 	otherSum := sha256.Sum256(other)
 
-	// rawToken writes a token file byte for byte.
-	rawToken := func(content string) string {
-		f := filepath.Join(t.TempDir(), "ghcr-token")
-		if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
 	const ecr = "123456789012.dkr.ecr.us-east-2.amazonaws.com/molecule-ai"
-	goodToken := rawToken("ghp_after\n")
+	goodToken := rawToken(t, "ghp_after\n")
 	type inputs struct {
 		registry, user, token string
 		extra                 []string
@@ -275,10 +267,10 @@ func TestInstallRefusesBeforeChangingAnything(t *testing.T) {
 		code int
 		want string
 	}{
-		{"token with a quote", inputs{token: rawToken("ghp_it's\n")}, 2, "quote"},
-		{"token with a newline inside", inputs{token: rawToken("ghp_one\nghp_two\n")}, 2, "newline"},
-		{"token with a NUL byte", inputs{token: rawToken("ghp_nul\x00after\n")}, 2, "NUL"},
-		{"empty token file", inputs{token: rawToken("\n")}, 2, "empty"},
+		{"token with a quote", inputs{token: rawToken(t, "ghp_it's\n")}, 2, "quote"},
+		{"token with a newline inside", inputs{token: rawToken(t, "ghp_one\nghp_two\n")}, 2, "newline"},
+		{"token with a NUL byte", inputs{token: rawToken(t, "ghp_nul\x00after\n")}, 2, "NUL"},
+		{"empty token file", inputs{token: rawToken(t, "\n")}, 2, "empty"},
 		{"missing token file", inputs{token: filepath.Join(t.TempDir(), "absent")}, 2, "cannot read"},
 		{"token file is a directory", inputs{token: t.TempDir()}, 2, "cannot read"},
 		{"prefix with a quote", inputs{registry: "ghcr.io/o'brien"}, 2, "quote"},
@@ -286,7 +278,7 @@ func TestInstallRefusesBeforeChangingAnything(t *testing.T) {
 		{"user with a newline", inputs{user: "bot\nGHCR_TOKEN=x"}, 2, "newline"},
 		{"wrong --sha256 for --binary", inputs{extra: []string{"--sha256", strings.Repeat("0", 64)}}, 5, "checksum mismatch"},
 		{"--sha256 that is no digest", inputs{extra: []string{"--sha256", "deadbeef"}}, 2, "--sha256"},
-		{"binary that is not ELF", inputs{extra: []string{"--binary", rawToken("#!/bin/sh\n")}}, 6, "not an ELF"},
+		{"binary that is not ELF", inputs{extra: []string{"--binary", rawToken(t, "#!/bin/sh\n")}}, 6, "not an ELF"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -303,6 +295,16 @@ func TestInstallRefusesBeforeChangingAnything(t *testing.T) {
 		t.Fatalf("install with good inputs: %d\n%s", code, out)
 	}
 	checkReinstalled(t, root, before, other, ecr)
+}
+
+// rawToken writes a token file byte for byte.
+func rawToken(t *testing.T, content string) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "ghcr-token")
+	if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
 
 // installed is a root with a previous install of bin, and its tree.
