@@ -32,24 +32,7 @@ func TestECRSharedFetchOutlivesACancelledCaller(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			delay := tt.delay
-			api, err := testbed.NewFakeECR(host, "ecr-pass-s3cret", time.Hour)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer api.Close()
-			awsEnv(t, api.URL)
-			// Without the file cache a second fetch would make a second
-			// API call: one call proves the two callers shared one fetch.
-			t.Setenv("AWS_ECR_DISABLE_CACHE", "true")
-			if tt.role {
-				t.Setenv("AWS_ACCESS_KEY_ID", "")
-				t.Setenv("AWS_SECRET_ACCESS_KEY", "")
-				t.Setenv("AWS_EC2_METADATA_DISABLED", "false")
-				t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", api.URL)
-				api.DelayRole(delay)
-			} else {
-				api.Delay(delay)
-			}
+			api := slowECR(t, host, tt.role, delay)
 			s, _ := NewSelector(Options{ECRCacheDir: t.TempDir()})
 
 			type result struct {
@@ -100,6 +83,32 @@ func TestECRSharedFetchOutlivesACancelledCaller(t *testing.T) {
 			}
 		})
 	}
+}
+
+// slowECR starts a fake ECR API for host that answers after delay: the
+// token call, or with role the instance role's credentials, which the
+// environment then leaves as the only ones. The file cache is off.
+func slowECR(t *testing.T, host string, role bool, delay time.Duration) *testbed.FakeECR {
+	t.Helper()
+	api, err := testbed.NewFakeECR(host, "ecr-pass-s3cret", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { api.Close() })
+	awsEnv(t, api.URL)
+	// Without the file cache a second fetch would make a second
+	// API call: one call proves the two callers shared one fetch.
+	t.Setenv("AWS_ECR_DISABLE_CACHE", "true")
+	if role {
+		t.Setenv("AWS_ACCESS_KEY_ID", "")
+		t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+		t.Setenv("AWS_EC2_METADATA_DISABLED", "false")
+		t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", api.URL)
+		api.DelayRole(delay)
+	} else {
+		api.Delay(delay)
+	}
+	return api
 }
 
 // A token fetch that does not answer ends after the helper timeout, the

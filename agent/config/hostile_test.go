@@ -73,35 +73,43 @@ func TestHostilePrefixes(t *testing.T) {
 		{"123456789012.dkr.ecr.us-east-2.amazonaws.com/molecule-ai", true, "123456789012.dkr.ecr.us-east-2.amazonaws.com/molecule-ai"},
 	}
 	for _, tt := range tests {
-		p, err := ParsePrefix(tt.in)
-		if (err == nil) != tt.ok {
-			t.Errorf("ParsePrefix(%q) = %q, %v; want ok=%v", tt.in, p, err, tt.ok)
-			continue
+		checkHostilePrefix(t, tt.in, tt.ok, tt.want)
+	}
+}
+
+// checkHostilePrefix parses in as a prefix: refused with want in the error
+// unless ok, else accepted as want, building references that parse back
+// to want's images.
+func checkHostilePrefix(t *testing.T, in string, ok bool, want string) {
+	t.Helper()
+	p, err := ParsePrefix(in)
+	if (err == nil) != ok {
+		t.Errorf("ParsePrefix(%q) = %q, %v; want ok=%v", in, p, err, ok)
+		return
+	}
+	if err != nil {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("ParsePrefix(%q): %v; want %q", in, err, want)
 		}
-		if err != nil {
-			if !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("ParsePrefix(%q): %v; want %q", tt.in, err, tt.want)
-			}
-			continue
-		}
-		if p != tt.want {
-			t.Errorf("ParsePrefix(%q) = %q, want %q", tt.in, p, tt.want)
-			continue
-		}
-		// What is accepted reaches the daemon as exactly what was validated.
-		cfg := Config{Prefix: p, Runtimes: []string{"codex"}}
-		imgs, err := cfg.Images()
-		if err != nil {
-			t.Errorf("%q accepted but %v", tt.in, err)
-			continue
-		}
-		want := tt.want + "/workspace-template-codex:latest"
-		if imgs[0].Ref != want {
-			t.Errorf("%q: reference %q, want %q", tt.in, imgs[0].Ref, want)
-		}
-		back, err := reference.ParseNormalizedNamed(imgs[0].Ref)
-		if err != nil || reference.FamiliarString(back) != want {
-			t.Errorf("%q: reference %q parses back as %v (%v), want %q", tt.in, imgs[0].Ref, back, err, want)
-		}
+		return
+	}
+	if p != want {
+		t.Errorf("ParsePrefix(%q) = %q, want %q", in, p, want)
+		return
+	}
+	// What is accepted reaches the daemon as exactly what was validated.
+	cfg := Config{Prefix: p, Runtimes: []string{"codex"}}
+	imgs, err := cfg.Images()
+	if err != nil {
+		t.Errorf("%q accepted but %v", in, err)
+		return
+	}
+	ref := want + "/workspace-template-codex:latest"
+	if imgs[0].Ref != ref {
+		t.Errorf("%q: reference %q, want %q", in, imgs[0].Ref, ref)
+	}
+	back, err := reference.ParseNormalizedNamed(imgs[0].Ref)
+	if err != nil || reference.FamiliarString(back) != ref {
+		t.Errorf("%q: reference %q parses back as %v (%v), want %q", in, imgs[0].Ref, back, err, ref)
 	}
 }

@@ -73,6 +73,20 @@ func TestCheckMirrorParity(t *testing.T) {
 	}
 
 	// A mirror that wants credentials this host lacks.
+	codexOnly := writeFile(t, config.KeyRegistry+"="+ghcr.Prefix("check")+"\n"+config.KeyRuntimes+"=codex\n")
+	checkLockedMirror(t, b, codexOnly)
+	// The daemon unreachable: 2.
+	if code, _, _ := runCLI(t, map[string]string{config.KeyDockerHost: "unix:///nonexistent.sock"}, "check", "--env-file", codexOnly); code != checkUnreachable {
+		t.Errorf("daemon unreachable: exit %d", code)
+	}
+}
+
+// checkLockedMirror compares the images of envFile with a mirror that
+// wants credentials: without them the host's authentication fails, with
+// them in config.json it succeeds, and the password is never shown.
+func checkLockedMirror(t *testing.T, b *testbed.Bed, envFile string) {
+	t.Helper()
+	ctx := context.Background()
 	hp, err := testbed.Htpasswd(map[string]string{"mirror": "mirror-s3cret"})
 	if err != nil {
 		t.Fatal(err)
@@ -82,11 +96,14 @@ func TestCheckMirrorParity(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { locked.Stop() })
+	env := map[string]string{config.KeyDockerHost: b.DockerHost}
+	check := func(q string) (int, string, string) {
+		return runCLI(t, env, "check", "--env-file", envFile, "--compare", q)
+	}
 	if _, err := b.Seed(ctx, locked, "m", []string{"codex"}, testbed.SeedOptions{Username: "mirror", Password: "mirror-s3cret"}); err != nil {
 		t.Fatal(err)
 	}
-	envFile = writeFile(t, config.KeyRegistry+"="+ghcr.Prefix("check")+"\n"+config.KeyRuntimes+"=codex\n")
-	code, out, _ = check(locked.Prefix("m"))
+	code, out, _ := check(locked.Prefix("m"))
 	if code != checkFailed || !strings.Contains(out, "host "+locked.Addr+": anonymous; AUTHENTICATION FAILED") || !strings.Contains(out, "ERROR [auth]") {
 		t.Fatalf("locked mirror: exit %d\n%s", code, out)
 	}
@@ -100,9 +117,5 @@ func TestCheckMirrorParity(t *testing.T) {
 	code, out, _ = check(locked.Prefix("m"))
 	if !strings.Contains(out, "host "+locked.Addr+": config.json auths; authentication ok") || strings.Contains(out, "mirror-s3cret") {
 		t.Fatalf("locked mirror with credentials: exit %d\n%s", code, out)
-	}
-	// The daemon unreachable: 2.
-	if code, _, _ := runCLI(t, map[string]string{config.KeyDockerHost: "unix:///nonexistent.sock"}, "check", "--env-file", envFile); code != checkUnreachable {
-		t.Errorf("daemon unreachable: exit %d", code)
 	}
 }

@@ -114,28 +114,7 @@ func TestPullThroughADaemonThatWantsTLS(t *testing.T) {
 		return map[string]string{"DOCKER_CONFIG": dockerConfig, config.KeyDockerHost: b.TLS.Host, config.KeyDockerTLSVerify: "1", config.KeyDockerCertPath: certDir}
 	}
 
-	t.Run("with TLS", func(t *testing.T) {
-		code, out, errOut := runCLI(t, tlsEnv(b.TLS.CertDir), "pull", "--env-file", f)
-		if code != 0 || !strings.Contains(out, "1/1 images present and verified") {
-			t.Fatalf("pull: exit %d\nstdout %s\nstderr %s", code, out, errOut)
-		}
-		if !strings.Contains(errOut, `auth="config.json auths"`) {
-			t.Errorf("the pull was not a credentialed one:\n%s", errOut)
-		}
-		code, out, errOut = runCLI(t, tlsEnv(b.TLS.CertDir), "check", "--env-file", f)
-		if code != exitOK {
-			t.Fatalf("check: exit %d\nstdout %s\nstderr %s", code, out, errOut)
-		}
-		// The image is in the daemon, as its unix socket shows.
-		e, err := engine.NewDockerEngine(config.DockerEndpoint{Host: b.DockerHost})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer e.Close()
-		if _, err := e.ImageInspect(context.Background(), config.ImageRef(reg.Prefix("molecule-ai"), "codex")); err != nil {
-			t.Fatalf("after the pull through TLS: %v", err)
-		}
-	})
+	t.Run("with TLS", func(t *testing.T) { pullAndCheckThroughTLS(t, b, reg, tlsEnv(b.TLS.CertDir), f) })
 
 	t.Run("run", func(t *testing.T) {
 		envFile := writeFile(t, config.KeyRegistry+"="+reg.Prefix("molecule-ai")+"\n"+config.KeyRuntimes+"=hermes\n")
@@ -189,19 +168,51 @@ func TestPullThroughADaemonThatWantsTLS(t *testing.T) {
 		}, "it does not speak TLS there, and DOCKER_TLS_VERIFY is set"},
 	}
 	for _, tt := range refused {
-		t.Run(tt.name, func(t *testing.T) {
-			env := tt.env()
-			want := "no image can be pulled: cannot reach the Docker daemon at " + env[config.KeyDockerHost] + ": " + strings.ReplaceAll(tt.want, "DIR", env[config.KeyDockerCertPath])
-			code, out, errOut := runCLI(t, env, "pull", "--env-file", f)
-			if code != exitFailed || !strings.HasPrefix(errOut, want) {
-				t.Fatalf("pull: exit %d (want %d)\nstdout %s\nstderr %s\nwant: %s", code, exitFailed, out, errOut, want)
-			}
-			t.Logf("pull: %s", errOut)
-			code, _, errOut = runCLI(t, env, "check", "--env-file", f)
-			if code != checkUnreachable || !strings.Contains(errOut, strings.TrimPrefix(want, "no image can be pulled: ")) {
-				t.Fatalf("check: exit %d (want %d)\nstderr %s", code, checkUnreachable, errOut)
-			}
-		})
+		t.Run(tt.name, func(t *testing.T) { pullAndCheckRefused(t, tt.env(), tt.want, f) })
+	}
+}
+
+// pullAndCheckThroughTLS runs pull and check on f with env, which names
+// the TLS port of b's daemon, and finds the pulled image in that daemon
+// through its unix socket.
+func pullAndCheckThroughTLS(t *testing.T, b *testbed.Bed, reg *testbed.Registry, env map[string]string, f string) {
+	t.Helper()
+	code, out, errOut := runCLI(t, env, "pull", "--env-file", f)
+	if code != 0 || !strings.Contains(out, "1/1 images present and verified") {
+		t.Fatalf("pull: exit %d\nstdout %s\nstderr %s", code, out, errOut)
+	}
+	if !strings.Contains(errOut, `auth="config.json auths"`) {
+		t.Errorf("the pull was not a credentialed one:\n%s", errOut)
+	}
+	code, out, errOut = runCLI(t, env, "check", "--env-file", f)
+	if code != exitOK {
+		t.Fatalf("check: exit %d\nstdout %s\nstderr %s", code, out, errOut)
+	}
+	// The image is in the daemon, as its unix socket shows.
+	e, err := engine.NewDockerEngine(config.DockerEndpoint{Host: b.DockerHost})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := e.ImageInspect(context.Background(), config.ImageRef(reg.Prefix("molecule-ai"), "codex")); err != nil {
+		t.Fatalf("after the pull through TLS: %v", err)
+	}
+}
+
+// pullAndCheckRefused runs pull and check on f with env, under which the
+// daemon cannot be reached: both fail and say why, with want after the
+// daemon's address (DIR standing for env's DOCKER_CERT_PATH).
+func pullAndCheckRefused(t *testing.T, env map[string]string, want, f string) {
+	t.Helper()
+	want = "no image can be pulled: cannot reach the Docker daemon at " + env[config.KeyDockerHost] + ": " + strings.ReplaceAll(want, "DIR", env[config.KeyDockerCertPath])
+	code, out, errOut := runCLI(t, env, "pull", "--env-file", f)
+	if code != exitFailed || !strings.HasPrefix(errOut, want) {
+		t.Fatalf("pull: exit %d (want %d)\nstdout %s\nstderr %s\nwant: %s", code, exitFailed, out, errOut, want)
+	}
+	t.Logf("pull: %s", errOut)
+	code, _, errOut = runCLI(t, env, "check", "--env-file", f)
+	if code != checkUnreachable || !strings.Contains(errOut, strings.TrimPrefix(want, "no image can be pulled: ")) {
+		t.Fatalf("check: exit %d (want %d)\nstderr %s", code, checkUnreachable, errOut)
 	}
 }
 

@@ -74,17 +74,7 @@ func TestPullWithDebiansECRCredentialHelper(t *testing.T) {
 	hosts := write("hosts", "127.0.0.1 localhost\n127.0.0.1 "+apiHost+"\n")
 	envFile := write("pull-agent.env", config.KeyRegistry+"="+registryHost+"/molecule-ai\n"+config.KeyRuntimes+"=codex\nDOCKER_HOST="+own.DockerHost+"\n")
 
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--fork", "--",
-		"/bin/sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`, hosts,
-		os.Args[0], "pull", "--env-file", envFile, "--state-dir", filepath.Join(dir, "state"))
-	cmd.Env = []string{
-		"PULL_AGENT_TEST_MAIN=1", "PATH=" + os.Getenv("PATH"), "HOME=" + dir,
-		"DOCKER_CONFIG=" + filepath.Join(dir, "docker"),
-		"AWS_ACCESS_KEY_ID=AKIDTESTTESTTEST", "AWS_SECRET_ACCESS_KEY=aws-helper-s3cret",
-		"AWS_CA_BUNDLE=" + ca, "AWS_EC2_METADATA_DISABLED=true",
-		"AWS_CONFIG_FILE=" + filepath.Join(dir, "none"), "AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(dir, "none"),
-	}
-	out, err := cmd.CombinedOutput()
+	out, err := pullWithHosts(hosts, envFile, dir, ca)
 	t.Logf("output:\n%s", out)
 	if err != nil {
 		t.Fatalf("pull through docker-credential-ecr-login: %v", err)
@@ -103,4 +93,22 @@ func TestPullWithDebiansECRCredentialHelper(t *testing.T) {
 			t.Errorf("%s leaked into the output", s)
 		}
 	}
+}
+
+// pullWithHosts runs this binary as 'pull-agent pull' on envFile in a
+// private mount namespace whose /etc/hosts is hosts, with an environment
+// of its own: dir as HOME, dir/docker as DOCKER_CONFIG, AWS keys and ca
+// as the AWS CA bundle.
+func pullWithHosts(hosts, envFile, dir, ca string) ([]byte, error) {
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--fork", "--",
+		"/bin/sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`, hosts,
+		os.Args[0], "pull", "--env-file", envFile, "--state-dir", filepath.Join(dir, "state"))
+	cmd.Env = []string{
+		"PULL_AGENT_TEST_MAIN=1", "PATH=" + os.Getenv("PATH"), "HOME=" + dir,
+		"DOCKER_CONFIG=" + filepath.Join(dir, "docker"),
+		"AWS_ACCESS_KEY_ID=AKIDTESTTESTTEST", "AWS_SECRET_ACCESS_KEY=aws-helper-s3cret",
+		"AWS_CA_BUNDLE=" + ca, "AWS_EC2_METADATA_DISABLED=true",
+		"AWS_CONFIG_FILE=" + filepath.Join(dir, "none"), "AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(dir, "none"),
+	}
+	return cmd.CombinedOutput()
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/state"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -53,21 +54,9 @@ func TestRunAgentStopsEverythingItStarted(t *testing.T) {
 			func(k string) string { return env[k] }, io.Discard, io.Discard)
 	}()
 
-	// get asks for path on a new connection and returns the answer.
-	get := func(network, addr, path string) (string, error) {
-		c, err := net.Dial(network, addr)
-		if err != nil {
-			return "", err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		io.WriteString(c, "GET "+path+" HTTP/1.0\r\n\r\n")
-		b, err := io.ReadAll(c)
-		return string(b), err
-	}
 	up := func() bool {
-		s, err1 := get("unix", status, "/status")
-		m, err2 := get("tcp", metrics, "/metrics")
+		s, err1 := getOnce("unix", status, "/status")
+		m, err2 := getOnce("tcp", metrics, "/metrics")
 		return err1 == nil && err2 == nil && strings.Contains(s, `"schema_version"`) && strings.Contains(m, "pull_agent_")
 	}
 	for deadline := time.Now().Add(10 * time.Second); !up(); time.Sleep(20 * time.Millisecond) {
@@ -97,6 +86,27 @@ func TestRunAgentStopsEverythingItStarted(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("run did not return within 15 s of its cancellation")
 	}
+	checkNothingOutlivedRun(t, before, status)
+}
+
+// getOnce asks addr for path on a new connection and returns the answer.
+func getOnce(network, addr, path string) (string, error) {
+	c, err := net.Dial(network, addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET "+path+" HTTP/1.0\r\n\r\n")
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+// checkNothingOutlivedRun fails t if more file descriptors (beyond the
+// test's two silent clients) or goroutines are left than before run, or
+// the status socket is.
+func checkNothingOutlivedRun(t *testing.T, before state.Counts, status string) {
+	t.Helper()
 	// At once: every server connection is closed before run returns. The
 	// test's two silent clients hold one descriptor each.
 	if got := agent.ProcessCounts().FDs; got > before.FDs+2 {

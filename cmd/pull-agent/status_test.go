@@ -96,24 +96,7 @@ func TestStatusThroughTheAgentsLife(t *testing.T) {
 		t.Errorf("--quiet: exit %d %q %q", code, out, errOut)
 	}
 
-	// Metrics after the pull.
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for _, want := range []string{
-		`pull_agent_images{state="warm"} 1`,
-		`pull_agent_pulls_total{class="",result="success"} 1`,
-		`pull_agent_config_loads_total{result="applied"} 1`,
-		`pull_agent_pull_duration_seconds_count 1`,
-		`pull_agent_last_reconcile_timestamp_seconds 1.`,
-	} {
-		if !bytes.Contains(metrics, []byte(want)) {
-			t.Errorf("metrics lack %q", want)
-		}
-	}
+	checkMetricsAfterOnePull(t, metricsPort)
 
 	// The leak-check counts on the status socket.
 	counts, err := state.NewStatusClient(filepath.Join(p.dir, "status.sock"), 5*time.Second).Counts(ctx, false)
@@ -147,11 +130,40 @@ func TestStatusThroughTheAgentsLife(t *testing.T) {
 		t.Errorf("bad env file: exit %d\n%s", code, out)
 	}
 
-	// Stopped: exit 2, the saved state and its age.
+	checkStatusOnceStopped(t, p)
+}
+
+// checkMetricsAfterOnePull reads the agent's metrics on port: one image
+// warm, one pull and one configuration load, and a reconcile timestamp.
+func checkMetricsAfterOnePull(t *testing.T, port int) {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`pull_agent_images{state="warm"} 1`,
+		`pull_agent_pulls_total{class="",result="success"} 1`,
+		`pull_agent_config_loads_total{result="applied"} 1`,
+		`pull_agent_pull_duration_seconds_count 1`,
+		`pull_agent_last_reconcile_timestamp_seconds 1.`,
+	} {
+		if !bytes.Contains(metrics, []byte(want)) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+// checkStatusOnceStopped stops the agent of p; status then exits 2 with
+// the saved state and its age, and --wait does not wait for it.
+func checkStatusOnceStopped(t *testing.T, p *agentProcess) {
+	t.Helper()
 	if _, err := p.terminate(t); err != nil {
 		t.Fatal(err)
 	}
-	code, out, _ = p.status(t)
+	code, out, _ := p.status(t)
 	if code != statusDown || !strings.Contains(out, "NOT RUNNING") || !strings.Contains(out, "saved state from") || !strings.Contains(out, "hermes") {
 		t.Errorf("agent stopped: exit %d\n%s", code, out)
 	}

@@ -56,6 +56,40 @@ type soakStats struct {
 // within 10 % of where it was after the first tenth of the run, goroutines and file
 // descriptors back to their starting counts, and no panic in the log.
 func TestSoak(t *testing.T) {
+	s := startSoak(t)
+	faults := s.faults()
+	names := faultNames(t, faults)
+	start := time.Now()
+	s.drive(faults, names, start)
+	s.finish(start)
+}
+
+// soak is TestSoak's driver: the agent's rig, the registries it flips
+// between, the credentials of the moment and what it has done so far.
+// It belongs to the test's goroutine.
+type soak struct {
+	t        *testing.T
+	w        *world
+	r        *rig
+	api      *testbed.FakeECR
+	rng      *rand.Rand
+	prefixes []*soakPrefix
+	pid      int
+	st       soakStats
+	// user and tokPass are the token registry's credentials, rotated as
+	// the soak goes; rotation counts the rotations.
+	user, tokPass string
+	rotation      int
+	// heal removes the fault in force (healName), at healAt; at
+	// revokeAt the user a rotation replaced is revoked.
+	heal             func()
+	healName         string
+	healAt, revokeAt time.Time
+}
+
+// startSoak starts the agent, warms it on every prefix and takes the
+// baseline counts and RSS.
+func startSoak(t *testing.T) *soak {
 	w := getWorld(t)
 	r := newRig(t, w)
 	// ECR tokens live 10 s, so they are renewed (after 5 s) all through
@@ -66,15 +100,15 @@ func TestSoak(t *testing.T) {
 	r.env = append(r.env, "AWS_ENDPOINT_URL_ECR="+api.URL)
 	r.args = append(r.args, "--refresh-interval", "5s")
 
-	var prefixes []*soakPrefix
+	s := &soak{t: t, w: w, r: r, api: api}
 	for _, src := range []source{fromMain, fromTok, fromECR} {
 		p, ds := w.seed(t, src, testbed.SeedOptions{})
-		prefixes = append(prefixes, &soakPrefix{src: src, ns: path.Base(p), prefix: p, digests: ds})
+		s.prefixes = append(s.prefixes, &soakPrefix{src: src, ns: path.Base(p), prefix: p, digests: ds})
 	}
 	// Warm every prefix once, then take the baseline.
-	r.flip(prefixes[0].prefix, prefixes[0].digests)
+	r.flip(s.prefixes[0].prefix, s.prefixes[0].digests)
 	r.start()
-	for _, p := range prefixes {
+	for _, p := range s.prefixes {
 		r.flip(p.prefix, p.digests)
 		r.waitFor("warm-up of "+p.prefix, 60*time.Second, r.converged)
 	}
@@ -82,15 +116,20 @@ func TestSoak(t *testing.T) {
 	time.Sleep(time.Second)
 	r.baseline, err = r.counts()
 	must(t, err)
-	pid := r.proc.Cmd.Process.Pid
-	st := soakStats{faults: map[string]int{}, classes: map[string]int{}, base: r.baseline, warm: testbed.RSS(pid) >> 10}
-	st.rssMax = st.warm
+	s.pid = r.proc.Cmd.Process.Pid
+	s.st = soakStats{faults: map[string]int{}, classes: map[string]int{}, base: r.baseline, warm: testbed.RSS(s.pid) >> 10}
+	s.st.rssMax = s.st.warm
 
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
-	user, tokPass := w.user, w.tokPass
-	rotation := 0
-	// Each fault: inject returns its removal.
-	faults := map[string]func() func(){
+	s.rng = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	s.user, s.tokPass = w.user, w.tokPass
+	return s
+}
+
+// faults are the faults the soak injects, by name: each injects its fault
+// and returns its removal.
+func (s *soak) faults() map[string]func() func() {
+	t, w, r, api, rng := s.t, s.w, s.r, s.api, s.rng
+	return map[string]func() func(){
 		"registry stall": func() func() { must(t, w.tcp.Stall()); return w.tcp.Clear },
 		"registry reset": func() func() { must(t, w.tcp.ResetAfter(rng.IntN(500))); return w.tcp.Clear },
 		"registry slow":  func() func() { must(t, w.tcp.Throttle(128)); return w.tcp.Clear },
@@ -113,17 +152,21 @@ func TestSoak(t *testing.T) {
 		"env file deleted": func() func() { os.Remove(r.envFile); return func() { r.writeEnv(w.envFile(r.want)) } },
 		"config.json malformed": func() func() {
 			r.writeDockerConfig(`{"auths": {`)
-			return func() { r.writeDockerConfig(w.authsConfig(user, tokPass)) }
+			return func() { r.writeDockerConfig(w.authsConfig(s.user, s.tokPass)) }
 		},
 		"credential helper hang": func() func() {
 			r.writeDockerConfig(`{"credHelpers": {"` + w.tcp.Addr + `": "pa-hang"}}`)
-			return func() { r.writeDockerConfig(w.authsConfig(user, tokPass)) }
+			return func() { r.writeDockerConfig(w.authsConfig(s.user, s.tokPass)) }
 		},
 		"docker daemon restart": func() func() {
 			must(t, w.bed.StopDockerd())
 			return func() { must(t, w.bed.StartDockerd(context.Background())) }
 		},
 	}
+}
+
+// faultNames are the names of faults that -soak.faults matches, sorted.
+func faultNames(t *testing.T, faults map[string]func() func()) []string {
 	only, err := regexp.Compile(*flagSoakFaults)
 	must(t, err)
 	names := make([]string, 0, len(faults))
@@ -136,100 +179,133 @@ func TestSoak(t *testing.T) {
 		t.Fatalf("-soak.faults %q matches none of the faults", *flagSoakFaults)
 	}
 	sort.Strings(names)
+	return names
+}
 
-	start := time.Now()
+// drive acts at random until -soak.duration has passed since start,
+// sampling RSS, goroutines and descriptors as it goes.
+func (s *soak) drive(faults map[string]func() func(), names []string, start time.Time) {
 	deadline := start.Add(*flagSoak)
 	baselineAt := start.Add(*flagSoak / 10)
-	var heal func()
-	var healName string
-	var healAt, revokeAt time.Time
 	nextSample := time.Now()
 	for time.Now().Before(deadline) {
 		// Log-uniform pause: many short (down to 50 ms), some long.
-		time.Sleep(time.Duration(50 * math.Pow(60, rng.Float64()) * float64(time.Millisecond)))
-		if !r.proc.Running() {
-			t.Fatalf("the agent died: %v", r.proc.Err())
+		time.Sleep(time.Duration(50 * math.Pow(60, s.rng.Float64()) * float64(time.Millisecond)))
+		if !s.r.proc.Running() {
+			s.t.Fatalf("the agent died: %v", s.r.proc.Err())
 		}
-		if !revokeAt.IsZero() && time.Now().After(revokeAt) {
-			w.tokens.SetUsers(map[string]string{user: tokPass})
-			revokeAt = time.Time{}
+		if !s.revokeAt.IsZero() && time.Now().After(s.revokeAt) {
+			s.w.tokens.SetUsers(map[string]string{s.user: s.tokPass})
+			s.revokeAt = time.Time{}
 		}
-		if heal != nil && time.Now().After(healAt) {
-			heal()
-			heal, healName = nil, ""
+		if s.heal != nil && time.Now().After(s.healAt) {
+			s.heal()
+			s.heal, s.healName = nil, ""
 		}
-		switch x := rng.IntN(100); {
-		case x < 55:
-			p := prefixes[rng.IntN(len(prefixes))]
-			r.flip(p.prefix, p.digests)
-			st.flips++
-		case x < 75 && heal == nil:
-			n := names[rng.IntN(len(names))]
-			if n == "docker daemon restart" && rng.IntN(4) != 0 {
-				continue // costly: a quarter as often as the others
-			}
-			heal, healName, healAt = faults[n](), n, time.Now().Add(time.Duration(200+rng.IntN(4800))*time.Millisecond)
-			st.faults[n]++
-		case x < 85:
-			// Move one tag: the agent must pull the new digest.
-			p := prefixes[rng.IntN(len(prefixes))]
-			reg, creds, _ := w.target(t, p.src)
-			rt := runtimes[rng.IntN(len(runtimes))]
-			s, err := w.bed.Push(context.Background(), reg, p.ns, rt, creds)
-			must(t, err)
-			p.digests[rt] = s.Digest.String()
-			if r.want == p.prefix {
-				r.digests = p.digests
-			}
-			st.pushes++
-		case x < 92:
-			// Rotate the token registry's credentials with an overlap,
-			// as an operator would: new user valid, config.json updated,
-			// old user revoked 3 s later (pulls in flight keep theirs).
-			rotation++
-			newUser, newPass := fmt.Sprintf("%s-%d", w.user, rotation), secret("tok")
-			w.tokens.SetUsers(map[string]string{user: tokPass, newUser: newPass})
-			w.mu.Lock()
-			w.rotated = append(w.rotated, newPass)
-			w.mu.Unlock()
-			user, tokPass = newUser, newPass
-			if !strings.Contains(healName, "config.json") && !strings.Contains(healName, "helper") {
-				r.writeDockerConfig(w.authsConfig(user, tokPass)) // else its heal writes it
-			}
-			revokeAt = time.Now().Add(3 * time.Second)
-			st.rotations++
-		default:
-			must(t, r.proc.Cmd.Process.Signal(syscall.SIGHUP))
-			st.hup++
+		if !s.act(faults, names) {
+			continue
 		}
-		if st.rss0 == 0 && time.Now().After(baselineAt) {
-			st.rss0 = testbed.RSS(pid) >> 10
+		if s.st.rss0 == 0 && time.Now().After(baselineAt) {
+			s.st.rss0 = testbed.RSS(s.pid) >> 10
 		}
 		if time.Now().After(nextSample) {
 			nextSample = time.Now().Add(2 * time.Second)
-			if v := testbed.RSS(pid) >> 10; v > st.rssMax {
-				st.rssMax = v
-			}
-			if c, err := r.counts(); err == nil {
-				st.maxGoroutines, st.maxFDs = max(st.maxGoroutines, c.Goroutines), max(st.maxFDs, c.FDs)
-			}
+			s.sample()
 		}
 	}
-	if heal != nil {
-		heal()
+}
+
+// act does one thing at random: a flip, a fault (when none is in force),
+// a tag move, a rotation or a SIGHUP. It returns false when it passed
+// over a daemon restart, which comes a quarter as often as the others.
+func (s *soak) act(faults map[string]func() func(), names []string) bool {
+	switch x := s.rng.IntN(100); {
+	case x < 55:
+		p := s.prefixes[s.rng.IntN(len(s.prefixes))]
+		s.r.flip(p.prefix, p.digests)
+		s.st.flips++
+	case x < 75 && s.heal == nil:
+		n := names[s.rng.IntN(len(names))]
+		if n == "docker daemon restart" && s.rng.IntN(4) != 0 {
+			return false // costly: a quarter as often as the others
+		}
+		s.heal, s.healName, s.healAt = faults[n](), n, time.Now().Add(time.Duration(200+s.rng.IntN(4800))*time.Millisecond)
+		s.st.faults[n]++
+	case x < 85:
+		s.moveTag()
+	case x < 92:
+		s.rotate()
+	default:
+		must(s.t, s.r.proc.Cmd.Process.Signal(syscall.SIGHUP))
+		s.st.hup++
+	}
+	return true
+}
+
+// moveTag pushes a new image for one runtime of one prefix: the agent
+// must pull the new digest.
+func (s *soak) moveTag() {
+	p := s.prefixes[s.rng.IntN(len(s.prefixes))]
+	reg, creds, _ := s.w.target(s.t, p.src)
+	rt := runtimes[s.rng.IntN(len(runtimes))]
+	pushed, err := s.w.bed.Push(context.Background(), reg, p.ns, rt, creds)
+	must(s.t, err)
+	p.digests[rt] = pushed.Digest.String()
+	if s.r.want == p.prefix {
+		s.r.digests = p.digests
+	}
+	s.st.pushes++
+}
+
+// rotate rotates the token registry's credentials with an overlap, as an
+// operator would: new user valid, config.json updated, old user revoked
+// 3 s later (pulls in flight keep theirs).
+func (s *soak) rotate() {
+	s.rotation++
+	newUser, newPass := fmt.Sprintf("%s-%d", s.w.user, s.rotation), secret("tok")
+	s.w.tokens.SetUsers(map[string]string{s.user: s.tokPass, newUser: newPass})
+	s.w.mu.Lock()
+	s.w.rotated = append(s.w.rotated, newPass)
+	s.w.mu.Unlock()
+	s.user, s.tokPass = newUser, newPass
+	if !strings.Contains(s.healName, "config.json") && !strings.Contains(s.healName, "helper") {
+		s.r.writeDockerConfig(s.w.authsConfig(s.user, s.tokPass)) // else its heal writes it
+	}
+	s.revokeAt = time.Now().Add(3 * time.Second)
+	s.st.rotations++
+}
+
+// sample records the agent's RSS, goroutines and descriptors where they
+// exceed the highest seen.
+func (s *soak) sample() {
+	if v := testbed.RSS(s.pid) >> 10; v > s.st.rssMax {
+		s.st.rssMax = v
+	}
+	if c, err := s.r.counts(); err == nil {
+		s.st.maxGoroutines, s.st.maxFDs = max(s.st.maxGoroutines, c.Goroutines), max(s.st.maxFDs, c.FDs)
+	}
+}
+
+// finish removes the fault in force, restores the good files, flips a
+// last time and checks the invariants and RSS; it logs what the soak did
+// and writes the report if -chaos.report asks for one.
+func (s *soak) finish(start time.Time) {
+	t, r, st := s.t, s.r, &s.st
+	if s.heal != nil {
+		s.heal()
 	}
 	if st.rss0 == 0 {
-		st.rss0 = testbed.RSS(pid) >> 10
+		st.rss0 = testbed.RSS(s.pid) >> 10
 	}
 	// Faults removed, good files back, a last flip.
-	r.writeDockerConfig(w.authsConfig(user, tokPass))
-	p := prefixes[rng.IntN(len(prefixes))]
+	r.writeDockerConfig(s.w.authsConfig(s.user, s.tokPass))
+	p := s.prefixes[s.rng.IntN(len(s.prefixes))]
 	r.flip(p.prefix, p.digests)
 	st.duration = time.Since(start)
 	o := r.invariants()
 	st.converge, st.end = o.converge, o.counts
 	time.Sleep(2 * time.Second)
-	st.rss = testbed.RSS(pid) >> 10
+	st.rss = testbed.RSS(s.pid) >> 10
 	growth := float64(st.rss-st.rss0) / float64(st.rss0)
 	// RSS says little about a run of seconds (the heap is still growing
 	// to its working size); the criterion holds for runs of 5 minutes
@@ -247,7 +323,7 @@ func TestSoak(t *testing.T) {
 		st.duration.Round(time.Second), st.flips, st.pushes, st.rotations, st.hup, st.faults, st.classes, st.warm, st.rss0, st.rss, st.rssMax, 100*growth,
 		st.base.Goroutines, st.end.Goroutines, st.maxGoroutines, st.base.FDs, st.end.FDs, st.maxFDs, secs(st.converge))
 	if *flagReport != "" {
-		if err := writeSoakReport(*flagReport, st); err != nil {
+		if err := writeSoakReport(*flagReport, *st); err != nil {
 			t.Fatal(err)
 		}
 	}

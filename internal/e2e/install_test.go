@@ -240,25 +240,8 @@ func TestInstallRefusesBeforeChangingAnything(t *testing.T) {
 	}
 	otherSum := sha256.Sum256(other)
 
-	// installed is a root with a previous install, and its tree.
-	installed := func(t *testing.T) (root, before string) {
-		root = t.TempDir()
-		if code, out := installSh(t, "--root", root, "--binary", bin, "--registry", "ghcr.io/molecule-ai", "--ghcr-user", "bot", "--ghcr-token-file", writeToken(t, "ghp_before")); code != 0 {
-			t.Fatalf("first install: %d\n%s", code, out)
-		}
-		return root, tree(t, root)
-	}
-
-	// rawToken writes a token file byte for byte.
-	rawToken := func(content string) string {
-		f := filepath.Join(t.TempDir(), "ghcr-token")
-		if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
 	const ecr = "123456789012.dkr.ecr.us-east-2.amazonaws.com/molecule-ai"
-	goodToken := rawToken("ghp_after\n")
+	goodToken := rawToken(t, "ghp_after\n")
 	type inputs struct {
 		registry, user, token string
 		extra                 []string
@@ -284,10 +267,10 @@ func TestInstallRefusesBeforeChangingAnything(t *testing.T) {
 		code int
 		want string
 	}{
-		{"token with a quote", inputs{token: rawToken("ghp_it's\n")}, 2, "quote"},
-		{"token with a newline inside", inputs{token: rawToken("ghp_one\nghp_two\n")}, 2, "newline"},
-		{"token with a NUL byte", inputs{token: rawToken("ghp_nul\x00after\n")}, 2, "NUL"},
-		{"empty token file", inputs{token: rawToken("\n")}, 2, "empty"},
+		{"token with a quote", inputs{token: rawToken(t, "ghp_it's\n")}, 2, "quote"},
+		{"token with a newline inside", inputs{token: rawToken(t, "ghp_one\nghp_two\n")}, 2, "newline"},
+		{"token with a NUL byte", inputs{token: rawToken(t, "ghp_nul\x00after\n")}, 2, "NUL"},
+		{"empty token file", inputs{token: rawToken(t, "\n")}, 2, "empty"},
 		{"missing token file", inputs{token: filepath.Join(t.TempDir(), "absent")}, 2, "cannot read"},
 		{"token file is a directory", inputs{token: t.TempDir()}, 2, "cannot read"},
 		{"prefix with a quote", inputs{registry: "ghcr.io/o'brien"}, 2, "quote"},
@@ -295,34 +278,71 @@ func TestInstallRefusesBeforeChangingAnything(t *testing.T) {
 		{"user with a newline", inputs{user: "bot\nGHCR_TOKEN=x"}, 2, "newline"},
 		{"wrong --sha256 for --binary", inputs{extra: []string{"--sha256", strings.Repeat("0", 64)}}, 5, "checksum mismatch"},
 		{"--sha256 that is no digest", inputs{extra: []string{"--sha256", "deadbeef"}}, 2, "--sha256"},
-		{"binary that is not ELF", inputs{extra: []string{"--binary", rawToken("#!/bin/sh\n")}}, 6, "not an ELF"},
+		{"binary that is not ELF", inputs{extra: []string{"--binary", rawToken(t, "#!/bin/sh\n")}}, 6, "not an ELF"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			root, before := installed(t)
-			envBefore, _ := os.ReadFile(filepath.Join(root, "etc/pull-agent/pull-agent.env"))
-			code, out := installSh(t, args(root, tt.in)...)
-			if code != tt.code || !strings.Contains(out, tt.want) {
-				t.Errorf("exit %d, want %d with %q:\n%s", code, tt.code, tt.want, out)
-			}
-			if strings.Contains(out, "ghp_") {
-				t.Errorf("the output shows a token:\n%s", out)
-			}
-			if after := tree(t, root); after != before {
-				t.Errorf("a refused install changed the tree:\n%s\n---\n%s", before, after)
-				env, _ := os.ReadFile(filepath.Join(root, "etc/pull-agent/pull-agent.env"))
-				t.Logf("settings before:\n%s\nafter:\n%s", settings(envBefore), settings(env))
-			}
+			root, before := installed(t, bin)
+			refusedInstallChangesNothing(t, root, before, args(root, tt.in), tt.code, tt.want)
 		})
 	}
 
 	// The control: the same inputs, all good (and the right checksum),
 	// change everything, so the rows above could have seen a change.
-	root, before := installed(t)
+	root, before := installed(t, bin)
 	code, out := installSh(t, args(root, inputs{extra: []string{"--sha256", hex.EncodeToString(otherSum[:])}})...)
 	if code != 0 {
 		t.Fatalf("install with good inputs: %d\n%s", code, out)
 	}
+	checkReinstalled(t, root, before, other, ecr)
+}
+
+// rawToken writes a token file byte for byte.
+func rawToken(t *testing.T, content string) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "ghcr-token")
+	if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// installed is a root with a previous install of bin, and its tree.
+func installed(t *testing.T, bin string) (root, before string) {
+	t.Helper()
+	root = t.TempDir()
+	if code, out := installSh(t, "--root", root, "--binary", bin, "--registry", "ghcr.io/molecule-ai", "--ghcr-user", "bot", "--ghcr-token-file", writeToken(t, "ghp_before")); code != 0 {
+		t.Fatalf("first install: %d\n%s", code, out)
+	}
+	return root, tree(t, root)
+}
+
+// refusedInstallChangesNothing runs install.sh with args over the install
+// in root, whose tree was before: it must exit code saying want, show no
+// token and leave the tree as it was.
+func refusedInstallChangesNothing(t *testing.T, root, before string, args []string, code int, want string) {
+	t.Helper()
+	envBefore, _ := os.ReadFile(filepath.Join(root, "etc/pull-agent/pull-agent.env"))
+	got, out := installSh(t, args...)
+	if got != code || !strings.Contains(out, want) {
+		t.Errorf("exit %d, want %d with %q:\n%s", got, code, want, out)
+	}
+	if strings.Contains(out, "ghp_") {
+		t.Errorf("the output shows a token:\n%s", out)
+	}
+	if after := tree(t, root); after != before {
+		t.Errorf("a refused install changed the tree:\n%s\n---\n%s", before, after)
+		env, _ := os.ReadFile(filepath.Join(root, "etc/pull-agent/pull-agent.env"))
+		t.Logf("settings before:\n%s\nafter:\n%s", settings(envBefore), settings(env))
+	}
+}
+
+// checkReinstalled checks the install in root, whose tree was before, once
+// an install of the other build with registry ecr, user bot2 and token
+// ghp_after succeeded: the tree changed, the binary is other, and the env
+// file holds the new settings and none of the old.
+func checkReinstalled(t *testing.T, root, before string, other []byte, ecr string) {
+	t.Helper()
 	if tree(t, root) == before {
 		t.Fatal("good inputs changed nothing, so the refusals above prove nothing")
 	}

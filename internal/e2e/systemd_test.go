@@ -145,71 +145,13 @@ func (c *container) poweroff(t *testing.T) {
 }
 
 func TestInstalledServiceInABootedSystemd(t *testing.T) {
-	testbed.Require(t)
-	if _, err := exec.LookPath("systemd-nspawn"); err != nil {
-		testbed.SkipOrFail(t, errors.New("systemd-nspawn missing: run 'make deps'"))
-	}
 	root := repoRoot(t)
-	rootfs := os.Getenv("PULL_AGENT_ROOTFS")
-	if rootfs == "" {
-		rootfs = "/var/cache/pull-agent-test/rootfs-bookworm"
-	}
-	if out, err := exec.Command(filepath.Join(root, "scripts", "rootfs.sh"), rootfs).CombinedOutput(); err != nil {
-		testbed.SkipOrFail(t, fmt.Errorf("building the root filesystem: %v\n%s", err, out))
-	}
-
-	ctx := context.Background()
-	bed, err := testbed.Start(ctx, testbed.Options{Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { bed.Stop() })
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	reg, err := bed.StartRegistry(ctx, "main", testbed.RegistryOptions{})
-	must(err)
-	for _, ns := range []string{"first", "second"} {
-		if _, err := bed.Seed(ctx, reg, ns, config.KnownRuntimes(), testbed.SeedOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// The same storage behind basic auth: the service pulls from it only
-	// with the credentials in /root/.docker/config.json.
-	users, err := testbed.Htpasswd(map[string]string{"puller": "e2e-basic-s3cret"})
-	must(err)
-	authReg, err := bed.StartRegistry(ctx, "authed", testbed.RegistryOptions{Htpasswd: users, Root: reg.Root})
-	must(err)
-
-	// What user-data would have: the binary, install.sh and the unit.
-	stage := t.TempDir()
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-X main.version=e2e", "-o", filepath.Join(stage, "pull-agent"), "./cmd/pull-agent")
-	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	must(os.MkdirAll(filepath.Join(stage, "systemd"), 0o755))
-	for _, f := range []string{"install.sh", "systemd/pull-agent.service", "systemd/pull-agent.env"} {
-		data, err := os.ReadFile(filepath.Join(root, f))
-		must(err)
-		must(os.WriteFile(filepath.Join(stage, f), data, 0o755))
-	}
-	// What root's home holds on a host: registry credentials the service
-	// needs, and an SSH key it has no business reading.
-	dockerConfig := `{"auths":{"` + authReg.Addr + `":{"auth":"` + base64.StdEncoding.EncodeToString([]byte("puller:e2e-basic-s3cret")) + `"}}}`
-	must(os.WriteFile(filepath.Join(stage, "docker-config.json"), []byte(dockerConfig), 0o600))
-	must(os.WriteFile(filepath.Join(stage, "id_ed25519"), []byte("-----BEGIN OPENSSH PRIVATE KEY-----\ne2e-not-a-key\n-----END OPENSSH PRIVATE KEY-----\n"), 0o600))
-	const ghcrToken = "ghp_e2eTokenS3cret"
-	must(os.WriteFile(filepath.Join(stage, "ghcr-token"), []byte(ghcrToken+"\n"), 0o600))
-
+	rootfs := requireRootfs(t, root)
+	bed, reg, authReg := startE2EBed(t)
 	// A is open; B needs the credentials in /root/.docker/config.json.
 	prefixA, prefixB := reg.Prefix("first"), authReg.Prefix("second")
-	userdata := "#!/bin/bash\nset -euo pipefail\n/opt/pa/install.sh --binary /opt/pa/pull-agent --registry " + prefixA +
-		" --ghcr-user e2e-bot --ghcr-token-file /opt/pa/ghcr-token --wait-warm 120\n"
-	must(os.WriteFile(filepath.Join(stage, "user-data.sh"), []byte(userdata), 0o755))
+	const ghcrToken = "ghp_e2eTokenS3cret"
+	stage, dockerConfig := stageUserData(t, root, authReg.Addr, prefixA, ghcrToken)
 
 	c := boot(t, rootfs, stage, strings.TrimPrefix(bed.DockerHost, "unix://"))
 	c.must(t, 10*time.Second, "install", "-d", "-m", "0700", "/root/.docker", "/root/.ssh")
@@ -218,23 +160,7 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 
 	out := c.must(t, 3*time.Minute, "bash", "/opt/pa/user-data.sh")
 	t.Logf("user-data:\n%s", out)
-	if s := strings.TrimSpace(c.must(t, 10*time.Second, "systemctl", "is-active", "pull-agent")); s != "active" {
-		t.Fatalf("pull-agent is %s", s)
-	}
-	out = c.must(t, 10*time.Second, "pull-agent", "status")
-	if !strings.Contains(out, "images warm:    9/9") || !strings.Contains(out, "prefix:         "+prefixA) {
-		t.Fatalf("status after install:\n%s", out)
-	}
-	if v := c.must(t, 10*time.Second, "systemd-analyze", "verify", "/etc/systemd/system/pull-agent.service"); strings.TrimSpace(v) != "" {
-		t.Errorf("systemd-analyze verify in the booted system:\n%s", v)
-	}
-	journal := c.must(t, 10*time.Second, "journalctl", "-u", "pull-agent", "--no-pager")
-	if !strings.Contains(journal, "Started pull-agent") || !strings.Contains(journal, `msg="agent started"`) {
-		t.Errorf("journal lacks the READY (Started) or start lines:\n%s", journal)
-	}
-	if st := c.must(t, 10*time.Second, "systemctl", "show", "-p", "StatusText", "pull-agent"); !strings.Contains(st, "StatusText=9/9 images warm from "+prefixA) {
-		t.Errorf("STATUS= not seen by systemd: %s", st)
-	}
+	checkServiceStarted(t, c, prefixA)
 
 	mainPID := strings.TrimSpace(c.must(t, 10*time.Second, "systemctl", "show", "-p", "MainPID", "--value", "pull-agent"))
 	checkServiceMounts(t, c, mainPID, dockerConfig)
@@ -263,6 +189,124 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 	c.must(t, 10*time.Second, "systemctl", "reload", "pull-agent")
 	waitJournal(t, c, `msg="reload requested"`)
 
+	checkKillAndStop(t, c, prefixB)
+}
+
+// must fails t on err.
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// requireRootfs returns the Debian root filesystem the container boots,
+// built (or brought up to date) by scripts/rootfs.sh of the checkout at
+// root; without the test bed, systemd-nspawn or the root filesystem the
+// test skips, or fails under CI.
+func requireRootfs(t *testing.T, root string) string {
+	t.Helper()
+	testbed.Require(t)
+	if _, err := exec.LookPath("systemd-nspawn"); err != nil {
+		testbed.SkipOrFail(t, errors.New("systemd-nspawn missing: run 'make deps'"))
+	}
+	rootfs := os.Getenv("PULL_AGENT_ROOTFS")
+	if rootfs == "" {
+		rootfs = "/var/cache/pull-agent-test/rootfs-bookworm"
+	}
+	if out, err := exec.Command(filepath.Join(root, "scripts", "rootfs.sh"), rootfs).CombinedOutput(); err != nil {
+		testbed.SkipOrFail(t, fmt.Errorf("building the root filesystem: %v\n%s", err, out))
+	}
+	return rootfs
+}
+
+// startE2EBed starts a bed with a registry seeded with every runtime in
+// namespaces first and second, and a second registry on the same storage
+// that wants basic auth (puller).
+func startE2EBed(t *testing.T) (*testbed.Bed, *testbed.Registry, *testbed.Registry) {
+	t.Helper()
+	ctx := context.Background()
+	bed, err := testbed.Start(ctx, testbed.Options{Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bed.Stop() })
+	reg, err := bed.StartRegistry(ctx, "main", testbed.RegistryOptions{})
+	must(t, err)
+	for _, ns := range []string{"first", "second"} {
+		if _, err := bed.Seed(ctx, reg, ns, config.KnownRuntimes(), testbed.SeedOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The same storage behind basic auth: the service pulls from it only
+	// with the credentials in /root/.docker/config.json.
+	users, err := testbed.Htpasswd(map[string]string{"puller": "e2e-basic-s3cret"})
+	must(t, err)
+	authReg, err := bed.StartRegistry(ctx, "authed", testbed.RegistryOptions{Htpasswd: users, Root: reg.Root})
+	must(t, err)
+	return bed, reg, authReg
+}
+
+// stageUserData writes what user-data would have into a directory the
+// container mounts at /opt/pa: the binary built from root, install.sh,
+// the unit, root's config.json with the credentials of authAddr, an SSH
+// key, the GHCR token and user-data.sh, which installs from prefixA. It
+// returns the directory and the config.json.
+func stageUserData(t *testing.T, root, authAddr, prefixA, ghcrToken string) (stage, dockerConfig string) {
+	t.Helper()
+	stage = t.TempDir()
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-X main.version=e2e", "-o", filepath.Join(stage, "pull-agent"), "./cmd/pull-agent")
+	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	must(t, os.MkdirAll(filepath.Join(stage, "systemd"), 0o755))
+	for _, f := range []string{"install.sh", "systemd/pull-agent.service", "systemd/pull-agent.env"} {
+		data, err := os.ReadFile(filepath.Join(root, f))
+		must(t, err)
+		must(t, os.WriteFile(filepath.Join(stage, f), data, 0o755))
+	}
+	// What root's home holds on a host: registry credentials the service
+	// needs, and an SSH key it has no business reading.
+	dockerConfig = `{"auths":{"` + authAddr + `":{"auth":"` + base64.StdEncoding.EncodeToString([]byte("puller:e2e-basic-s3cret")) + `"}}}`
+	must(t, os.WriteFile(filepath.Join(stage, "docker-config.json"), []byte(dockerConfig), 0o600))
+	must(t, os.WriteFile(filepath.Join(stage, "id_ed25519"), []byte("-----BEGIN OPENSSH PRIVATE KEY-----\ne2e-not-a-key\n-----END OPENSSH PRIVATE KEY-----\n"), 0o600))
+	must(t, os.WriteFile(filepath.Join(stage, "ghcr-token"), []byte(ghcrToken+"\n"), 0o600))
+	userdata := "#!/bin/bash\nset -euo pipefail\n/opt/pa/install.sh --binary /opt/pa/pull-agent --registry " + prefixA +
+		" --ghcr-user e2e-bot --ghcr-token-file /opt/pa/ghcr-token --wait-warm 120\n"
+	must(t, os.WriteFile(filepath.Join(stage, "user-data.sh"), []byte(userdata), 0o755))
+	return stage, dockerConfig
+}
+
+// checkServiceStarted checks the service once user-data has run: active,
+// warm from prefixA, its unit valid in the booted system, READY and
+// STATUS= seen by systemd.
+func checkServiceStarted(t *testing.T, c *container, prefixA string) {
+	t.Helper()
+	if s := strings.TrimSpace(c.must(t, 10*time.Second, "systemctl", "is-active", "pull-agent")); s != "active" {
+		t.Fatalf("pull-agent is %s", s)
+	}
+	out := c.must(t, 10*time.Second, "pull-agent", "status")
+	if !strings.Contains(out, "images warm:    9/9") || !strings.Contains(out, "prefix:         "+prefixA) {
+		t.Fatalf("status after install:\n%s", out)
+	}
+	if v := c.must(t, 10*time.Second, "systemd-analyze", "verify", "/etc/systemd/system/pull-agent.service"); strings.TrimSpace(v) != "" {
+		t.Errorf("systemd-analyze verify in the booted system:\n%s", v)
+	}
+	journal := c.must(t, 10*time.Second, "journalctl", "-u", "pull-agent", "--no-pager")
+	if !strings.Contains(journal, "Started pull-agent") || !strings.Contains(journal, `msg="agent started"`) {
+		t.Errorf("journal lacks the READY (Started) or start lines:\n%s", journal)
+	}
+	if st := c.must(t, 10*time.Second, "systemctl", "show", "-p", "StatusText", "pull-agent"); !strings.Contains(st, "StatusText=9/9 images warm from "+prefixA) {
+		t.Errorf("STATUS= not seen by systemd: %s", st)
+	}
+}
+
+// checkKillAndStop kills the service with SIGKILL: systemd restarts it
+// and it is warm from prefixB again; then systemctl stop ends it within
+// 10 s.
+func checkKillAndStop(t *testing.T, c *container, prefixB string) {
+	t.Helper()
 	// kill -9: systemd restarts it and it recovers.
 	c.must(t, 10*time.Second, "systemctl", "kill", "-s", "KILL", "pull-agent")
 	start := time.Now()
