@@ -73,10 +73,10 @@ func TestJitterStaysWithinTenPercent(t *testing.T) {
 	}
 }
 
-// The status socket serves Snapshot before Run starts: whatever Run sets
-// up must be written under the lock. The race detector sees an unguarded
-// write only when a read falls between it and Run's next unlock, so the
-// start is repeated with readers spinning.
+// The status socket serves Snapshot before Run starts and while it sets
+// up: readers must share nothing with the loop but the published view.
+// The race detector sees a shared write only when a read falls near it,
+// so the start is repeated with readers spinning.
 func TestSnapshotWhileRunStarts(t *testing.T) {
 	env := filepath.Join(t.TempDir(), "env")
 	if err := os.WriteFile(env, []byte(config.KeyRegistry+"=r.test/x\n"+config.KeyRuntimes+"=codex\n"), 0o600); err != nil {
@@ -84,16 +84,7 @@ func TestSnapshotWhileRunStarts(t *testing.T) {
 	}
 	e := newScriptEngine(nil)
 	for range 100 {
-		a, err := New(Options{
-			EnvFile:       env,
-			Getenv:        func(string) string { return "" },
-			NewEngine:     func(config.DockerEndpoint) (engine.Engine, error) { return e, nil },
-			NewAuthorizer: func(config.Config) (pull.Authorizer, error) { return anonymous{}, nil },
-			Logger:        slog.New(slog.DiscardHandler),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		a := newTestAgent(t, env, e, nil)
 		ctx, cancel := context.WithCancel(context.Background())
 		var readers sync.WaitGroup
 		for range 2 {
@@ -116,6 +107,24 @@ func TestSnapshotWhileRunStarts(t *testing.T) {
 	}
 }
 
+// newTestAgent is an agent on e reading env, told of its changes on
+// changes, logging nowhere.
+func newTestAgent(t *testing.T, env string, e engine.Engine, changes <-chan struct{}) *Agent {
+	t.Helper()
+	a, err := New(Options{
+		EnvFile:       env,
+		Changes:       changes,
+		Getenv:        func(string) string { return "" },
+		NewEngine:     func(config.DockerEndpoint) (engine.Engine, error) { return e, nil },
+		NewAuthorizer: func(config.Config) (pull.Authorizer, error) { return anonymous{}, nil },
+		Logger:        slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
 type anonymous struct{}
 
 func (anonymous) Select(_ context.Context, host string) (auth.Selection, error) {
@@ -132,17 +141,7 @@ func TestStatusDoesNotWaitForTheEnvFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	changes := make(chan struct{}, 1)
-	a, err := New(Options{
-		EnvFile:       env,
-		Changes:       changes,
-		Getenv:        func(string) string { return "" },
-		NewEngine:     func(config.DockerEndpoint) (engine.Engine, error) { return newScriptEngine(nil), nil },
-		NewAuthorizer: func(config.Config) (pull.Authorizer, error) { return anonymous{}, nil },
-		Logger:        slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := newTestAgent(t, env, newScriptEngine(nil), changes)
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := make(chan error, 1)
 	go func() { ran <- a.Run(ctx) }()
@@ -172,7 +171,11 @@ func TestStatusDoesNotWaitForTheEnvFile(t *testing.T) {
 	writer := func() (*os.File, error) { return os.OpenFile(env, os.O_WRONLY|syscall.O_NONBLOCK, 0) }
 	var w *os.File
 	changes <- struct{}{}
-	testbed.WaitFor(t, "the agent to open the env file after it changed", 5*time.Second, func() bool { w, err = writer(); return err == nil })
+	testbed.WaitFor(t, "the agent to open the env file after it changed", 5*time.Second, func() bool {
+		var err error
+		w, err = writer()
+		return err == nil
+	})
 	// Whatever happens below, every later read of the FIFO ends (on an
 	// empty file, which is refused), so that Run can stop.
 	defer func() {
