@@ -43,11 +43,7 @@ func TestECRSharedFetchOutlivesACancelledCaller(t *testing.T) {
 			defer cancelA()
 			doneA, doneB := make(chan result, 1), make(chan result, 1)
 			go func() { sel, err := s.Select(ctxA, host); doneA <- result{sel, err} }()
-			for deadline := time.Now().Add(5 * time.Second); tt.inCall(api) == 0; time.Sleep(5 * time.Millisecond) {
-				if time.Now().After(deadline) {
-					t.Fatal("the slow call was never made")
-				}
-			}
+			testbed.WaitFor(t, "the slow call to be made", 5*time.Second, func() bool { return tt.inCall(api) > 0 })
 			go func() { sel, err := s.Select(context.Background(), host); doneB <- result{sel, err} }()
 			time.Sleep(50 * time.Millisecond) // B joins the fetch, whose slow answer is still to come
 			cancelA()

@@ -59,11 +59,7 @@ func TestRunAgentStopsEverythingItStarted(t *testing.T) {
 		m, err2 := getOnce("tcp", metrics, "/metrics")
 		return err1 == nil && err2 == nil && strings.Contains(s, `"schema_version"`) && strings.Contains(m, "pull_agent_")
 	}
-	for deadline := time.Now().Add(10 * time.Second); !up(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the status and metrics servers never answered")
-		}
-	}
+	testbed.WaitFor(t, "the status and metrics servers to answer", 10*time.Second, up)
 	// Clients that connect and send nothing; the next answers show that
 	// both servers accepted them.
 	for _, a := range [][2]string{{"unix", status}, {"tcp", metrics}} {
@@ -115,10 +111,8 @@ func checkNothingOutlivedRun(t *testing.T, before state.Counts, status string) {
 	if _, err := os.Lstat(status); err == nil {
 		t.Error("the status socket is still there")
 	}
-	for deadline := time.Now().Add(2 * time.Second); runtime.NumGoroutine() > before.Goroutines; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines outlived run, were %d:\n%s", runtime.NumGoroutine(), before.Goroutines, buf[:runtime.Stack(buf, true)])
-		}
+	if !testbed.Poll(2*time.Second, func() bool { return runtime.NumGoroutine() <= before.Goroutines }) {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines outlived run, were %d:\n%s", runtime.NumGoroutine(), before.Goroutines, buf[:runtime.Stack(buf, true)])
 	}
 }

@@ -375,12 +375,10 @@ func (r *rig) invariants() outcome {
 
 	// The state file parses and, a moment after convergence, says so.
 	var doc state.StateDoc
-	for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
+	testbed.Poll(5*time.Second, func() bool {
 		doc, err = state.ReadStateFile(filepath.Join(r.stateDir, state.StateFileName))
-		if err == nil && doc.Agent.PID == r.proc.Cmd.Process.Pid && r.converged(doc) || time.Since(start) > 5*time.Second {
-			break
-		}
-	}
+		return err == nil && doc.Agent.PID == r.proc.Cmd.Process.Pid && r.converged(doc)
+	})
 	switch {
 	case err != nil:
 		t.Errorf("the state file does not parse: %v", err)
