@@ -110,19 +110,23 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
-func (c *common) logger(stderr io.Writer) (*slog.Logger, error) {
+// logger builds the logger of --log-level and --log-format on stderr. When
+// stderr is the journal (onJournal), each line starts with its priority and
+// carries no time of its own; elsewhere the lines are slog's as they are.
+func (c *common) logger(stderr io.Writer, getenv func(string) string) (*slog.Logger, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(c.logLevel)); err != nil {
 		return nil, usageErr(fmt.Errorf("--log-level %q: use debug, info, warn or error", c.logLevel))
 	}
-	ho := &slog.HandlerOptions{Level: lvl}
-	switch c.logFormat {
-	case "text":
-		return slog.New(slog.NewTextHandler(stderr, ho)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(stderr, ho)), nil
-	default:
+	switch {
+	case c.logFormat != "text" && c.logFormat != "json":
 		return nil, usageErr(fmt.Errorf("--log-format %q: use text or json", c.logFormat))
+	case onJournal(getenv, stderr):
+		return slog.New(newJournalHandler(stderr, c.logFormat, lvl)), nil
+	case c.logFormat == "json":
+		return slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl})), nil
+	default:
+		return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})), nil
 	}
 }
 
@@ -174,7 +178,7 @@ type prepared struct {
 func (c *common) prepare(fs *flag.FlagSet, getenv func(string) string, stderr io.Writer) (prepared, error) {
 	var p prepared
 	var err error
-	if p.log, err = c.logger(stderr); err != nil {
+	if p.log, err = c.logger(stderr, getenv); err != nil {
 		return p, err
 	}
 	if p.cfg, err = c.loadConfig(fs, getenv, p.log); err != nil {

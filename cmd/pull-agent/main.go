@@ -22,11 +22,11 @@ func main() {
 		var ee *exitError
 		if errors.As(err, &ee) {
 			if ee.err != nil {
-				fmt.Fprintln(os.Stderr, "pull-agent:", terminalText(ee.err.Error()))
+				fmt.Fprintln(os.Stderr, journalText(os.Getenv, os.Stderr, "pull-agent: "+terminalText(ee.err.Error())))
 			}
 			os.Exit(ee.code)
 		}
-		fmt.Fprintln(os.Stderr, "pull-agent:", terminalText(err.Error()))
+		fmt.Fprintln(os.Stderr, journalText(os.Getenv, os.Stderr, "pull-agent: "+terminalText(err.Error())))
 		os.Exit(exitFailed)
 	}
 }

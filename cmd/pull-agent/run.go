@@ -28,7 +28,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	log, err := rf.logger(stderr)
+	log, err := rf.logger(stderr, getenv)
 	if err != nil {
 		return err
 	}
