@@ -23,6 +23,14 @@ testbedctl:
 deps:
 	scripts/deps.sh
 
+## dist: the release in DISTDIR: static linux/amd64 and linux/arm64 builds,
+## each in pull-agent-VERSION-linux-ARCH.tar.gz, and SHA256SUMS; the same
+## commit gives the same bytes (make dist VERSION=1.2.3)
+DISTDIR ?= dist
+.PHONY: dist
+dist:
+	scripts/dist.sh '$(VERSION)' '$(DISTDIR)'
+
 ## unit: the fast tier for the inner loop: every test that needs no root,
 ## no dockerd and no network, with -race (go test -short: integration
 ## tests skip, CI or not); under a minute, as any user
