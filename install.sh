@@ -8,11 +8,11 @@
 #              [--wait-warm [SECONDS]] [--root DIR]
 #   install.sh --uninstall [--purge] [--root DIR]
 #
-# Without --binary or --url, the binary is built from this checkout (Go
-# needed). --root installs into another root (packaging, tests): no
-# systemctl there. Every input is checked before anything on disk changes,
-# so a refused run leaves the host as it was; the token is read by bash
-# itself and is on no command line.
+# Without --binary or --url: the binary next to install.sh in an extracted
+# release (pull-agent-VERSION-linux-ARCH.tar.gz), else built from this
+# checkout (Go needed). --root installs into another root (packaging,
+# tests): no systemctl there. Every input is checked before anything on
+# disk changes; the token is read by bash itself, on no command line.
 #
 # Exit codes: 0 done; 2 usage; 3 not root; 4 no systemd; 5 checksum
 # mismatch or download failed; 6 unusable binary; 7 images not warm in time.
@@ -193,13 +193,19 @@ elif [ -n "$binary" ]; then
 		die 6 "cannot read the binary $binary" "check the path and its permissions"
 	fi
 	name=$binary
+elif [ ! -e "$here/go.mod" ] && [ -e "$here/pull-agent" ]; then
+	# An extracted release: its own binary (checked below like any other).
+	if [ ! -f "$here/pull-agent" ] || [ ! -r "$here/pull-agent" ] || ! cp -- "$here/pull-agent" "$tmpdir/pull-agent"; then
+		die 6 "cannot read the release's binary $here/pull-agent" "extract the release tarball again"
+	fi
+	name="the release's binary $here/pull-agent"
 elif [ -f "$here/go.mod" ] && command -v go >/dev/null 2>&1; then
 	say "building pull-agent from $here"
 	(cd "$here" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(git -C "$here" describe --tags --always --dirty 2>/dev/null || echo dev)" -o "$tmpdir/pull-agent" ./cmd/pull-agent) ||
 		die 6 "building pull-agent failed" "pass --binary PATH or --url URL --sha256 HEX"
 	name="pull-agent built from $here"
 else
-	die 2 "no binary: pass --binary PATH or --url URL --sha256 HEX" "or run install.sh inside the pull-agent checkout with Go installed"
+	die 2 "no binary: pass --binary PATH or --url URL --sha256 HEX" "or run the install.sh of an extracted release, or inside the pull-agent checkout with Go installed"
 fi
 binary="$tmpdir/pull-agent"
 if [ -n "$sha256" ]; then
@@ -211,14 +217,21 @@ chmod 0755 "$binary"
 # An ELF executable for this machine's architecture?
 magic=$(head -c 4 "$binary" | od -An -tx1 | tr -d ' \n')
 [ "$magic" = "7f454c46" ] || die 6 "$name is not an ELF executable" "pass the pull-agent binary for Linux"
+# Architectures by the names of Go and the release tarballs.
 machine=$(od -An -tu2 -j18 -N2 "$binary" | tr -d ' ')
-case "$(uname -m)" in
-x86_64) want=62 ;;
-aarch64) want=183 ;;
-*) want="" ;;
+case "$machine" in
+62) bin_arch=linux/amd64 ;;
+183) bin_arch=linux/arm64 ;;
+*) bin_arch="ELF machine $machine" ;;
 esac
-if [ -n "$want" ] && [ "$machine" != "$want" ]; then
-	die 6 "$name is built for another architecture (ELF machine $machine, this host is $(uname -m))" "download the $(uname -m) build"
+case "$(uname -m)" in
+x86_64) host_arch=amd64 ;;
+aarch64 | arm64) host_arch=arm64 ;;
+*) host_arch="" ;;
+esac
+if [ -n "$host_arch" ] && [ "$bin_arch" != "linux/$host_arch" ]; then
+	die 6 "$name is built for another architecture: $bin_arch, and this host is linux/$host_arch ($(uname -m))" \
+		"use the linux/$host_arch build: pull-agent-VERSION-linux-$host_arch.tar.gz"
 fi
 "$binary" version >/dev/null 2>&1 || die 6 "$name does not run ('pull-agent version' failed)" "is it a pull-agent binary for this platform?"
 

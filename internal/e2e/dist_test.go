@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"debug/elf"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -217,5 +218,49 @@ func hostArch(t *testing.T) string {
 	default:
 		t.Fatalf("no release for this machine (%s)", m)
 		return ""
+	}
+}
+
+// install.sh of an extracted release installs the release's own binary
+// when it is built for this host, and refuses it, naming the tarball to
+// use, when it is not.
+func TestInstallFromARelease(t *testing.T) {
+	root := repoRoot(t)
+	const version = "1.2.3"
+	dist := t.TempDir()
+	makeDist(t, root, version, dist)
+	host := hostArch(t)
+	for arch := range distArchs {
+		t.Run(arch, func(t *testing.T) {
+			dir := t.TempDir()
+			tarball := filepath.Join(dist, "pull-agent-"+version+"-linux-"+arch+".tar.gz")
+			if out, err := exec.Command("tar", "-C", dir, "-xzf", tarball).CombinedOutput(); err != nil {
+				t.Fatalf("tar: %v\n%s", err, out)
+			}
+			release := filepath.Join(dir, "pull-agent-"+version+"-linux-"+arch)
+			target := t.TempDir()
+			cmd := exec.Command("bash", filepath.Join(release, "install.sh"), "--root", target)
+			out, err := cmd.CombinedOutput()
+			installed := filepath.Join(target, "usr/local/bin/pull-agent")
+			if arch == host {
+				if err != nil {
+					t.Fatalf("install.sh of the linux/%s release on a linux/%s host: %v\n%s", arch, host, err, out)
+				}
+				want, _ := os.ReadFile(filepath.Join(release, "pull-agent"))
+				if got, err := os.ReadFile(installed); err != nil || !bytes.Equal(got, want) {
+					t.Fatalf("installed %s is not the release's binary (%v)", installed, err)
+				}
+				return
+			}
+			var ee *exec.ExitError
+			wantErr := "is built for another architecture: linux/" + arch + ", and this host is linux/" + host
+			wantHint := "use the linux/" + host + " build: pull-agent-VERSION-linux-" + host + ".tar.gz"
+			if !errors.As(err, &ee) || ee.ExitCode() != 6 || !strings.Contains(string(out), wantErr) || !strings.Contains(string(out), wantHint) {
+				t.Fatalf("install.sh of the linux/%s release on a linux/%s host: %v, want exit 6 with %q and %q:\n%s", arch, host, err, wantErr, wantHint, out)
+			}
+			if entries, _ := os.ReadDir(target); len(entries) != 0 {
+				t.Errorf("a refused install wrote into %s: %v", target, entries)
+			}
+		})
 	}
 }
