@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Builds, once, a minimal Debian 12 root filesystem that boots under
-# systemd-nspawn, for the systemd end-to-end test. It is cached outside the
-# checkout; the mirror is read from this machine's own apt sources.
-#   scripts/rootfs.sh [DEST]     default /var/cache/pull-agent-test/rootfs-bookworm
+# systemd-nspawn, for the systemd end-to-end test: a host as the README's
+# user-data finds it after its apt-get line (systemd, curl). It is cached
+# outside the checkout; the mirror is read from this machine's own apt sources.
+#   scripts/rootfs.sh [DEST]     default /var/cache/pull-agent-test/rootfs-bookworm-curl
 set -euo pipefail
 
-dest=${1:-/var/cache/pull-agent-test/rootfs-bookworm}
+dest=${1:-/var/cache/pull-agent-test/rootfs-bookworm-curl}
 # What the tree holds; a cached tree of another spec is rebuilt.
-spec="bookworm minbase systemd,systemd-sysv,dbus,procps"
+spec="bookworm minbase systemd,systemd-sysv,dbus,procps,curl"
 if [ -f "$dest/.complete" ] && [ "$(cat "$dest/.complete")" = "$spec" ]; then
 	exit 0
 fi
@@ -47,7 +48,7 @@ fi
 tmp="$dest.tmp.$$"
 trap 'rm -rf "$tmp"' EXIT
 echo "rootfs: debootstrap bookworm into $dest (a few minutes, once)" >&2
-debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,procps bookworm "$tmp" "$mirror" >"$tmp.log" 2>&1 || {
+debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,procps,curl bookworm "$tmp" "$mirror" >"$tmp.log" 2>&1 || {
 	tail -20 "$tmp.log" >&2
 	exit 1
 }

@@ -151,7 +151,7 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 	// A is open; B needs the credentials in /root/.docker/config.json.
 	prefixA, prefixB := reg.Prefix("first"), authReg.Prefix("second")
 	const ghcrToken = "ghp_e2eTokenS3cret"
-	stage, dockerConfig := stageUserData(t, root, authReg.Addr, prefixA, ghcrToken)
+	stage, dockerConfig, rel := stageUserData(t, root, authReg.Addr, prefixA, ghcrToken)
 
 	c := boot(t, rootfs, stage, strings.TrimPrefix(bed.DockerHost, "unix://"))
 	c.must(t, 10*time.Second, "install", "-d", "-m", "0700", "/root/.docker", "/root/.ssh")
@@ -160,6 +160,7 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 
 	out := c.must(t, 3*time.Minute, "bash", "/opt/pa/user-data.sh")
 	t.Logf("user-data:\n%s", out)
+	checkInstalledRelease(t, c, rel)
 	checkServiceStarted(t, c, prefixA)
 
 	mainPID := strings.TrimSpace(c.must(t, 10*time.Second, "systemctl", "show", "-p", "MainPID", "--value", "pull-agent"))
@@ -190,6 +191,7 @@ func TestInstalledServiceInABootedSystemd(t *testing.T) {
 	waitJournal(t, c, `msg="reload requested"`)
 
 	checkKillAndStop(t, c, prefixB)
+	checkJournalPriorities(t, c, reg.Prefix("partial"), config.KnownRuntimes()[0])
 }
 
 // must fails t on err.
@@ -212,7 +214,7 @@ func requireRootfs(t *testing.T, root string) string {
 	}
 	rootfs := os.Getenv("PULL_AGENT_ROOTFS")
 	if rootfs == "" {
-		rootfs = "/var/cache/pull-agent-test/rootfs-bookworm"
+		rootfs = "/var/cache/pull-agent-test/rootfs-bookworm-curl"
 	}
 	if out, err := exec.Command(filepath.Join(root, "scripts", "rootfs.sh"), rootfs).CombinedOutput(); err != nil {
 		testbed.SkipOrFail(t, fmt.Errorf("building the root filesystem: %v\n%s", err, out))
@@ -221,7 +223,8 @@ func requireRootfs(t *testing.T, root string) string {
 }
 
 // startE2EBed starts a bed with a registry seeded with every runtime in
-// namespaces first and second, and a second registry on the same storage
+// namespaces first and second and all but the first in partial, and a
+// second registry on the same storage
 // that wants basic auth (puller).
 func startE2EBed(t *testing.T) (*testbed.Bed, *testbed.Registry, *testbed.Registry) {
 	t.Helper()
@@ -238,6 +241,10 @@ func startE2EBed(t *testing.T) (*testbed.Bed, *testbed.Registry, *testbed.Regist
 			t.Fatal(err)
 		}
 	}
+	// Every runtime but the first: a run from there has one failing image.
+	if _, err := bed.Seed(ctx, reg, "partial", config.KnownRuntimes()[1:], testbed.SeedOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	// The same storage behind basic auth: the service pulls from it only
 	// with the credentials in /root/.docker/config.json.
 	users, err := testbed.Htpasswd(map[string]string{"puller": "e2e-basic-s3cret"})
@@ -247,35 +254,26 @@ func startE2EBed(t *testing.T) (*testbed.Bed, *testbed.Registry, *testbed.Regist
 	return bed, reg, authReg
 }
 
-// stageUserData writes what user-data would have into a directory the
-// container mounts at /opt/pa: the binary built from root, install.sh,
-// the unit, root's config.json with the credentials of authAddr, an SSH
-// key, the GHCR token and user-data.sh, which installs from prefixA. It
-// returns the directory and the config.json.
-func stageUserData(t *testing.T, root, authAddr, prefixA, ghcrToken string) (stage, dockerConfig string) {
+// stageUserData writes what the host holds besides user-data into a
+// directory the container mounts at /opt/pa (root's config.json with the
+// credentials of authAddr, an SSH key, the GHCR token), builds and serves
+// the release the README's user-data example installs, and writes that
+// example as user-data.sh, installing from prefixA. It returns the
+// directory, the config.json and the release.
+func stageUserData(t *testing.T, root, authAddr, prefixA, ghcrToken string) (stage, dockerConfig string, rel *release) {
 	t.Helper()
 	stage = t.TempDir()
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-X main.version=e2e", "-o", filepath.Join(stage, "pull-agent"), "./cmd/pull-agent")
-	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	must(t, os.MkdirAll(filepath.Join(stage, "systemd"), 0o755))
-	for _, f := range []string{"install.sh", "systemd/pull-agent.service", "systemd/pull-agent.env"} {
-		data, err := os.ReadFile(filepath.Join(root, f))
-		must(t, err)
-		must(t, os.WriteFile(filepath.Join(stage, f), data, 0o755))
-	}
 	// What root's home holds on a host: registry credentials the service
 	// needs, and an SSH key it has no business reading.
 	dockerConfig = `{"auths":{"` + authAddr + `":{"auth":"` + base64.StdEncoding.EncodeToString([]byte("puller:e2e-basic-s3cret")) + `"}}}`
 	must(t, os.WriteFile(filepath.Join(stage, "docker-config.json"), []byte(dockerConfig), 0o600))
 	must(t, os.WriteFile(filepath.Join(stage, "id_ed25519"), []byte("-----BEGIN OPENSSH PRIVATE KEY-----\ne2e-not-a-key\n-----END OPENSSH PRIVATE KEY-----\n"), 0o600))
 	must(t, os.WriteFile(filepath.Join(stage, "ghcr-token"), []byte(ghcrToken+"\n"), 0o600))
-	userdata := "#!/bin/bash\nset -euo pipefail\n/opt/pa/install.sh --binary /opt/pa/pull-agent --registry " + prefixA +
-		" --ghcr-user e2e-bot --ghcr-token-file /opt/pa/ghcr-token --wait-warm 120\n"
+	script, version := readmeUserData(t, root)
+	rel = serveRelease(t, root, version)
+	userdata := rel.userData(t, script, prefixA, "/opt/pa/ghcr-token")
 	must(t, os.WriteFile(filepath.Join(stage, "user-data.sh"), []byte(userdata), 0o755))
-	return stage, dockerConfig
+	return stage, dockerConfig, rel
 }
 
 // checkServiceStarted checks the service once user-data has run: active,
@@ -365,7 +363,7 @@ func checkServiceMounts(t *testing.T, c *container, pid, dockerConfig string) {
 func checkServiceEnviron(t *testing.T, c *container, pid, ghcrToken string) {
 	t.Helper()
 	file := c.must(t, 10*time.Second, "cat", "/etc/pull-agent/pull-agent.env")
-	if !strings.Contains(file, "\nGHCR_TOKEN='"+ghcrToken+"'\n") || !strings.Contains(file, "\nGHCR_USER='e2e-bot'\n") {
+	if !strings.Contains(file, "\nGHCR_TOKEN='"+ghcrToken+"'\n") || !strings.Contains(file, "\nGHCR_USER='"+readmeGHCRUser+"'\n") {
 		t.Fatalf("install.sh did not put GHCR_USER and GHCR_TOKEN into the env file")
 	}
 	vars := strings.Split(strings.TrimRight(c.must(t, 10*time.Second, "cat", "/proc/"+pid+"/environ"), "\x00"), "\x00")
