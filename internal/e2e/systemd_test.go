@@ -224,8 +224,7 @@ func requireRootfs(t *testing.T, root string) string {
 
 // startE2EBed starts a bed with a registry seeded with every runtime in
 // namespaces first and second and all but the first in partial, and a
-// second registry on the same storage
-// that wants basic auth (puller).
+// second registry on the same storage that wants basic auth (puller).
 func startE2EBed(t *testing.T) (*testbed.Bed, *testbed.Registry, *testbed.Registry) {
 	t.Helper()
 	ctx := context.Background()
