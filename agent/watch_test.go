@@ -110,11 +110,11 @@ func (r *watchRig) quiet(what string) {
 	}
 }
 
-// TestWatcherFollowsSymbolicLinks: the env file as a link into another
-// directory, a chain of links, a link among its directories, each edited
-// in place, replaced, moved, re-pointed; every change is reported, and a
+// TestWatcherFollowsLinksToFiles: the env file as a link into another
+// directory and as a chain of links, each target edited in place,
+// replaced, moved, each link re-pointed; every change is reported, and a
 // directory no longer on the way is no longer watched.
-func TestWatcherFollowsSymbolicLinks(t *testing.T) {
+func TestWatcherFollowsLinksToFiles(t *testing.T) {
 	t.Run("link to another directory, target edited in place", func(t *testing.T) {
 		r := newWatchRig(t, func(r *watchRig) {
 			r.mkdir("etc")
@@ -157,6 +157,12 @@ func TestWatcherFollowsSymbolicLinks(t *testing.T) {
 			t.Errorf("watched %v", got)
 		}
 	})
+}
+
+// TestWatcherFollowsLinkedDirectories: a link among the env file's
+// directories re-pointed, a target directory made after start, a
+// Kubernetes-style ..data swap; then each new target edited in place.
+func TestWatcherFollowsLinkedDirectories(t *testing.T) {
 	t.Run("link among the directories, re-pointed", func(t *testing.T) {
 		r := newWatchRig(t, func(r *watchRig) {
 			r.mkdir("v1")
