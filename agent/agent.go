@@ -46,6 +46,11 @@ type Options struct {
 	// Changes delivers a value whenever the env file may have changed (a
 	// Watcher's Changes); nil reads it only at start and on Reload.
 	Changes <-chan struct{}
+	// CredentialChanges delivers a value whenever the credentials may have
+	// changed (a Watcher of Docker's config.json): images whose last pull
+	// failed on auth are tried again at once. nil: only Reload, a
+	// configuration change or the refresh retries them.
+	CredentialChanges <-chan struct{}
 	// Getenv is the process environment.
 	Getenv func(string) string
 	// NewEngine connects to the Docker daemon at an endpoint.
@@ -210,6 +215,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case <-a.opts.Changes:
 			l.loadConfig(false, false)
+		case <-a.opts.CredentialChanges:
+			l.credentialsChanged()
 		case <-a.reload:
 			a.log.Info("reload requested")
 			l.loadConfig(false, true)

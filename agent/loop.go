@@ -46,6 +46,8 @@ type loop struct {
 	// described is each configured host's credential source, as the
 	// configuration says (before any pull).
 	described map[string]string
+	// credsAt is when the credentials last changed (CredentialChanges).
+	credsAt time.Time
 
 	// The schedule.
 	states        map[string]*imageState

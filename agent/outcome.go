@@ -91,6 +91,13 @@ func (l *loop) failed(st *imageState, d pullDone, now time.Time, log *slog.Logge
 			l.retry(st, class, now, log)
 			return
 		}
+		if class == pull.ClassAuth && r.Started.Before(l.credsAt) {
+			// The credentials changed while this pull ran with the old ones.
+			st.Attempts++
+			st.Due, st.NextAttempt = true, now
+			log.Warn("pull failed on auth with credentials since changed; trying again at once", "error", st.LastError)
+			return
+		}
 		l.waitForRefresh(st, class, log)
 	default: // network, server, stalled, verify, unknown
 		l.retry(st, class, now, log)

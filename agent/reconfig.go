@@ -196,3 +196,24 @@ func (l *loop) requeue(all bool) {
 		}
 	}
 }
+
+// credentialsChanged tries again at once every image whose last pull
+// failed on auth, and says anew where each host's credentials come from.
+// The auth package reads config.json at every selection, so nothing it
+// holds goes stale.
+func (l *loop) credentialsChanged() {
+	now := l.clock.Now()
+	l.credsAt = now
+	if l.authz != nil {
+		l.described = describeHosts(l.authz, l.images)
+	}
+	n := 0
+	for _, st := range l.states {
+		if st.cancel != nil || st.LastClass != pull.ClassAuth || (st.Due && !st.NextAttempt.After(now)) {
+			continue
+		}
+		st.Due, st.Attempts, st.NextAttempt = true, 0, now
+		n++
+	}
+	l.log.Info("credentials changed", "retrying_auth_failures", n)
+}

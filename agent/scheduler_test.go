@@ -326,3 +326,52 @@ func TestSchedPruneAfterWarmUp(t *testing.T) {
 		}
 	})
 }
+
+// A change of the credentials (Docker's config.json) tries again at once
+// the images whose last pull failed on auth, and only those; a pull that
+// failed on auth with the credentials of before the change is tried again
+// at once too, though it ended after the change.
+func TestSchedCredentialChangeRetriesAuthFailures(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		denied := errors.New("unauthorized: authentication required")
+		e := newScriptEngine(func(r string, n int) error {
+			switch {
+			case r == ref("codex") && n == 0:
+				return denied
+			case r == ref("hermes"):
+				return errors.New("manifest unknown: manifest unknown")
+			case r == ref("autogen") && n == 0:
+				time.Sleep(10 * time.Second) // in flight when the credentials change
+				return denied
+			}
+			return nil
+		})
+		creds := make(chan struct{}, 1)
+		s := startSched(t, e, envOf("codex,hermes,autogen"), nil, func(o *Options) { o.CredentialChanges = creds })
+		defer s.stop()
+		s.after(2 * time.Second)
+		if st := s.status("codex"); st.LastClass != pull.ClassAuth || st.Due || len(e.pullTimes(ref("codex"), s.t0)) != 1 {
+			t.Fatalf("before the change: codex class %s, due %v, pulls %v; want one auth failure, waiting", st.LastClass, st.Due, e.pullTimes(ref("codex"), s.t0))
+		}
+		creds <- struct{}{}
+		synctest.Wait()
+		if got := e.pullTimes(ref("codex"), s.t0); len(got) != 2 || got[1] != 2*time.Second {
+			t.Errorf("codex pulled at %v, want again at once on the change (2s)", got)
+		}
+		if st := s.status("codex"); st.State != state.Warm {
+			t.Errorf("codex %s after the change, want warm", st.State)
+		}
+		s.after(10 * time.Second)
+		if got := e.pullTimes(ref("autogen"), s.t0); len(got) != 2 || got[1] != 10*time.Second {
+			t.Errorf("autogen pulled at %v, want again as soon as its old-credentials pull failed (10s)", got)
+		}
+		if got := e.pullTimes(ref("hermes"), s.t0); len(got) != 1 {
+			t.Errorf("hermes (not found) pulled at %v, want once: a credential change does not retry it", got)
+		}
+		creds <- struct{}{}
+		synctest.Wait()
+		if got := e.pullTimes(ref("codex"), s.t0); len(got) != 2 {
+			t.Errorf("a warm image was pulled again on a credential change: %v", got)
+		}
+	})
+}

@@ -119,6 +119,11 @@ type Selection struct {
 	Credentials Credentials
 	// Expires is when the credentials stop working, when known (ECR).
 	Expires time.Time
+	// HelperFailure says which credential helper failed, and how, when the
+	// selection went on without it as the docker CLI does (to the auths
+	// entry, or anonymous); empty otherwise. It holds no secret: a pull
+	// that then fails on auth names it.
+	HelperFailure string
 }
 
 // GHCRHost is the GitHub Container Registry host. GHCR_USER and GHCR_TOKEN
@@ -153,10 +158,12 @@ type Options struct {
 }
 
 // Selector chooses credentials for a registry host. For each host, in
-// order: GHCR_USER/GHCR_TOKEN for ghcr.io; config.json credHelpers[host];
-// ecr-login in-process for ECR hosts; config.json credsStore; config.json
-// auths; anonymous. config.json is read at each selection, so an edit takes
-// effect without a restart.
+// order: GHCR_USER/GHCR_TOKEN for ghcr.io; the helper config.json names
+// for the host (credHelpers[host], else credsStore), combined with the
+// auths entry as the docker CLI combines them; ecr-login in-process for
+// ECR hosts no credHelpers entry names; the auths entry; anonymous.
+// config.json is read at each selection, so an edit takes effect without
+// a restart.
 type Selector struct {
 	opts Options
 	ecr  *ecrProvider
@@ -198,6 +205,22 @@ func (s *Selector) dockerConfig() (*configfile.ConfigFile, error) {
 	return loadDockerConfig(s.opts.DockerConfigDir)
 }
 
+// helperFor is the credential helper the docker CLI would ask for
+// server, and which key of config.json names it ("credHelpers" or
+// "credsStore"). A credHelpers entry for the server wins even when it is
+// empty: the CLI then reads the auths entry and skips credsStore. ecr
+// reports that no helper is named but the host is an ECR host, which
+// the ecr-login library serves in-process.
+func helperFor(cf *configfile.ConfigFile, host string) (helper, key string, ecr bool) {
+	if h, ok := cf.CredentialHelpers[serverAddress(host)]; ok {
+		return h, "credHelpers", false
+	}
+	if IsECRHost(host) {
+		return "", "", true
+	}
+	return cf.CredentialsStore, "credsStore", false
+}
+
 // Describe names the source Select would use for host, without running a
 // helper or contacting anything.
 func (s *Selector) Describe(host string) Source {
@@ -208,14 +231,12 @@ func (s *Selector) Describe(host string) Source {
 	if err != nil {
 		return Source("config.json unreadable")
 	}
-	if h := cf.CredentialHelpers[serverAddress(host)]; h != "" {
-		return Source("config.json credHelpers: " + h)
-	}
-	if IsECRHost(host) {
+	helper, key, ecr := helperFor(cf, host)
+	switch {
+	case ecr:
 		return "ecr-login (AWS default credential chain)"
-	}
-	if cf.CredentialsStore != "" {
-		return Source("config.json credsStore: " + cf.CredentialsStore)
+	case helper != "":
+		return Source("config.json " + key + ": " + helper)
 	}
 	if _, ok := fromAuths(cf, serverAddress(host)); ok {
 		return SourceAuths
@@ -223,10 +244,12 @@ func (s *Selector) Describe(host string) Source {
 	return SourceAnonymous
 }
 
-// Select returns the credentials for host. An error means credentials
-// should exist but could not be had (a helper failed, ECR refused, the
-// config.json is broken): the pull would fail on auth, and the error says
-// why.
+// Select returns the credentials for host, chosen as the docker CLI
+// chooses them from the same config.json (see viaHelper), with ghcr env
+// credentials first and ecr-login in-process for ECR hosts no helper is
+// named for. An error means credentials should exist but could not be
+// had (a helper hung, ECR refused, the config.json is broken): the pull
+// would fail on auth, and the error says why.
 func (s *Selector) Select(ctx context.Context, host string) (Selection, error) {
 	sel := Selection{Host: host, Source: SourceAnonymous}
 	if s.hasGHCR(host) {
@@ -238,42 +261,67 @@ func (s *Selector) Select(ctx context.Context, host string) (Selection, error) {
 	if err != nil {
 		return sel, err
 	}
-	server := serverAddress(host)
-	if h := cf.CredentialHelpers[server]; h != "" {
-		sel.Source = Source("config.json credHelpers: " + h)
-		c, err := runHelper(ctx, h, server, s.opts.HelperTimeout, s.opts.HelperEnv)
-		if errors.Is(err, ErrNoCredentials) {
-			return sel, nil // as the docker CLI: the helper has none, pull anonymously
-		}
-		sel.Credentials = c
-		return sel, err
+	helper, key, ecr := helperFor(cf, host)
+	switch {
+	case ecr:
+		return s.viaECR(ctx, host)
+	case helper != "":
+		return s.viaHelper(ctx, cf, host, helper, key)
 	}
-	if IsECRHost(host) {
-		r, err := s.ecr.get(ctx, host)
-		if err != nil {
-			sel.Source = "ecr-login"
-			return sel, err
-		}
-		sel.Credentials, sel.Expires = r.creds, r.expires
-		sel.Source = Source("ecr-login (" + r.chain + ")")
-		if !r.expires.IsZero() {
-			sel.Source = Source("ecr-login (" + r.chain + "; token expires " + r.expires.UTC().Format(time.RFC3339) + ")")
-		}
-		return sel, nil
-	}
-	if cf.CredentialsStore != "" {
-		c, err := runHelper(ctx, cf.CredentialsStore, server, s.opts.HelperTimeout, s.opts.HelperEnv)
-		switch {
-		case err == nil:
-			sel.Source, sel.Credentials = Source("config.json credsStore: "+cf.CredentialsStore), c
-			return sel, nil
-		case !errors.Is(err, ErrNoCredentials):
-			sel.Source = Source("config.json credsStore: " + cf.CredentialsStore)
-			return sel, err
-		}
-	}
-	if c, ok := fromAuths(cf, server); ok {
+	if c, ok := fromAuths(cf, serverAddress(host)); ok {
 		sel.Source, sel.Credentials = SourceAuths, c
 	}
+	return sel, nil
+}
+
+func (s *Selector) viaECR(ctx context.Context, host string) (Selection, error) {
+	sel := Selection{Host: host, Source: "ecr-login"}
+	r, err := s.ecr.get(ctx, host)
+	if err != nil {
+		return sel, err
+	}
+	sel.Credentials, sel.Expires = r.creds, r.expires
+	sel.Source = Source("ecr-login (" + r.chain + ")")
+	if !r.expires.IsZero() {
+		sel.Source = Source("ecr-login (" + r.chain + "; token expires " + r.expires.UTC().Format(time.RFC3339) + ")")
+	}
+	return sel, nil
+}
+
+// viaHelper asks helper for the credentials of host and combines its
+// answer with the config.json auths entry as the docker CLI's native
+// store does: the helper's answer replaces the entry's user, password
+// and identity token; a helper that has nothing for the host ("credentials
+// not found") replaces them with nothing, which means anonymous; a helper
+// that fails in any other way (not installed, an error, output that is
+// not credentials) leaves the entry as it is, and the CLI ignores the
+// failure. Two deliberate differences: a helper that does not answer
+// within the helper timeout is killed and the pull retried (the CLI
+// waits for ever), and a helper name with a path was refused with the
+// whole config.json (ParseDockerConfig).
+func (s *Selector) viaHelper(ctx context.Context, cf *configfile.ConfigFile, host, helper, key string) (Selection, error) {
+	server := serverAddress(host)
+	sel := Selection{Host: host, Source: Source("config.json " + key + ": " + helper)}
+	entry, _ := fromAuths(cf, server)
+	c, err := runHelper(ctx, helper, server, s.opts.HelperTimeout, s.opts.HelperEnv)
+	switch {
+	case err == nil:
+		c.RegistryToken = entry.RegistryToken
+		sel.Credentials = c
+		return sel, nil
+	case errors.Is(err, ErrNoCredentials):
+		sel.Credentials = Credentials{RegistryToken: entry.RegistryToken}
+		return sel, nil
+	case errors.Is(err, ErrUnavailable):
+		return sel, err
+	}
+	fallback := SourceAnonymous
+	if !entry.Anonymous() {
+		fallback = SourceAuths
+	}
+	s.opts.Logger.Warn("credential helper failed; using what config.json auths holds for the host, as the docker CLI does", "host", host, "helper", helper, "using", string(fallback), "error", err.Error())
+	sel.HelperFailure = key + ": " + helper + " failed, so " + string(fallback) + " was used, as the docker CLI does: " + err.Error()
+	sel.Source = Source(string(fallback) + " (" + key + ": " + helper + " failed)")
+	sel.Credentials = entry
 	return sel, nil
 }

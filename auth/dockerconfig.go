@@ -45,6 +45,9 @@ func ParseDockerConfig(name string, r io.Reader) (*configfile.ConfigFile, error)
 		return nil, fmt.Errorf("%s: not a valid docker config.json: %w", name, err)
 	}
 	for host, h := range cf.CredentialHelpers {
+		if h == "" {
+			continue // the docker CLI then reads the auths entry for host
+		}
 		if err := ValidHelperName(h); err != nil {
 			return nil, fmt.Errorf("%s: credHelpers[%q]: %w", name, host, err)
 		}
@@ -231,7 +234,8 @@ func helperFailed(bin, server string, runErr error, out []byte) error {
 }
 
 // fromAuths returns the config.json auths entry for server, matched as the
-// docker CLI matches it (exact key, then keys written as URLs).
+// docker CLI matches it (exact key, then keys written as URLs), and
+// whether it holds any credential.
 func fromAuths(cf *configfile.ConfigFile, server string) (Credentials, bool) {
 	ac, err := clicreds.NewFileStore(cf).Get(server)
 	if err != nil {

@@ -119,25 +119,48 @@ func TestSelectOrderAndSources(t *testing.T) {
 	}
 }
 
-func TestCredsStoreThenAuths(t *testing.T) {
+// TestHelperAndAuthsAsTheDockerCLI: a helper's answer replaces the auths
+// entry; "credentials not found" from a helper replaces it with nothing
+// (anonymous); an empty credHelpers entry means the auths entry, whatever
+// credsStore says. The differential test in cmd/pull-agent checks the
+// same rules against the docker CLI itself.
+func TestHelperAndAuthsAsTheDockerCLI(t *testing.T) {
 	withHelpers(t)
-	s, _ := NewSelector(Options{DockerConfigDir: configDir(t, `{"credsStore": "pa-good", "auths": {"a.test": {"username": "x", "password": "y"}}}`)})
-	sel, err := s.Select(context.Background(), "a.test")
-	if err != nil || sel.Source != "config.json credsStore: pa-good" || sel.Credentials.Username != "helper-user" {
-		t.Fatalf("credsStore: %v %+v", err, sel)
+	const entry = `"auths": {"a.test": {"username": "x", "password": "y"}}`
+	tests := []struct {
+		name, cfg string
+		src       Source
+		user      string
+	}{
+		{"credsStore answers", `{"credsStore": "pa-good", ` + entry + `}`, "config.json credsStore: pa-good", "helper-user"},
+		{"credsStore has nothing: anonymous", `{"credsStore": "pa-none", ` + entry + `}`, "config.json credsStore: pa-none", ""},
+		{"credHelpers has nothing: anonymous", `{"credHelpers": {"a.test": "pa-none"}, ` + entry + `}`, "config.json credHelpers: pa-none", ""},
+		{"empty credHelpers entry: auths, not credsStore", `{"credsStore": "pa-none", "credHelpers": {"a.test": ""}, ` + entry + `}`, SourceAuths, "x"},
+		{"credHelpers for another host: credsStore", `{"credsStore": "pa-good", "credHelpers": {"b.test": "pa-none"}, ` + entry + `}`, "config.json credsStore: pa-good", "helper-user"},
 	}
-	s, _ = NewSelector(Options{DockerConfigDir: configDir(t, `{"credsStore": "pa-none", "auths": {"a.test": {"username": "x", "password": "y"}}}`)})
-	sel, err = s.Select(context.Background(), "a.test")
-	if err != nil || sel.Source != SourceAuths || sel.Credentials.Username != "x" {
-		t.Fatalf("store without the host falls back to auths: %v %+v", err, sel)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, _ := NewSelector(Options{DockerConfigDir: configDir(t, tt.cfg)})
+			sel, err := s.Select(context.Background(), "a.test")
+			if err != nil || sel.Source != tt.src || sel.Credentials.Username != tt.user {
+				t.Fatalf("got %v %s %q, want %s %q", err, sel.Source, sel.Credentials.Username, tt.src, tt.user)
+			}
+			if d := s.Describe("a.test"); d != tt.src {
+				t.Errorf("Describe says %s, Select used %s", d, sel.Source)
+			}
+		})
 	}
 }
 
+// TestHelperFailures: a helper that fails is ignored, as the docker CLI
+// ignores it, and the auths entry (or nothing) is used; the failure is
+// named in the source and the log, never with the helper's output. A
+// helper that hangs is killed and the pull retried (the CLI would wait).
 func TestHelperFailures(t *testing.T) {
 	withHelpers(t)
 	tests := []struct {
 		helper, want string
-		transient    bool // retried with backoff rather than left for the operator
+		transient    bool // an error, retried with backoff
 	}{
 		{"pa-garbage", "docker-credential-pa-garbage printed something that is not credentials JSON", false},
 		{"pa-fail", "docker-credential-pa-fail failed (exit status 1) for h.test; what it printed is not shown", false},
@@ -149,25 +172,45 @@ func TestHelperFailures(t *testing.T) {
 		{"pa-missing", "docker-credential-pa-missing not found on PATH", false},
 	}
 	for _, tt := range tests {
-		t.Run(tt.helper, func(t *testing.T) {
-			s, _ := NewSelector(Options{DockerConfigDir: configDir(t, `{"credHelpers": {"h.test": "`+tt.helper+`"}}`), HelperTimeout: 300 * time.Millisecond})
-			start := time.Now()
-			_, err := s.Select(context.Background(), "h.test")
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("got %v, want %q", err, tt.want)
-			}
-			if got := errors.Is(err, ErrUnavailable); got != tt.transient {
-				t.Errorf("errors.Is(%v, ErrUnavailable) = %v, want %v", err, got, tt.transient)
-			}
-			for _, out := range []string{"helper-s3cret", "helper-user", "keychain is locked", "not json"} {
-				if strings.Contains(err.Error(), out) {
-					t.Fatalf("the error repeats the helper's output (%q): %v", out, err)
+		for _, withEntry := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/auths entry %v", tt.helper, withEntry), func(t *testing.T) {
+				cfg := `{"credHelpers": {"h.test": "` + tt.helper + `"}}`
+				want := SourceAnonymous
+				if withEntry {
+					cfg = `{"credHelpers": {"h.test": "` + tt.helper + `"}, "auths": {"h.test": {"username": "file-user", "password": "file-pw"}}}`
+					want = SourceAuths
 				}
-			}
-			if time.Since(start) > 5*time.Second {
-				t.Fatalf("took %s", time.Since(start))
-			}
-		})
+				logs := &testbed.Buffer{}
+				s, _ := NewSelector(Options{DockerConfigDir: configDir(t, cfg), HelperTimeout: 300 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+				start := time.Now()
+				sel, err := s.Select(context.Background(), "h.test")
+				said := string(sel.Source) + " " + sel.HelperFailure
+				if tt.transient {
+					if err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, ErrUnavailable) {
+						t.Fatalf("got %v, want %q, retried", err, tt.want)
+					}
+					said = err.Error()
+				} else {
+					if err != nil || string(sel.Source) != string(want)+" (credHelpers: "+tt.helper+" failed)" || !strings.Contains(sel.HelperFailure, tt.want) {
+						t.Fatalf("got %v, source %q; want %s naming %q", err, said, want, tt.want)
+					}
+					if withEntry != (sel.Credentials.Username == "file-user" && sel.Credentials.Password.Reveal() == "file-pw") || withEntry == sel.Credentials.Anonymous() {
+						t.Fatalf("credentials %+v, want the auths entry: %v", sel.Credentials, withEntry)
+					}
+					if !strings.Contains(logs.String(), "credential helper failed") {
+						t.Errorf("the failure is not logged:\n%s", logs)
+					}
+				}
+				for _, out := range []string{"helper-s3cret", "helper-user", "keychain is locked", "not json", "file-pw"} {
+					if strings.Contains(said, out) || strings.Contains(logs.String(), out) {
+						t.Fatalf("the source or log repeats a secret or the helper's output (%q): %s\n%s", out, said, logs)
+					}
+				}
+				if time.Since(start) > 5*time.Second {
+					t.Fatalf("took %s", time.Since(start))
+				}
+			})
+		}
 	}
 }
 

@@ -290,12 +290,16 @@ func (p *Puller) Pull(ctx context.Context, img config.Image, obs Observer) PullR
 		obs = NopObserver{}
 	}
 	res := PullResult{Image: img, Started: p.opts.Now()}
+	var helperFailure string // a credential helper the selection went on without
 	finish := func(err error) PullResult {
 		res.Duration = p.opts.Now().Sub(res.Started)
 		if err != nil {
 			var pe *pullError
 			if !errors.As(err, &pe) {
 				err = &pullError{Class: classify(err), Err: err}
+			}
+			if helperFailure != "" && ClassOf(err) == ClassAuth {
+				err = &pullError{Class: ClassAuth, Err: fmt.Errorf("%w (%s)", err, helperFailure)}
 			}
 			res.Err = err
 		}
@@ -304,7 +308,7 @@ func (p *Puller) Pull(ctx context.Context, img config.Image, obs Observer) PullR
 	}
 
 	sel, err := p.auth.Select(ctx, img.Host())
-	res.Source, res.CredentialsExpire = sel.Source, sel.Expires
+	res.Source, res.CredentialsExpire, helperFailure = sel.Source, sel.Expires, sel.HelperFailure
 	if err != nil {
 		return finish(&pullError{Class: ClassAuth, Err: fmt.Errorf("choosing credentials for %s: %w", img.Host(), err)})
 	}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/molecule-ai/pull-agent/agent"
 	"github.com/molecule-ai/pull-agent/agent/config"
@@ -52,13 +53,20 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	defer running.Wait()
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
-	changes, err := startWatcher(ctx, &running, rf.opts, log)
+	changes, err := startWatcher(ctx, &running, rf.opts.EnvFile, rf.opts.Debounce, log)
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	o := wireOptions(rf, getenv, log)
 	o.Changes = changes
+	// Docker's config.json, where the credential selection reads it: a
+	// fix of credentials re-tries auth failures at once. Without this
+	// watcher they wait for SIGHUP or the refresh.
+	dockerConfig := filepath.Join(auth.DockerConfigDir(getenv), "config.json")
+	if o.CredentialChanges, err = startWatcher(ctx, &running, dockerConfig, rf.opts.Debounce, log); err != nil {
+		log.Warn("not watching Docker's config.json; a credential fix takes effect at the next refresh or on SIGHUP", "file", dockerConfig, "error", err.Error())
+	}
 	a, err := agent.New(o)
 	if err != nil {
 		ln.Close()
@@ -151,15 +159,15 @@ func wireOptions(rf runFlags, getenv func(string) string, log *slog.Logger) agen
 	return o
 }
 
-// startWatcher watches the env file until ctx is done, in a goroutine of
-// running, and returns its change notifications.
-func startWatcher(ctx context.Context, running *sync.WaitGroup, o agent.Options, log *slog.Logger) (<-chan struct{}, error) {
-	w, err := agent.NewWatcher(o.EnvFile, o.Debounce, log)
+// startWatcher watches the file at path until ctx is done, in a goroutine
+// of running, and returns its change notifications.
+func startWatcher(ctx context.Context, running *sync.WaitGroup, path string, debounce time.Duration, log *slog.Logger) (<-chan struct{}, error) {
+	w, err := agent.NewWatcher(path, debounce, log)
 	if err != nil {
 		return nil, err
 	}
 	if err := w.Start(); err != nil {
-		return nil, fmt.Errorf("watching %s: %w", o.EnvFile, err)
+		return nil, fmt.Errorf("watching %s: %w", path, err)
 	}
 	running.Go(func() { w.Run(ctx) })
 	return w.Changes(), nil

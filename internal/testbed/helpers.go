@@ -11,7 +11,7 @@ import (
 // HelperModes returns the behaviours of the test credential helper (see
 // internal/testbed/credhelper).
 func HelperModes() []string {
-	return []string{"pa-good", "pa-token", "pa-none", "pa-garbage", "pa-fail", "pa-hang", "pa-leak", "pa-killed", "pa-envdump"}
+	return []string{"pa-good", "pa-token", "pa-none", "pa-garbage", "pa-fail", "pa-hang", "pa-leak", "pa-killed", "pa-envdump", "pa-wrong", "pa-elsewhere"}
 }
 
 // HelperConfig is what the test credential helpers in a directory answer

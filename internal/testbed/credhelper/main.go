@@ -3,6 +3,8 @@
 //
 //	docker-credential-pa-good     answers with the configured user and secret
 //	docker-credential-pa-token    answers with an identity token (Username "<token>")
+//	docker-credential-pa-wrong    answers with the configured user and a wrong secret
+//	docker-credential-pa-elsewhere answers as pa-good, for another server URL
 //	docker-credential-pa-none     "credentials not found in native keychain", exit 1
 //	docker-credential-pa-garbage  prints something that is not JSON (with the secret), exit 0
 //	docker-credential-pa-fail     prints an error, exit 1
@@ -75,12 +77,17 @@ func main() {
 		fmt.Println("only get is supported")
 		os.Exit(1)
 	}
-	creds := func() {
-		_ = json.NewEncoder(os.Stdout).Encode(map[string]string{"ServerURL": server, "Username": c.User, "Secret": c.Secret})
+	answer := func(url, secret string) {
+		_ = json.NewEncoder(os.Stdout).Encode(map[string]string{"ServerURL": url, "Username": c.User, "Secret": secret})
 	}
+	creds := func() { answer(server, c.Secret) }
 	switch mode {
 	case "pa-good":
 		creds()
+	case "pa-wrong":
+		answer(server, c.Secret+"-wrong")
+	case "pa-elsewhere":
+		answer("https://elsewhere.example.test", c.Secret)
 	case "pa-token":
 		_ = json.NewEncoder(os.Stdout).Encode(map[string]string{"ServerURL": server, "Username": "<token>", "Secret": c.Secret})
 	case "pa-none":
