@@ -41,8 +41,19 @@ func fastOptions() agent.Options {
 	o.Retry = agent.RetryPolicy{Initial: 200 * time.Millisecond, Max: time.Second, Attempts: 50}
 	o.RateLimit = agent.RetryPolicy{Initial: 3 * time.Second, Max: 6 * time.Second}
 	o.DaemonRetry = agent.RetryPolicy{Initial: 100 * time.Millisecond, Max: 500 * time.Millisecond}
-	o.Timeouts = pull.PullTimeouts{Begin: 20 * time.Second, Stall: 2 * time.Second, Extract: 30 * time.Second, Overall: 2 * time.Minute}
+	o.Timeouts = pull.PullTimeouts{Begin: 20 * time.Second, Stall: stallTimeout(), Extract: 30 * time.Second, Overall: 2 * time.Minute}
 	return o
+}
+
+// stallTimeout is the tests' stall timeout: 2 s, but 10 s on the
+// containerd image store, which reports a layer's progress in steps of
+// 1 MiB (its content writer's buffer), 8 s apart on the tests' 128 KB/s
+// proxies: a shorter timeout would call every slow pull stalled.
+func stallTimeout() time.Duration {
+	if testbed.DefaultEngine() == testbed.EngineTrixieContainerd {
+		return 10 * time.Second
+	}
+	return 2 * time.Second
 }
 
 // startAgent runs an agent on envFile against dockerHost until the test ends.
@@ -444,10 +455,10 @@ func TestAgentStallIsDetectedAndRetried(t *testing.T) {
 	})
 	must(t, px.Stall())
 	stalledAt := time.Now()
-	r.waitFor(t, "the pull failing as stalled", 10*time.Second, func(s agent.Snapshot) bool {
+	r.waitFor(t, "the pull failing as stalled", stallTimeout()+8*time.Second, func(s agent.Snapshot) bool {
 		return s.Images[0].LastClass == pull.ClassStalled
 	})
-	t.Logf("stall detected %s after forwarding stopped (stall timeout 2s)", time.Since(stalledAt).Round(time.Millisecond))
+	t.Logf("stall detected %s after forwarding stopped (stall timeout %s)", time.Since(stalledAt).Round(time.Millisecond), stallTimeout())
 	px.Clear()
 	seeded := map[string]testbed.Seeded{"codex": {Digest: seed["codex"].Digest}}
 	r.waitFor(t, "warm after the link recovered", 60*time.Second, warmOn(prefix, seeded))

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
 )
@@ -31,6 +32,17 @@ const TrixieRoot = "/var/cache/pull-agent-test/rootfs-trixie"
 // Engines lists every engine the bed can run.
 func Engines() []string {
 	return []string{EngineDebian12, EngineTrixieClassic, EngineTrixieContainerd}
+}
+
+// DefaultEngine is the engine Start runs when Options.Engine is empty:
+// the one EngineEnv names, else Debian 12's (an unknown name also gives
+// Debian 12's here; Start refuses it).
+func DefaultEngine() string {
+	e, err := engineOf("")
+	if err != nil {
+		return EngineDebian12
+	}
+	return e
 }
 
 // engineOf resolves the engine asked for: opt, else EngineEnv, else
@@ -152,8 +164,15 @@ func (b *Bed) trixieCommand(hostsFile string, args []string) (string, []string, 
 		ns = append(ns, "--net")
 		net = "net"
 	}
+	// The socket's group, by number: the tree's "docker" group is not
+	// the machine's, and the agent warns of a socket owned by a group
+	// other than root or docker.
+	gid := "0"
+	if g, err := user.LookupGroup("docker"); err == nil {
+		gid = g.Gid
+	}
 	sh := append(ns, "--", "/bin/sh", "-c", trixieScript, "sh", TrixieRoot, b.Dir, hostsFile, net)
-	return "unshare", append(sh, args...), nil
+	return "unshare", append(append(sh, "--group", gid), args...), nil
 }
 
 // writeHosts writes the daemon's /etc/hosts (localhost and Options.Hosts)
