@@ -62,7 +62,7 @@ test-go:
 ## image store, the two engines in parallel. The trixie tree is built once
 ## (scripts/trixie-rootfs.sh) and cached.
 TRIXIE_ENGINES := trixie-classic trixie-containerd
-ENGINE_PKGS    := ./agent ./agent/pull ./cmd/pull-agent
+ENGINE_PKGS    := ./internal/testbed ./agent ./agent/pull ./cmd/pull-agent
 test-engines: deps trixie-rootfs
 	$(MAKE) -j2 --output-sync=target $(addprefix test-engine-,$(TRIXIE_ENGINES))
 
