@@ -483,7 +483,10 @@ func TestAgentRateLimitBacksOffThatHostOnly(t *testing.T) {
 	path := plainFile(t, t.TempDir(), px.Prefix(f.ns))
 	r := startAgent(t, f.bed.DockerHost, path, map[string]string{config.KeyRuntimes: strings.Join(rts, ",")}, func(o *agent.Options) {
 		o.Concurrency = 1
-		o.RateLimit = agent.RetryPolicy{Initial: 8 * time.Second, Max: 16 * time.Second} // a first cooldown of 4–8 s
+		// A first cooldown of 10–20 s: the other host's four pulls must
+		// fit in it even on a loaded machine (they took 5 s at a load
+		// average of 18). Nothing waits for its end.
+		o.RateLimit = agent.RetryPolicy{Initial: 20 * time.Second, Max: 40 * time.Second}
 	})
 	s := r.waitFor(t, "a cooldown on the limited host", 10*time.Second, func(s agent.Snapshot) bool { return !s.Cooldowns[limitedHost].IsZero() })
 	until := s.Cooldowns[limitedHost]
