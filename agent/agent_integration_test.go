@@ -41,8 +41,19 @@ func fastOptions() agent.Options {
 	o.Retry = agent.RetryPolicy{Initial: 200 * time.Millisecond, Max: time.Second, Attempts: 50}
 	o.RateLimit = agent.RetryPolicy{Initial: 3 * time.Second, Max: 6 * time.Second}
 	o.DaemonRetry = agent.RetryPolicy{Initial: 100 * time.Millisecond, Max: 500 * time.Millisecond}
-	o.Timeouts = pull.PullTimeouts{Begin: 20 * time.Second, Stall: 2 * time.Second, Extract: 30 * time.Second, Overall: 2 * time.Minute}
+	o.Timeouts = pull.PullTimeouts{Begin: 20 * time.Second, Stall: stallTimeout(), Extract: 30 * time.Second, Overall: 2 * time.Minute}
 	return o
+}
+
+// stallTimeout is the tests' stall timeout: 2 s, but 10 s on the
+// containerd image store, which reports a layer's progress in steps of
+// 1 MiB (its content writer's buffer), 8 s apart on the tests' 128 KB/s
+// proxies: a shorter timeout would call every slow pull stalled.
+func stallTimeout() time.Duration {
+	if testbed.DefaultEngine() == testbed.EngineTrixieContainerd {
+		return 10 * time.Second
+	}
+	return 2 * time.Second
 }
 
 // startAgent runs an agent on envFile against dockerHost until the test ends.
@@ -444,10 +455,10 @@ func TestAgentStallIsDetectedAndRetried(t *testing.T) {
 	})
 	must(t, px.Stall())
 	stalledAt := time.Now()
-	r.waitFor(t, "the pull failing as stalled", 10*time.Second, func(s agent.Snapshot) bool {
+	r.waitFor(t, "the pull failing as stalled", stallTimeout()+8*time.Second, func(s agent.Snapshot) bool {
 		return s.Images[0].LastClass == pull.ClassStalled
 	})
-	t.Logf("stall detected %s after forwarding stopped (stall timeout 2s)", time.Since(stalledAt).Round(time.Millisecond))
+	t.Logf("stall detected %s after forwarding stopped (stall timeout %s)", time.Since(stalledAt).Round(time.Millisecond), stallTimeout())
 	px.Clear()
 	seeded := map[string]testbed.Seeded{"codex": {Digest: seed["codex"].Digest}}
 	r.waitFor(t, "warm after the link recovered", 60*time.Second, warmOn(prefix, seeded))
@@ -472,7 +483,10 @@ func TestAgentRateLimitBacksOffThatHostOnly(t *testing.T) {
 	path := plainFile(t, t.TempDir(), px.Prefix(f.ns))
 	r := startAgent(t, f.bed.DockerHost, path, map[string]string{config.KeyRuntimes: strings.Join(rts, ",")}, func(o *agent.Options) {
 		o.Concurrency = 1
-		o.RateLimit = agent.RetryPolicy{Initial: 8 * time.Second, Max: 16 * time.Second} // a first cooldown of 4–8 s
+		// A first cooldown of 10–20 s: the other host's four pulls must
+		// fit in it even on a loaded machine (they took 5 s at a load
+		// average of 18). Nothing waits for its end.
+		o.RateLimit = agent.RetryPolicy{Initial: 20 * time.Second, Max: 40 * time.Second}
 	})
 	s := r.waitFor(t, "a cooldown on the limited host", 10*time.Second, func(s agent.Snapshot) bool { return !s.Cooldowns[limitedHost].IsZero() })
 	until := s.Cooldowns[limitedHost]

@@ -28,7 +28,10 @@ type Progress struct {
 	Phase Phase
 	// Current and Total are compressed bytes downloaded so far and to
 	// download, as far as the daemon has said. Layers the daemon already
-	// has count in neither.
+	// has count in neither. The containerd image store polls its downloads
+	// (every 100 ms on Docker 26) and reports a layer that finished between
+	// two polls as complete without any size: such layers count in
+	// LayersDone but add nothing here.
 	Current, Total int64
 	// Layers is the number of layers seen, LayersDone those complete
 	// (downloaded and extracted, or already present).
@@ -42,6 +45,9 @@ type streamMessage struct {
 	ProgressDetail struct {
 		Current int64 `json:"current"`
 		Total   int64 `json:"total"`
+		// HideCounts marks the containerd image store's messages
+		// without sizes.
+		HideCounts bool `json:"hidecounts"`
 	} `json:"progressDetail"`
 	Error       string `json:"error"`
 	ErrorDetail *struct {
@@ -73,6 +79,12 @@ func (l *layerState) apply(m streamMessage) {
 		l.downloaded = true
 		if l.total > 0 {
 			l.current = l.total
+		}
+		// The containerd image store says nothing more of a layer
+		// (no "Extracting", no "Pull complete"): it unpacks the image
+		// once every layer is in.
+		if m.ProgressDetail.HideCounts {
+			l.done = true
 		}
 	case "Extracting":
 		l.downloaded = true

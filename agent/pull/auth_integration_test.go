@@ -306,8 +306,12 @@ func TestAuthECREndToEnd(t *testing.T) {
 }
 
 // ghcr.io itself, for the test daemon only: a private network namespace
-// where a registry answers on 127.0.0.1:80 and /etc/hosts says ghcr.io is
-// 127.0.0.1.
+// where /etc/hosts says ghcr.io is 127.0.0.1 (so the daemon treats it as
+// insecure) and a plain-HTTP registry answers on ports 443 and 80. Both
+// stores try https on 443 first. The classic store then tries http on 80
+// whatever 443 did; the containerd store falls back to http only when 443
+// answered in plain HTTP (a refused connection there is final), and then
+// on port 80 as well.
 func TestAuthGHCRUnderItsRealName(t *testing.T) {
 	testbed.Require(t)
 	f := newFixture(t)
@@ -319,9 +323,11 @@ func TestAuthGHCRUnderItsRealName(t *testing.T) {
 	own, err := testbed.Start(ctxT(t), testbed.Options{Logf: t.Logf, PrivateNetwork: true, Hosts: map[string]string{"ghcr.io": "127.0.0.1"}})
 	must(t, err)
 	t.Cleanup(func() { own.Stop() })
-	_, err = own.StartRegistry(ctxT(t), "ghcr", testbed.RegistryOptions{Addr: "127.0.0.1:80", InBedNetwork: true, Root: plain.Root,
-		Htpasswd: htpasswd(t, map[string]string{"gh-bot": "gh-token-s3cret"})})
-	must(t, err)
+	users := htpasswd(t, map[string]string{"gh-bot": "gh-token-s3cret"})
+	for name, addr := range map[string]string{"ghcr": "127.0.0.1:80", "ghcr-443": "127.0.0.1:443"} {
+		_, err = own.StartRegistry(ctxT(t), name, testbed.RegistryOptions{Addr: addr, InBedNetwork: true, Root: plain.Root, Htpasswd: users})
+		must(t, err)
+	}
 	eng, err := engine.NewDockerEngine(config.DockerEndpoint{Host: own.DockerHost})
 	must(t, err)
 	logs := &testbed.Buffer{}

@@ -134,7 +134,10 @@ func classify(err error) ErrorClass {
 		return ClassDaemon
 	case has("toomanyrequests", "too many requests", "rate limit"):
 		return ClassRateLimited
-	case has("unauthorized", "authentication required", "no basic auth credentials", "access denied", "denied:", "access to the resource is denied", "incorrect username or password"):
+	case has("unauthorized", "authentication required", "no basic auth credentials", "access denied", "denied:", "access to the resource is denied", "incorrect username or password"),
+		// The containerd image store asks with HEAD and reports a refusal
+		// by its status line alone (a HEAD answer has no body to quote).
+		has("403 forbidden"):
 		return ClassAuth
 	case has("manifest unknown", "not found", "name unknown", "repository does not exist", "no such image"):
 		return ClassNotFound

@@ -127,8 +127,18 @@ func TestPullAllNineVerifiedByDigest(t *testing.T) {
 		if !slices.Contains(info.RepoDigests, r.Image.Repository()+"@"+want.String()) {
 			t.Errorf("%s: RepoDigests %v lack %s", r.Image.Runtime, info.RepoDigests, want)
 		}
-		if r.Bytes == 0 {
-			t.Errorf("%s: a first pull downloaded 0 bytes", r.Image.Runtime)
+		// Each seeded image is a shared 1 MiB base plus its own 256 KiB
+		// layer (compressed a little larger, being random); the base
+		// counts for the pulls that downloaded it. The containerd image
+		// store reports the size only of a layer still downloading at one
+		// of its 100 ms polls; on loopback most finish sooner, so it may
+		// report nothing at all.
+		low := int64(256 << 10)
+		if f.bed.ContainerdStore() {
+			low = 0
+		}
+		if r.Bytes < low || r.Bytes > 2<<20 {
+			t.Errorf("%s: a first pull reported %d bytes downloaded, want %d to 2 MiB", r.Image.Runtime, r.Bytes, low)
 		}
 	}
 	// A second pull finds everything up to date.

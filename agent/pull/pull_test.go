@@ -497,6 +497,8 @@ func TestClassify(t *testing.T) {
 	}{
 		{`Error response from daemon: Head "https://ghcr.io/v2/x/manifests/latest": unauthorized`, ClassAuth},
 		{"Error response from daemon: Get https://x/v2/: no basic auth credentials", ClassAuth},
+		// Docker 26's containerd image store
+		{`Error response from daemon: failed to resolve reference "127.0.0.1:5000/x:latest": unexpected status from HEAD request to http://127.0.0.1:5000/v2/x/manifests/latest: 403 Forbidden`, ClassAuth},
 		{"Error response from daemon: pull access denied for x, repository does not exist or may require 'docker login': denied: requested access to the resource is denied", ClassAuth},
 		{"Error response from daemon: manifest for x:latest not found: manifest unknown: manifest unknown", ClassNotFound},
 		{"toomanyrequests: You have reached your pull rate limit", ClassRateLimited},

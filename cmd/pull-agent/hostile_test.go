@@ -119,13 +119,29 @@ func TestHostileRegistryTextReachesNoTerminal(t *testing.T) {
 	outputs["state.json"] = string(state)
 	outputs["agent log"] = p.Output.String()
 
-	checkNoRegistryEscapes(t, outputs)
+	words := []string{"pull stderr", "status stdout", "check stdout", "state.json", "agent log"}
+	if b.ContainerdStore() {
+		// The containerd image store asks for a manifest with HEAD and
+		// reports a refusal by its status line alone ("403 Forbidden"):
+		// the registry's words never reach its pull error, which the agent
+		// classes auth. check asks through the daemon's distribution
+		// endpoint, which reads them.
+		// status cuts the line before its end, but shows the class.
+		shown := map[string]string{"pull stderr": "403 Forbidden", "state.json": "403 Forbidden", "agent log": "403 Forbidden", "status stdout": "[auth]"}
+		for name, want := range shown {
+			if !strings.Contains(outputs[name], want) {
+				t.Errorf("%s does not show %q", name, want)
+			}
+		}
+		words = []string{"check stdout"}
+	}
+	checkNoRegistryEscapes(t, outputs, words)
 }
 
 // checkNoRegistryEscapes fails t for each output (by name) that holds the
-// token of registryMessage's URL or one of its escape sequences, or that
-// no longer shows its words.
-func checkNoRegistryEscapes(t *testing.T, outputs map[string]string) {
+// token of registryMessage's URL or one of its escape sequences, or, among
+// those named in words, no longer shows its words.
+func checkNoRegistryEscapes(t *testing.T, outputs map[string]string, words []string) {
 	t.Helper()
 	for name, text := range outputs {
 		for _, bad := range []string{"tok-s3cret", "sig-s3cret", "X-Amz-Security-Token=tok", "\\u001b", "\\u0007", "\\u009b", "\u009b", "cm0gLXJmIH4="} {
@@ -147,7 +163,7 @@ func checkNoRegistryEscapes(t *testing.T, outputs map[string]string) {
 			t.Errorf("%s holds an ESC or BEL byte:\n%q", name, text)
 		}
 	}
-	for _, name := range []string{"pull stderr", "status stdout", "check stdout", "state.json", "agent log"} {
+	for _, name := range words {
 		if !strings.Contains(outputs[name], "revoked") {
 			t.Errorf("%s no longer shows the registry's words", name)
 		}

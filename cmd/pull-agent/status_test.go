@@ -289,6 +289,12 @@ func TestStateFileSurvivesKill9(t *testing.T) {
 	for i := range 8 {
 		envFile := writeFile(t, config.KeyRegistry+"="+reg.Prefix("kill-a")+"\n"+config.KeyRuntimes+"=autogen,codex,crewai\n")
 		p := startProcess(t, []string{"DOCKER_HOST=" + b.DockerHost}, "--env-file", envFile, "--debounce", "10ms")
+		// A kill before the first save leaves no state by design; on a
+		// loaded machine the start alone can outlast the flip window.
+		testbed.WaitFor(t, "the agent's first state save", 30*time.Second, func() bool {
+			_, err := os.Stat(filepath.Join(p.dir, "state", state.StateFileName))
+			return err == nil
+		})
 		// Flip between two prefixes as fast as the agent reacts: every
 		// flip rewrites the state several times.
 		stop := time.After(time.Duration(300+rand.IntN(1200)) * time.Millisecond)

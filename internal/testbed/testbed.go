@@ -43,7 +43,11 @@ func Available() error {
 			return fmt.Errorf("%s not found on PATH: run 'make deps' (apt-get install %s)", b, Packages)
 		}
 	}
-	return nil
+	engine, err := engineOf("")
+	if err != nil {
+		return err
+	}
+	return engineAvailable(engine)
 }
 
 // Options configures Start.
@@ -73,6 +77,9 @@ type Options struct {
 	// --tlsverify and certificates the bed makes (Bed.TLS). Not with
 	// PrivateNetwork: the port would be inside the daemon's namespace.
 	TLS bool
+	// Engine is the Docker engine the bed runs (one of Engines()); empty:
+	// the one EngineEnv names, else Debian 12's.
+	Engine string
 }
 
 // Bed is a running test bed.
@@ -83,7 +90,8 @@ type Bed struct {
 	// TLS is the daemon's TLS listener when Options.TLS is set, else nil.
 	TLS *DaemonTLS
 
-	opts Options
+	opts   Options
+	engine string // resolved Options.Engine
 
 	mu         sync.Mutex
 	dockerd    *proc
@@ -96,6 +104,13 @@ type Bed struct {
 // is stopped again.
 func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 	if err := Available(); err != nil {
+		return nil, err
+	}
+	engine, err := engineOf(opts.Engine)
+	if err != nil {
+		return nil, err
+	}
+	if err := engineAvailable(engine); err != nil {
 		return nil, err
 	}
 	if opts.Logf == nil {
@@ -112,7 +127,7 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 			return nil, fmt.Errorf("creating %s: %w", d, err)
 		}
 	}
-	b := &Bed{Dir: opts.Dir, opts: opts, registries: map[string]*Registry{}}
+	b := &Bed{Dir: opts.Dir, opts: opts, engine: engine, registries: map[string]*Registry{}}
 	defer func() {
 		if err != nil {
 			b.Stop()
@@ -170,7 +185,8 @@ func (b *Bed) StartDockerd(ctx context.Context) error {
 	}
 	sock := filepath.Join(b.Dir, "docker.sock")
 	cfg := filepath.Join(b.Dir, "daemon.json")
-	if err := os.WriteFile(cfg, []byte("{}\n"), 0o644); err != nil {
+	daemonJSON, storageArgs := b.daemonConfig()
+	if err := os.WriteFile(cfg, []byte(daemonJSON), 0o644); err != nil {
 		return err
 	}
 	if b.opts.DataRootSize != "" {
@@ -190,33 +206,13 @@ func (b *Bed) StartDockerd(ctx context.Context) error {
 		"--data-root", filepath.Join(b.Dir, "docker-data"),
 		"--exec-root", filepath.Join(b.Dir, "docker-exec"),
 		"--pidfile", filepath.Join(b.Dir, "docker-exec.pid"),
-		"--storage-driver=vfs", "--iptables=false", "--ip-masq=false", "--bridge=none",
+		"--iptables=false", "--ip-masq=false", "--bridge=none",
 	}
+	args = append(args, storageArgs...)
 	if b.TLS != nil {
 		args = append(args, b.TLS.dockerdArgs()...)
 	}
-	var p *proc
-	var err error
-	if len(b.opts.Hosts) == 0 && !b.opts.PrivateNetwork {
-		p, err = b.spawn("dockerd", DockerdBin, args...)
-	} else {
-		hosts := "127.0.0.1 localhost\n::1 localhost\n"
-		for name, addr := range b.opts.Hosts {
-			hosts += addr + " " + name + "\n"
-		}
-		hostsFile := filepath.Join(b.Dir, "hosts")
-		if err := os.WriteFile(hostsFile, []byte(hosts), 0o644); err != nil {
-			return err
-		}
-		script := "set -e; mount --bind \"$0\" /etc/hosts; "
-		ns := []string{"--mount", "--propagation", "private", "--fork"}
-		if b.opts.PrivateNetwork {
-			ns = append(ns, "--net")
-			script += "ip link set lo up; "
-		}
-		script += `exec dockerd "$@"`
-		p, err = b.spawn("dockerd", "unshare", append(append(ns, "--", "/bin/sh", "-c", script, hostsFile), args...)...)
-	}
+	p, err := b.spawnDockerd(args)
 	if err != nil {
 		return err
 	}
@@ -232,10 +228,42 @@ func (b *Bed) StartDockerd(ctx context.Context) error {
 		return httpOK(ctx, hc, "http://docker/_ping") && (b.TLS == nil || b.TLS.ready(ctx))
 	}
 	if err := waitReady(ctx, p, 90*time.Second, ready); err != nil {
-		return fmt.Errorf("dockerd did not become ready: %w\n%s", err, b.logTail("dockerd"))
+		return fmt.Errorf("%s dockerd did not become ready: %w\n%s", b.engine, err, b.logTail("dockerd"))
 	}
-	b.opts.Logf("dockerd ready at %s (pid %d)", b.DockerHost, p.cmd.Process.Pid)
+	b.opts.Logf("%s dockerd ready at %s (pid %d)", b.engine, b.DockerHost, p.cmd.Process.Pid)
 	return nil
+}
+
+// spawnDockerd starts the engine's daemon with args: Debian 12's
+// directly, or in a mount namespace of its own where the daemon needs its
+// own /etc/hosts or network; trixie's always so (see trixieScript).
+func (b *Bed) spawnDockerd(args []string) (*proc, error) {
+	if b.engine != EngineDebian12 {
+		hostsFile, err := b.writeHosts()
+		if err != nil {
+			return nil, err
+		}
+		bin, full, err := b.trixieCommand(hostsFile, args)
+		if err != nil {
+			return nil, err
+		}
+		return b.spawn("dockerd", bin, full...)
+	}
+	if len(b.opts.Hosts) == 0 && !b.opts.PrivateNetwork {
+		return b.spawn("dockerd", DockerdBin, args...)
+	}
+	hostsFile, err := b.writeHosts()
+	if err != nil {
+		return nil, err
+	}
+	script := "set -e; mount --bind \"$0\" /etc/hosts; "
+	ns := []string{"--mount", "--propagation", "private", "--fork"}
+	if b.opts.PrivateNetwork {
+		ns = append(ns, "--net")
+		script += "ip link set lo up; "
+	}
+	script += `exec dockerd "$@"`
+	return b.spawn("dockerd", "unshare", append(append(ns, "--", "/bin/sh", "-c", script, hostsFile), args...)...)
 }
 
 // Stop stops every process of the bed and removes its directory.

@@ -98,9 +98,31 @@ func (ts *TokenServer) Close() error {
 	return ts.srv.Close()
 }
 
+// credentials are the caller's name, password and scope: from a GET with
+// basic auth (the classic image store's client), or from an OAuth2
+// password grant POSTed as a form (containerd's client, which the
+// containerd image store uses; registries such as GHCR and Docker Hub
+// accept both).
+func credentials(r *http.Request) (user, pass, scope string, hasAuth bool, err error) {
+	if r.Method != http.MethodPost {
+		user, pass, hasAuth = r.BasicAuth()
+		return user, pass, r.URL.Query().Get("scope"), hasAuth, nil
+	}
+	if err := r.ParseForm(); err != nil {
+		return "", "", "", false, err
+	}
+	if g := r.PostForm.Get("grant_type"); g != "password" {
+		return "", "", "", false, fmt.Errorf("unsupported grant_type %q", g)
+	}
+	return r.PostForm.Get("username"), r.PostForm.Get("password"), r.PostForm.Get("scope"), true, nil
+}
+
 func (ts *TokenServer) serve(w http.ResponseWriter, r *http.Request) {
-	user, pass, hasAuth := r.BasicAuth()
-	scope := r.URL.Query().Get("scope")
+	user, pass, scope, hasAuth, err := credentials(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 	ts.mu.Lock()
 	ts.seen = append(ts.seen, user+" "+scope)
 	want, known := ts.users[user]
