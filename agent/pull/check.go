@@ -120,7 +120,9 @@ func checkOne(ctx context.Context, p *Puller, img config.Image, platform string)
 	// The registry names the platforms; they are printed.
 	listed, atts := realPlatforms(ri.Platforms)
 	r.Present, r.Digest, r.Attestations = true, ri.Digest, atts
-	c, err := p.Content(ctx, img, ri.Digest, platform)
+	// Docker 20.10 names no platform for a single OCI manifest: its
+	// config then says which it is.
+	c, err := p.Content(ctx, img, ri.Digest, platform, len(listed) == 0)
 	switch {
 	case err == nil:
 		r.PlatformDigest, r.ImageDigest = c.Manifest, c.Config

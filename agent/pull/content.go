@@ -31,7 +31,8 @@ const (
 // the registry.
 type Content struct {
 	// Platforms are the real platforms of an index, in its order;
-	// attestation entries are left out. Empty for a single manifest.
+	// attestation entries are left out. For a single manifest, the
+	// platform its config names, when asked for.
 	Platforms []string
 	// Attestations is how many attestation manifests the index holds.
 	Attestations int
@@ -63,8 +64,10 @@ func registryOptions(ctx context.Context, img config.Image, creds auth.Credentia
 }
 
 // readContent reads the manifest dg of img's repository and, for an index,
-// the manifest of platform in it: two manifest GETs at most, no blob.
-func readContent(ctx context.Context, img config.Image, creds auth.Credentials, dg digest.Digest, platform string) (Content, error) {
+// the manifest of platform in it: two manifest GETs at most, and no blob
+// unless configPlatform asks for the platform of a single manifest (its
+// config blob holds it).
+func readContent(ctx context.Context, img config.Image, creds auth.Credentials, dg digest.Digest, platform string, configPlatform bool) (Content, error) {
 	opts, nopts, closeTr := registryOptions(ctx, img, creds)
 	defer closeTr()
 	ref, err := name.NewDigest(img.Repository()+"@"+dg.String(), nopts...)
@@ -91,6 +94,17 @@ func readContent(ctx context.Context, img config.Image, creds auth.Credentials, 
 		}
 	} else {
 		c.Manifest = dg
+		if configPlatform {
+			im, err := desc.Image()
+			if err != nil {
+				return c, err
+			}
+			cf, err := im.ConfigFile()
+			if err != nil {
+				return c, fmt.Errorf("reading the config of %s: %w", dg, err)
+			}
+			c.Platforms = []string{platformString(v1.Platform{OS: cf.OS, Architecture: cf.Architecture, Variant: cf.Variant})}
+		}
 	}
 	m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
 	if err != nil {
