@@ -165,17 +165,6 @@ func (b *Bed) Push(ctx context.Context, r *Registry, ns, rt string, opts SeedOpt
 		}
 		imgs = append(imgs, img)
 	}
-	var what remote.Taggable = imgs[0]
-	if opts.Shape.multi() {
-		idx, err := index(opts.Shape, imgs)
-		if err != nil {
-			return Seeded{}, fmt.Errorf("building the index of %s: %w", rt, err)
-		}
-		what = idx
-		if opts.Shape == ShapeBuildx {
-			s.Attestations = len(imgs)
-		}
-	}
 	tag, err := name.NewTag(ref, name.Insecure)
 	if err != nil {
 		return Seeded{}, fmt.Errorf("seed reference %q: %w", ref, err)
@@ -184,15 +173,31 @@ func (b *Bed) Push(ctx context.Context, r *Registry, ns, rt string, opts SeedOpt
 	if opts.Username != "" {
 		ropts = append(ropts, remote.WithAuth(&authn.Basic{Username: opts.Username, Password: opts.Password}))
 	}
-	if idx, ok := what.(v1.ImageIndex); ok {
-		err = remote.WriteIndex(tag, idx, ropts...)
+	var top remote.Taggable = imgs[0]
+	if opts.Shape.multi() {
+		children, idx, err := index(opts.Shape, imgs)
+		if err != nil {
+			return Seeded{}, fmt.Errorf("building the index of %s: %w", rt, err)
+		}
+		for _, c := range children {
+			d, err := c.Digest()
+			if err != nil {
+				return Seeded{}, err
+			}
+			if err := remote.Write(tag.Context().Digest(d.String()), c, ropts...); err != nil {
+				return Seeded{}, fmt.Errorf("pushing %s@%s: %w", ref, d, err)
+			}
+		}
+		s.Attestations = len(children) - len(imgs)
+		top = idx
+		err = remote.Put(tag, idx, ropts...)
 	} else {
 		err = remote.Write(tag, imgs[0], ropts...)
 	}
 	if err != nil {
 		return Seeded{}, fmt.Errorf("pushing %s: %w", ref, err)
 	}
-	d, err := partialDigest(what)
+	d, err := partialDigest(top)
 	if err != nil {
 		return Seeded{}, err
 	}

@@ -1,8 +1,10 @@
 package testbed
 
 import (
+	"encoding/json"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -112,7 +114,11 @@ func (b *Bed) platformImage(rt, platform string, s Shape, opts SeedOptions) (v1.
 
 // attestation builds the attestation manifest buildx pushes for an image:
 // an OCI manifest with an in-toto statement as its one layer.
-func attestation(subject v1.Hash) (v1.Image, error) {
+func attestation(of v1.Image) (v1.Image, error) {
+	subject, err := of.Digest()
+	if err != nil {
+		return nil, err
+	}
 	stmt := fmt.Sprintf(`{"_type":"https://in-toto.io/Statement/v0.1","predicateType":"https://spdx.dev/Document","subject":[{"name":"seed","digest":{"sha256":%q}}],"predicate":{}}`, subject.Hex)
 	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
 	return mutate.Append(img, mutate.Addendum{
@@ -121,35 +127,105 @@ func attestation(subject v1.Hash) (v1.Image, error) {
 	})
 }
 
-// index builds a multi-platform index of shape s from one image per
-// platform (in s.platforms() order), with attestations for ShapeBuildx.
-func index(s Shape, imgs []v1.Image) (v1.ImageIndex, error) {
-	idx := mutate.IndexMediaType(empty.Index, types.DockerManifestList)
-	if s == ShapeBuildx {
-		idx = mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
-	}
-	var adds, atts []mutate.IndexAddendum
+// rawIndex is an index as its raw bytes, written in the field order of
+// the tools that push such indexes (buildx: containerd's image-spec types;
+// docker manifest: distribution's), without the artifactType
+// go-containerregistry would add to each entry.
+type rawIndex struct {
+	raw []byte
+	mt  types.MediaType
+}
+
+func (r rawIndex) RawManifest() ([]byte, error)        { return r.raw, nil }
+func (r rawIndex) MediaType() (types.MediaType, error) { return r.mt, nil }
+
+// indexEntry is one manifest of an index, fields in buildx's order.
+type indexEntry struct {
+	MediaType   types.MediaType   `json:"mediaType"`
+	Digest      string            `json:"digest"`
+	Size        int64             `json:"size"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+	Platform    struct {
+		Architecture string `json:"architecture"`
+		OS           string `json:"os"`
+	} `json:"platform"`
+}
+
+// listEntry is one manifest of a Docker manifest list, fields in
+// distribution's order.
+type listEntry struct {
+	MediaType types.MediaType `json:"mediaType"`
+	Size      int64           `json:"size"`
+	Digest    string          `json:"digest"`
+	Platform  struct {
+		Architecture string `json:"architecture"`
+		OS           string `json:"os"`
+	} `json:"platform"`
+}
+
+// index returns the images an index of shape s refers to (one per platform
+// in s.platforms() order, then buildx's attestations) and the index.
+func index(s Shape, imgs []v1.Image) ([]v1.Image, rawIndex, error) {
+	var entries []indexEntry
+	children := slices.Clone(imgs)
 	for i, p := range s.platforms() {
-		pl, err := v1.ParsePlatform(p)
+		e, err := entryOf(imgs[i])
 		if err != nil {
-			return nil, err
+			return nil, rawIndex{}, err
 		}
-		adds = append(adds, mutate.IndexAddendum{Add: imgs[i], Descriptor: v1.Descriptor{Platform: pl}})
-		if s != ShapeBuildx {
-			continue
-		}
-		d, err := imgs[i].Digest()
-		if err != nil {
-			return nil, err
-		}
-		att, err := attestation(d)
-		if err != nil {
-			return nil, err
-		}
-		atts = append(atts, mutate.IndexAddendum{Add: att, Descriptor: v1.Descriptor{
-			Platform:    &v1.Platform{OS: "unknown", Architecture: "unknown"},
-			Annotations: map[string]string{AnnotationReferenceType: AttestationManifest, AnnotationReferenceDigest: d.String()},
-		}})
+		e.Platform.OS, e.Platform.Architecture, _ = strings.Cut(p, "/")
+		entries = append(entries, e)
 	}
-	return mutate.AppendManifests(idx, append(adds, atts...)...), nil
+	if s == ShapeBuildx {
+		for i := range imgs {
+			att, err := attestation(imgs[i])
+			if err != nil {
+				return nil, rawIndex{}, err
+			}
+			e, err := entryOf(att)
+			if err != nil {
+				return nil, rawIndex{}, err
+			}
+			e.Platform.OS, e.Platform.Architecture = "unknown", "unknown"
+			e.Annotations = map[string]string{AnnotationReferenceType: AttestationManifest, AnnotationReferenceDigest: entries[i].Digest}
+			entries = append(entries, e)
+			children = append(children, att)
+		}
+		raw, err := json.Marshal(struct {
+			SchemaVersion int             `json:"schemaVersion"`
+			MediaType     types.MediaType `json:"mediaType"`
+			Manifests     []indexEntry    `json:"manifests"`
+		}{2, types.OCIImageIndex, entries})
+		return children, rawIndex{raw, types.OCIImageIndex}, err
+	}
+	var list []listEntry
+	for _, e := range entries {
+		l := listEntry{MediaType: e.MediaType, Size: e.Size, Digest: e.Digest}
+		l.Platform = e.Platform
+		list = append(list, l)
+	}
+	raw, err := json.Marshal(struct {
+		SchemaVersion int             `json:"schemaVersion"`
+		MediaType     types.MediaType `json:"mediaType"`
+		Manifests     []listEntry     `json:"manifests"`
+	}{2, types.DockerManifestList, list})
+	return children, rawIndex{raw, types.DockerManifestList}, err
+}
+
+func entryOf(img v1.Image) (indexEntry, error) {
+	var e indexEntry
+	mt, err := img.MediaType()
+	if err != nil {
+		return e, err
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return e, err
+	}
+	n, err := img.Size()
+	if err != nil {
+		return e, err
+	}
+	e.MediaType, e.Digest, e.Size = mt, d.String(), n
+	return e, nil
 }
