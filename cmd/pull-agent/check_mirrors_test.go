@@ -42,16 +42,7 @@ func TestCheckParityOfRealMirrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { mirror.Stop() })
-	seeded := map[string]testbed.Seeded{}
-	var rts []string
-	for rt, shape := range mirrorShapes {
-		s, err := b.Push(ctx, src, "shapes", rt, testbed.SeedOptions{Shape: shape})
-		if err != nil {
-			t.Fatal(err)
-		}
-		seeded[rt] = s
-		rts = append(rts, rt)
-	}
+	seeded, rts := seedMirrorSource(t, b, src)
 	dir := t.TempDir()
 	makers := []struct {
 		ns string
@@ -99,30 +90,34 @@ func TestCheckParityOfRealMirrors(t *testing.T) {
 			}
 		})
 	}
-	t.Run("rebuilt", func(t *testing.T) {
-		for _, rt := range rts {
-			must(t, testbed.Copy(ctx, config.ImageRef(src.Prefix("shapes"), rt), config.ImageRef(mirror.Prefix("rebuilt"), rt)))
+	t.Run("rebuilt", func(t *testing.T) { checkRebuiltMirror(t, b, mirror, envFile, rts) })
+}
+
+// checkRebuiltMirror: a complete copy whose codex image is then rebuilt
+// under the same tag and layout (new layers, so a new config) differs.
+func checkRebuiltMirror(t *testing.T, b *testbed.Bed, mirror *testbed.Registry, envFile string, rts []string) {
+	ctx := context.Background()
+	for _, rt := range rts {
+		must(t, testbed.Copy(ctx, config.ImageRef(b.Registry("main").Prefix("shapes"), rt), config.ImageRef(mirror.Prefix("rebuilt"), rt)))
+	}
+	if _, err := b.Push(ctx, mirror, "rebuilt", "codex", testbed.SeedOptions{Shape: testbed.ShapeBuildx}); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{config.KeyDockerHost: b.DockerHost}
+	code, out, errOut := runCLI(t, env, "check", "--env-file", envFile, "--compare", mirror.Prefix("rebuilt"), "--json")
+	doc := decodeCheck(t, out, errOut)
+	if code != checkFailed || doc.OK {
+		t.Errorf("exit %d, ok=%v; want %d and not ok", code, doc.OK, checkFailed)
+	}
+	for _, rt := range rts {
+		want := comparedJSON{Parity: "same", SameManifest: true, SameImage: true}
+		if rt == "codex" {
+			want = comparedJSON{Parity: "differs"}
 		}
-		// The same tag, the same layout, a rebuilt image: new layers, so a
-		// new config.
-		if _, err := b.Push(ctx, mirror, "rebuilt", "codex", testbed.SeedOptions{Shape: testbed.ShapeBuildx}); err != nil {
-			t.Fatal(err)
+		if doc.Compared[rt] != want || doc.Parity[rt] != want.Parity {
+			t.Errorf("%s: %+v (parity %q), want %+v", rt, doc.Compared[rt], doc.Parity[rt], want)
 		}
-		code, out, errOut := runCLI(t, env, "check", "--env-file", envFile, "--compare", mirror.Prefix("rebuilt"), "--json")
-		doc := decodeCheck(t, out, errOut)
-		if code != checkFailed || doc.OK {
-			t.Errorf("exit %d, ok=%v; want %d and not ok", code, doc.OK, checkFailed)
-		}
-		for _, rt := range rts {
-			want := comparedJSON{Parity: "same", SameManifest: true, SameImage: true}
-			if rt == "codex" {
-				want = comparedJSON{Parity: "differs"}
-			}
-			if doc.Compared[rt] != want || doc.Parity[rt] != want.Parity {
-				t.Errorf("%s: %+v (parity %q), want %+v", rt, doc.Compared[rt], doc.Parity[rt], want)
-			}
-		}
-	})
+	}
 }
 
 // image is the result for runtime rt in report i.
@@ -133,6 +128,22 @@ func (d checkDoc) image(i int, rt string) pull.CheckResult {
 		}
 	}
 	return pull.CheckResult{}
+}
+
+// seedMirrorSource pushes one image of each shape to src under "shapes".
+func seedMirrorSource(t *testing.T, b *testbed.Bed, src *testbed.Registry) (map[string]testbed.Seeded, []string) {
+	t.Helper()
+	seeded := map[string]testbed.Seeded{}
+	var rts []string
+	for rt, shape := range mirrorShapes {
+		s, err := b.Push(context.Background(), src, "shapes", rt, testbed.SeedOptions{Shape: shape})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seeded[rt] = s
+		rts = append(rts, rt)
+	}
+	return seeded, rts
 }
 
 func decodeCheck(t *testing.T, out, errOut string) checkDoc {
