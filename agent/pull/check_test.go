@@ -1,6 +1,7 @@
 package pull
 
 import (
+	"bytes"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -97,4 +98,26 @@ func TestRealPlatforms(t *testing.T) {
 	if len(got) != 2 || got[0] != "linux/amd64" || got[1] != "linux/arm64" || n != 2 {
 		t.Errorf("realPlatforms = %v, %d", got, n)
 	}
+}
+
+// FuzzIndexContent feeds an index as a registry could serve it to the
+// code that picks the platform's manifest: no panic, and an attestation
+// is never a platform.
+func FuzzIndexContent(f *testing.F) {
+	f.Add([]byte(`{"schemaVersion":2,"manifests":[{"digest":"sha256:`+digest.FromString("a").Encoded()+`","platform":{"os":"linux","architecture":"amd64"}},{"platform":{"os":"unknown","architecture":"unknown"},"annotations":{"vnd.docker.reference.type":"attestation-manifest"}}]}`), "linux/amd64")
+	f.Add([]byte(`{"manifests":[{"platform":null},{}]}`), "linux/arm64/v8")
+	f.Add([]byte(`{"manifests":[{"platform":{"os":"\u001b[2J","architecture":""}}]}`), "")
+	f.Fuzz(func(t *testing.T, raw []byte, platform string) {
+		im, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+		if err != nil {
+			return
+		}
+		var c Content
+		_, _ = c.fromIndex(im, platform)
+		for _, p := range c.Platforms {
+			if p == "unknown/unknown" {
+				t.Fatalf("an attestation listed as a platform: %v", c.Platforms)
+			}
+		}
+	})
 }
