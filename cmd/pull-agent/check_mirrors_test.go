@@ -161,3 +161,34 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestArm64FromTheEnvFile: MOLECULE_IMAGE_PLATFORM=linux/arm64 in the env
+// file makes 'pull' fetch and verify the arm64 image of a buildx index on
+// a host of another architecture, and 'check' judge that image.
+func TestArm64FromTheEnvFile(t *testing.T) {
+	if runtime.GOARCH == "arm64" {
+		t.Skip("this host is arm64: the default platform is tested elsewhere")
+	}
+	b := bed.Get(t)
+	ctx := context.Background()
+	s, err := b.Push(ctx, b.Registry("main"), "arm", "codex", testbed.SeedOptions{Shape: testbed.ShapeBuildx})
+	must(t, err)
+	envFile := writeFile(t, config.KeyRegistry+"="+b.Registry("main").Prefix("arm")+"\n"+config.KeyRuntimes+"=codex\n"+config.KeyPlatform+"=linux/arm64\n")
+	env := map[string]string{config.KeyDockerHost: b.DockerHost}
+	if code, out, errOut := runCLI(t, env, "pull", "--env-file", envFile); code != exitOK {
+		t.Fatalf("pull: exit %d\n%s%s", code, out, errOut)
+	}
+	if p, err := testbed.ImagePlatform(ctx, b.DockerHost, s.Ref); err != nil || p != "linux/arm64" {
+		t.Errorf("the daemon holds the %q image (%v), want linux/arm64", p, err)
+	}
+	code, out, errOut := runCLI(t, env, "check", "--env-file", envFile, "--json")
+	var doc checkDoc
+	if err := json.Unmarshal([]byte(out), &doc); err != nil || len(doc.Reports) != 1 {
+		t.Fatalf("check --json: exit %d, %v\n%s%s", code, err, out, errOut)
+	}
+	r, want := doc.image(0, "codex"), s.Platforms["linux/arm64"]
+	if code != exitOK || doc.Reports[0].Platform != "linux/arm64" || r.PlatformDigest != want.Manifest || r.ImageDigest != want.Config ||
+		strings.Join(r.Platforms, ",") != "linux/amd64,linux/arm64" || r.Attestations != 2 {
+		t.Errorf("check: exit %d, platform %s, %+v; want the arm64 image %s (config %s)", code, doc.Reports[0].Platform, r, want.Manifest, want.Config)
+	}
+}
