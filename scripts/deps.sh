@@ -5,7 +5,7 @@
 # the credHelpers tests), and for the systemd end-to-end test and the lint
 # step systemd-container, debootstrap, shellcheck and systemd-analyze, and
 # strace for the install test that watches every command line install.sh
-# starts.
+# starts, and skopeo, one of the ways the mirror tests copy images.
 # Nothing happens when they are already there; without root it only says
 # what is missing.
 set -euo pipefail
@@ -22,6 +22,7 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
+command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)

@@ -2,6 +2,7 @@ package pull
 
 import (
 	"context"
+	"errors"
 	"slices"
 
 	"github.com/opencontainers/go-digest"
@@ -15,14 +16,27 @@ import (
 // CheckResult is what a registry says about one image, asked through the
 // daemon without pulling.
 type CheckResult struct {
-	Runtime    string        `json:"runtime"`
-	Image      string        `json:"image"`
-	Present    bool          `json:"present"`
-	Digest     digest.Digest `json:"digest,omitempty"`
-	Platforms  []string      `json:"platforms,omitempty"`
-	PlatformOK bool          `json:"platform_ok"`
-	Class      ErrorClass    `json:"error_class,omitempty"`
-	Error      string        `json:"error,omitempty"`
+	Runtime string `json:"runtime"`
+	Image   string `json:"image"`
+	Present bool   `json:"present"`
+	// Digest is the manifest digest the tag names: an index's for a
+	// multi-platform image.
+	Digest digest.Digest `json:"digest,omitempty"`
+	// Platforms are the image's real platforms; attestation manifests
+	// are counted in Attestations instead.
+	Platforms    []string `json:"platforms,omitempty"`
+	Attestations int      `json:"attestations,omitempty"`
+	PlatformOK   bool     `json:"platform_ok"`
+	// PlatformDigest is the digest of the image manifest for the target
+	// platform (Digest itself for a single-platform image).
+	PlatformDigest digest.Digest `json:"platform_digest,omitempty"`
+	// ImageDigest is the config digest of that manifest: the identity of
+	// the image the host would run.
+	ImageDigest digest.Digest `json:"image_digest,omitempty"`
+	// ContentError says why ImageDigest is unknown.
+	ContentError string     `json:"content_error,omitempty"`
+	Class        ErrorClass `json:"error_class,omitempty"`
+	Error        string     `json:"error,omitempty"`
 }
 
 // HostCheck is the authentication outcome for one registry host.
@@ -65,21 +79,7 @@ func Check(ctx context.Context, p *Puller, prefix, platform string, images []con
 	g.SetLimit(3)
 	for i, img := range images {
 		g.Go(func() error {
-			r := CheckResult{Runtime: img.Runtime, Image: img.Ref}
-			ri, err := p.Remote(ctx, img)
-			if err != nil {
-				r.Class, r.Error = ClassOf(err), errText(err)
-			} else {
-				// The registry names the platforms; they are printed.
-				for _, pl := range ri.Platforms {
-					r.Platforms = append(r.Platforms, safetext.Line(pl, 64))
-				}
-				r.Present, r.Digest = true, ri.Digest
-				r.PlatformOK = platformIn(platform, ri.Platforms)
-				if img.Pin != "" && ri.Digest != img.Pin {
-					r.Present, r.Error = false, "the registry serves "+safetext.Line(ri.Digest.String(), 80)+", not the pinned digest"
-				}
-			}
+			r := checkOne(ctx, p, img, platform)
 			rep.Images[i] = r
 			return nil // an image's failure is in its result; the others go on
 		})
@@ -106,6 +106,42 @@ func Check(ctx context.Context, p *Puller, prefix, platform string, images []con
 		rep.Hosts = append(rep.Hosts, *hosts[h])
 	}
 	return rep
+}
+
+// checkOne asks the daemon about img, then reads the manifests for
+// platform from the registry to learn the image's identity.
+func checkOne(ctx context.Context, p *Puller, img config.Image, platform string) CheckResult {
+	r := CheckResult{Runtime: img.Runtime, Image: img.Ref}
+	ri, err := p.Remote(ctx, img)
+	if err != nil {
+		r.Class, r.Error = ClassOf(err), errText(err)
+		return r
+	}
+	// The registry names the platforms; they are printed.
+	listed, atts := realPlatforms(ri.Platforms)
+	r.Present, r.Digest, r.Attestations = true, ri.Digest, atts
+	// Docker 20.10 names no platform for a single OCI manifest: its
+	// config then says which it is.
+	c, err := p.Content(ctx, img, ri.Digest, platform, len(listed) == 0)
+	switch {
+	case err == nil:
+		r.PlatformDigest, r.ImageDigest = c.Manifest, c.Config
+		if len(c.Platforms) > 0 {
+			listed, r.Attestations = c.Platforms, c.Attestations
+		}
+	case errors.Is(err, errNoPlatform):
+		listed, r.Attestations = c.Platforms, c.Attestations
+	default:
+		r.ContentError = errText(err)
+	}
+	for _, pl := range listed {
+		r.Platforms = append(r.Platforms, safetext.Line(pl, 64))
+	}
+	r.PlatformOK = platformIn(platform, r.Platforms)
+	if img.Pin != "" && ri.Digest != img.Pin {
+		r.Present, r.Error = false, "the registry serves "+safetext.Line(ri.Digest.String(), 80)+", not the pinned digest"
+	}
+	return r
 }
 
 // maxErrorRunes bounds an error kept in a check result, as the agent
@@ -135,34 +171,57 @@ type Parity int
 
 // The parities. The zero value is none of them.
 const (
-	ParitySame     Parity = iota + 1 // present under both, the same digest
-	ParityDiffers                    // present under both, different digests
+	ParitySame     Parity = iota + 1 // present under both, the same image for the platform
+	ParityDiffers                    // present under both, different images for the platform
 	ParityMissingP                   // missing under P only
 	ParityMissingQ                   // missing under Q only
 	ParityMissingB                   // missing under both
+	ParityUnknown                    // present under both, different manifests, an image unreadable
 )
 
-// Compare returns the parity of each runtime of p and q (by runtime).
-func Compare(p, q CheckReport) map[string]Parity {
+// Comparison is one runtime compared across P and Q, at both levels.
+type Comparison struct {
+	Parity Parity
+	// SameManifest: the tag names the same index or manifest digest.
+	SameManifest bool
+	// SameImage: the manifest for the target platform has the same config
+	// digest (it is the same image), whatever the manifests around it.
+	SameImage bool
+}
+
+// Compare returns the comparison of each runtime of p and q (by runtime).
+// Parity is judged by the image each serves for the platform: a mirror
+// that re-packed the manifests (docker push of a multi-platform image,
+// skopeo copy without --all) is the same when its image is.
+func Compare(p, q CheckReport) map[string]Comparison {
 	inQ := map[string]CheckResult{}
 	for _, r := range q.Images {
 		inQ[r.Runtime] = r
 	}
-	out := map[string]Parity{}
+	out := map[string]Comparison{}
 	for _, a := range p.Images {
 		b, ok := inQ[a.Runtime]
+		var c Comparison
 		switch {
 		case !ok || (!a.Present && !b.Present):
-			out[a.Runtime] = ParityMissingB
+			c.Parity = ParityMissingB
 		case !a.Present:
-			out[a.Runtime] = ParityMissingP
+			c.Parity = ParityMissingP
 		case !b.Present:
-			out[a.Runtime] = ParityMissingQ
-		case a.Digest == b.Digest:
-			out[a.Runtime] = ParitySame
+			c.Parity = ParityMissingQ
 		default:
-			out[a.Runtime] = ParityDiffers
+			c.SameManifest = a.Digest == b.Digest
+			c.SameImage = a.ImageDigest != "" && a.ImageDigest == b.ImageDigest
+			switch {
+			case c.SameManifest || c.SameImage:
+				c.Parity = ParitySame
+			case a.ImageDigest == "" || b.ImageDigest == "":
+				c.Parity = ParityUnknown
+			default:
+				c.Parity = ParityDiffers
+			}
 		}
+		out[a.Runtime] = c
 	}
 	return out
 }

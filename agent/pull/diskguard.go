@@ -3,12 +3,10 @@ package pull
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"sync"
 	"syscall"
 
 	"github.com/docker/go-units"
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -56,22 +54,12 @@ func (g *diskGuard) check(ctx context.Context, e engine.Engine, img config.Image
 // compressedSize reads the image's manifest (for platform, from an index)
 // and adds up its layers and config.
 func compressedSize(ctx context.Context, img config.Image, creds auth.Credentials, platform string) (int64, error) {
-	var nopts []name.Option
-	if config.IsLoopbackHost(img.Host()) {
-		nopts = append(nopts, name.Insecure) // as the daemon treats 127.0.0.0/8
-	}
+	opts, nopts, closeTr := registryOptions(ctx, img, creds)
+	defer closeTr()
 	ref, err := name.ParseReference(img.Ref, nopts...)
 	if err != nil {
 		return 0, err
 	}
-	// A transport of its own, closed after the check: guard checks are
-	// rare, and a pooled connection would sit idle for 90 s.
-	tr := remote.DefaultTransport.(*http.Transport).Clone()
-	defer tr.CloseIdleConnections()
-	opts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(tr), remote.WithAuth(authn.FromConfig(authn.AuthConfig{
-		Username: creds.Username, Password: creds.Password.Reveal(),
-		IdentityToken: creds.IdentityToken.Reveal(), RegistryToken: creds.RegistryToken.Reveal(),
-	}))}
 	if platform != "" {
 		p, err := v1.ParsePlatform(platform)
 		if err != nil {

@@ -439,3 +439,19 @@ func HasRepoDigest(repoDigests []string, repo string, want digest.Digest) bool {
 	}
 	return false
 }
+
+// Content reads from the registry, with the same credentials as a pull,
+// the manifest dg of img's repository and, for an index, the manifest of
+// platform in it; configPlatform also reads a single manifest's platform
+// from its config.
+func (p *Puller) Content(ctx context.Context, img config.Image, dg digest.Digest, platform string, configPlatform bool) (Content, error) {
+	sel, err := p.auth.Select(ctx, img.Host())
+	if err != nil {
+		return Content{}, fmt.Errorf("choosing credentials for %s: %w", img.Host(), err)
+	}
+	c, err := readContent(ctx, img, sel.Credentials, dg, platform, configPlatform)
+	if err != nil {
+		return c, fmt.Errorf("reading the manifests of %s: %w", img.Ref, err)
+	}
+	return c, nil
+}

@@ -25,7 +25,10 @@ Asks the registry, through the daemon and with the credentials a pull
 would use, about every image under prefix P (default: the configured one):
 present or missing, digest, platforms, and whether each host authenticated.
 Nothing is pulled. --compare Q does the same for Q and reports the parity of
-each runtime: how to prove a mirror complete before a flip.`)
+each runtime: how to prove a mirror complete before a flip. An image is
+the same when the manifest for the platform has the same config digest,
+even where a mirror re-packed the manifests around it (docker push,
+skopeo copy without --all).`)
 	var c common
 	c.register(fs)
 	prefixFlag := fs.String("prefix", "", "prefix to check (default: the configured one)")
@@ -73,11 +76,11 @@ each runtime: how to prove a mirror complete before a flip.`)
 	for _, r := range reports {
 		ok = ok && r.OK()
 	}
-	var parity map[string]pull.Parity
+	var parity map[string]pull.Comparison
 	if len(reports) == 2 {
 		parity = pull.Compare(reports[0], reports[1])
 		for _, p := range parity {
-			ok = ok && p == pull.ParitySame
+			ok = ok && p.Parity == pull.ParitySame
 		}
 	}
 	if *asJSON {
@@ -120,19 +123,34 @@ func checkPrefixes(ctx context.Context, eng engine.Engine, cfg config.Config, pr
 	return reports, nil
 }
 
+// comparedJSON is one runtime of 'check --json --compare': both levels.
+type comparedJSON struct {
+	Parity       string `json:"parity"`
+	SameManifest bool   `json:"same_manifest"`
+	SameImage    bool   `json:"same_image"`
+}
+
 // printCheckJSON is 'check --json'.
-func printCheckJSON(w io.Writer, ok bool, reports []pull.CheckReport, parity map[string]pull.Parity) error {
+func printCheckJSON(w io.Writer, ok bool, reports []pull.CheckReport, parity map[string]pull.Comparison) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
+	var compared map[string]comparedJSON
+	if parity != nil {
+		compared = make(map[string]comparedJSON, len(parity))
+		for rt, c := range parity {
+			compared[rt] = comparedJSON{parityLabel(c.Parity), c.SameManifest, c.SameImage}
+		}
+	}
 	doc := struct {
-		OK      bool               `json:"ok"`
-		Reports []pull.CheckReport `json:"reports"`
-		Parity  map[string]string  `json:"parity,omitempty"`
-	}{ok, reports, parityLabels(parity)}
+		OK       bool                    `json:"ok"`
+		Reports  []pull.CheckReport      `json:"reports"`
+		Parity   map[string]string       `json:"parity,omitempty"`
+		Compared map[string]comparedJSON `json:"compared,omitempty"`
+	}{ok, reports, parityLabels(parity), compared}
 	return enc.Encode(doc)
 }
 
-func printCheck(w io.Writer, reports []pull.CheckReport, parity map[string]pull.Parity) {
+func printCheck(w io.Writer, reports []pull.CheckReport, parity map[string]pull.Comparison) {
 	for i, r := range reports {
 		label := "P"
 		if i == 1 {
@@ -159,36 +177,58 @@ func printCheck(w io.Writer, reports []pull.CheckReport, parity map[string]pull.
 		if len(reports) == 2 {
 			l = []string{" P", " Q"}[i]
 		}
-		head = append(head, "STATUS"+l, "DIGEST"+l, "PLATFORMS"+l)
+		head = append(head, "STATUS"+l, "DIGEST"+l, "IMAGE"+l, "PLATFORMS"+l)
 	}
 	if parity != nil {
-		head = append(head, "PARITY")
+		head = append(head, "MANIFEST", "PARITY")
 	}
 	fmt.Fprintln(tw, strings.Join(head, "\t"))
+	repacked := false
 	for n := range reports[0].Images {
 		row := []string{plain(reports[0].Images[n].Runtime)}
 		for _, r := range reports {
-			im := r.Images[n]
-			st, dg := "present", "-"
-			if !im.Present {
-				st = "MISSING"
-				if im.Class != "" && im.Class != pull.ClassNotFound {
-					st = "ERROR [" + plain(string(im.Class)) + "]"
-				}
-			} else {
-				dg = safetext.ShortDigest(im.Digest.String())
-				if !im.PlatformOK {
-					st = "NO " + plain(r.Platform)
-				}
-			}
-			row = append(row, st, dg, dashJoin(im.Platforms))
+			row = append(row, checkCells(r, r.Images[n])...)
 		}
 		if parity != nil {
-			row = append(row, parityLabel(parity[reports[0].Images[n].Runtime]))
+			c := parity[reports[0].Images[n].Runtime]
+			manifest := "-"
+			if c.Parity == pull.ParitySame || c.Parity == pull.ParityDiffers || c.Parity == pull.ParityUnknown {
+				manifest = map[bool]string{true: "same", false: "differs"}[c.SameManifest]
+			}
+			repacked = repacked || c.Parity == pull.ParitySame && !c.SameManifest
+			row = append(row, manifest, parityLabel(c.Parity))
 		}
 		fmt.Fprintln(tw, strings.Join(row, "\t"))
 	}
 	tw.Flush()
+	if repacked {
+		fmt.Fprintf(w, "\nsame with MANIFEST differs: the image for %s (its config digest) is identical; the\nmirror re-packed the manifests around it (docker push, skopeo copy without --all).\n", plain(reports[0].Platform))
+	}
+}
+
+// checkCells are the status, digest, image and platforms cells of one
+// image of a report.
+func checkCells(r pull.CheckReport, im pull.CheckResult) []string {
+	st, dg, id := "present", "-", "-"
+	if !im.Present {
+		st = "MISSING"
+		if im.Class != "" && im.Class != pull.ClassNotFound {
+			st = "ERROR [" + plain(string(im.Class)) + "]"
+		}
+	} else {
+		dg = safetext.ShortDigest(im.Digest.String())
+		if im.ImageDigest != "" {
+			id = safetext.ShortDigest(im.ImageDigest.String())
+		}
+		if !im.PlatformOK {
+			st = "NO " + plain(r.Platform)
+		}
+	}
+	pl := dashJoin(im.Platforms)
+	if im.Attestations > 0 {
+		pl += fmt.Sprintf(" (+%d attestations)", im.Attestations)
+	}
+	return []string{st, dg, id, pl}
 }
 
 func dashJoin(s []string) string {
@@ -211,18 +251,20 @@ func parityLabel(p pull.Parity) string {
 		return "missing in Q"
 	case pull.ParityMissingB:
 		return "missing in both"
+	case pull.ParityUnknown:
+		return "unknown"
 	}
 	return "-"
 }
 
 // parityLabels labels each runtime's parity; nil for nil.
-func parityLabels(parity map[string]pull.Parity) map[string]string {
+func parityLabels(parity map[string]pull.Comparison) map[string]string {
 	if parity == nil {
 		return nil
 	}
 	out := make(map[string]string, len(parity))
-	for rt, p := range parity {
-		out[rt] = parityLabel(p)
+	for rt, c := range parity {
+		out[rt] = parityLabel(c.Parity)
 	}
 	return out
 }

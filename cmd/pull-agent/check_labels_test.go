@@ -11,13 +11,13 @@ import (
 func TestParityLabels(t *testing.T) {
 	for p, want := range map[pull.Parity]string{
 		pull.ParitySame: "same", pull.ParityDiffers: "differs", pull.ParityMissingP: "missing in P",
-		pull.ParityMissingQ: "missing in Q", pull.ParityMissingB: "missing in both", 0: "-",
+		pull.ParityMissingQ: "missing in Q", pull.ParityMissingB: "missing in both", pull.ParityUnknown: "unknown", 0: "-",
 	} {
 		if got := parityLabel(p); got != want {
 			t.Errorf("parityLabel(%d) = %q, want %q", p, got, want)
 		}
 	}
-	if got := parityLabels(map[string]pull.Parity{"codex": pull.ParityDiffers}); got["codex"] != "differs" || len(got) != 1 {
+	if got := parityLabels(map[string]pull.Comparison{"codex": {Parity: pull.ParityDiffers}}); got["codex"] != "differs" || len(got) != 1 {
 		t.Errorf("parityLabels = %v", got)
 	}
 	if parityLabels(nil) != nil {

@@ -112,13 +112,13 @@ func FuzzRenderCheck(f *testing.F) {
 	f.Add("", "", "", "", "", false, true)
 	f.Fuzz(func(t *testing.T, runtime, dg, platform, errText, dg2 string, present, twoPrefixes bool) {
 		rep := pull.CheckReport{Prefix: "p", Platform: "linux/amd64",
-			Images: []pull.CheckResult{{Runtime: runtime, Image: runtime, Present: present, Digest: digest.Digest(dg), Platforms: []string{platform, ""}, Class: pull.ErrorClass(errText), Error: errText}},
+			Images: []pull.CheckResult{{Runtime: runtime, Image: runtime, Present: present, Digest: digest.Digest(dg), ImageDigest: digest.Digest(dg2), Attestations: len(dg), Platforms: []string{platform, ""}, Class: pull.ErrorClass(errText), Error: errText}},
 			Hosts:  []pull.HostCheck{{Host: errText, Source: platform, AuthOK: present, Error: errText}}}
 		reports := []pull.CheckReport{rep}
-		var parity map[string]pull.Parity
+		var parity map[string]pull.Comparison
 		if twoPrefixes {
 			q := rep
-			q.Images = []pull.CheckResult{{Runtime: runtime, Present: true, Digest: digest.Digest(dg2), Platforms: []string{platform}}}
+			q.Images = []pull.CheckResult{{Runtime: runtime, Present: true, Digest: digest.Digest(dg2), ImageDigest: digest.Digest(dg2), Platforms: []string{platform}}}
 			reports = append(reports, q)
 			parity = pull.Compare(rep, q)
 		}

@@ -11,8 +11,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -25,8 +23,13 @@ type SeedOptions struct {
 	// BaseSize is the size of the base layer every image of the bed shares;
 	// default 1 MiB.
 	BaseSize int64
-	// LayerSize is the size of each image's own layer; default 256 KiB.
+	// LayerSize is the size of each image's own layers; default 256 KiB.
 	LayerSize int64
+	// Layers is how many own layers each image has over the shared base;
+	// default 1.
+	Layers int
+	// Shape is how the image is laid out (default ShapeDocker).
+	Shape Shape
 	// Username and Password push to a registry with basic auth.
 	Username, Password string
 }
@@ -38,6 +41,12 @@ func (o SeedOptions) withDefaults() SeedOptions {
 	if o.LayerSize == 0 {
 		o.LayerSize = 256 << 10
 	}
+	if o.Layers == 0 {
+		o.Layers = 1
+	}
+	if o.Shape == "" {
+		o.Shape = ShapeDocker
+	}
 	return o
 }
 
@@ -46,10 +55,28 @@ type Seeded struct {
 	Runtime string
 	// Ref is <addr>/<namespace>/workspace-template-<runtime>:latest.
 	Ref string
-	// Digest is the manifest digest the registry serves for Ref.
+	// Digest is the manifest digest the registry serves for Ref: for a
+	// multi-platform shape, the index's.
 	Digest digest.Digest
-	// Layers are the compressed layer digests, the shared base first.
+	// Layers are the compressed layer digests of this machine's platform's
+	// image, the shared base first.
 	Layers []digest.Digest
+	// Shape is the image's layout.
+	Shape Shape
+	// Platforms holds the image of each platform (os/arch), by platform.
+	Platforms map[string]PlatformImage
+	// Attestations is how many attestation manifests the index holds.
+	Attestations int
+}
+
+// PlatformImage is the image of one platform.
+type PlatformImage struct {
+	// Manifest is the digest of the platform's image manifest (Digest for
+	// a single-platform shape).
+	Manifest digest.Digest
+	// Config is the digest of its config: the image's identity, which
+	// mirrors keep even when they re-pack the manifests.
+	Config digest.Digest
 }
 
 type seedCache struct {
@@ -110,36 +137,34 @@ func (b *Bed) Seed(ctx context.Context, r *Registry, ns string, runtimes []strin
 	return out, nil
 }
 
-// Push builds a new image for runtime (a fresh unique layer over the shared
-// base) and pushes it to <r>/<ns>/workspace-template-<runtime>:latest,
-// moving the tag if it existed.
+// Push builds a new image for runtime (fresh unique layers over the shared
+// base, in opts.Shape) and pushes it to
+// <r>/<ns>/workspace-template-<runtime>:latest, moving the tag if it
+// existed.
 func (b *Bed) Push(ctx context.Context, r *Registry, ns, rt string, opts SeedOptions) (Seeded, error) {
 	opts = opts.withDefaults()
-	base, err := b.seed.baseLayer(opts.BaseSize)
-	if err != nil {
-		return Seeded{}, fmt.Errorf("building base layer: %w", err)
-	}
-	own, err := random.Layer(opts.LayerSize, types.DockerLayer, random.WithSource(b.seed.source()))
-	if err != nil {
-		return Seeded{}, fmt.Errorf("building layer for %s: %w", rt, err)
-	}
-	cf, err := empty.Image.ConfigFile()
-	if err != nil {
-		return Seeded{}, err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	cf.Config.Labels = map[string]string{"ai.molecule.runtime": rt}
-	cf.Config.Cmd = []string{"/bin/true"}
-	img, err := mutate.ConfigFile(empty.Image, cf)
-	if err != nil {
-		return Seeded{}, err
-	}
-	img, err = mutate.AppendLayers(img, base, own)
-	if err != nil {
-		return Seeded{}, err
-	}
 	ref := r.Prefix(ns) + "/workspace-template-" + rt + ":latest"
+	s := Seeded{Runtime: rt, Ref: ref, Shape: opts.Shape, Platforms: map[string]PlatformImage{}}
+	var imgs []v1.Image
+	for _, p := range opts.Shape.platforms() {
+		img, layers, err := b.platformImage(rt, p, opts.Shape, opts)
+		if err != nil {
+			return Seeded{}, err
+		}
+		md, err := img.Digest()
+		if err != nil {
+			return Seeded{}, err
+		}
+		cd, err := img.ConfigName()
+		if err != nil {
+			return Seeded{}, err
+		}
+		s.Platforms[p] = PlatformImage{Manifest: digest.Digest(md.String()), Config: digest.Digest(cd.String())}
+		if p == "linux/"+runtime.GOARCH {
+			s.Layers = layers
+		}
+		imgs = append(imgs, img)
+	}
 	tag, err := name.NewTag(ref, name.Insecure)
 	if err != nil {
 		return Seeded{}, fmt.Errorf("seed reference %q: %w", ref, err)
@@ -148,26 +173,49 @@ func (b *Bed) Push(ctx context.Context, r *Registry, ns, rt string, opts SeedOpt
 	if opts.Username != "" {
 		ropts = append(ropts, remote.WithAuth(&authn.Basic{Username: opts.Username, Password: opts.Password}))
 	}
-	if err := remote.Write(tag, img, ropts...); err != nil {
+	var top remote.Taggable = imgs[0]
+	if opts.Shape.multi() {
+		children, idx, err := index(opts.Shape, imgs)
+		if err != nil {
+			return Seeded{}, fmt.Errorf("building the index of %s: %w", rt, err)
+		}
+		for _, c := range children {
+			d, err := c.Digest()
+			if err != nil {
+				return Seeded{}, err
+			}
+			if err := remote.Write(tag.Context().Digest(d.String()), c, ropts...); err != nil {
+				return Seeded{}, fmt.Errorf("pushing %s@%s: %w", ref, d, err)
+			}
+		}
+		s.Attestations = len(children) - len(imgs)
+		top = idx
+		err = remote.Put(tag, idx, ropts...)
+	} else {
+		err = remote.Write(tag, imgs[0], ropts...)
+	}
+	if err != nil {
 		return Seeded{}, fmt.Errorf("pushing %s: %w", ref, err)
 	}
-	md, err := img.Digest()
+	d, err := partialDigest(top)
 	if err != nil {
 		return Seeded{}, err
 	}
-	s := Seeded{Runtime: rt, Ref: ref, Digest: digest.Digest(md.String())}
-	for _, l := range []v1.Layer{base, own} {
-		d, err := l.Digest()
-		if err != nil {
-			return Seeded{}, err
-		}
-		s.Layers = append(s.Layers, digest.Digest(d.String()))
-	}
+	s.Digest = d
 	return s, nil
 }
 
-// Copy copies the image at src to dst (references with registry), so that
-// both serve the same manifest digest: a complete mirror.
+func partialDigest(t remote.Taggable) (digest.Digest, error) {
+	raw, err := t.RawManifest()
+	if err != nil {
+		return "", err
+	}
+	return digest.FromBytes(raw), nil
+}
+
+// Copy copies the image or index at src to dst (references with
+// registry) as go-containerregistry's crane copy does, so that both serve
+// the same manifest digest: a complete mirror.
 func Copy(ctx context.Context, src, dst string) error {
 	s, err := name.ParseReference(src, name.Insecure)
 	if err != nil {
@@ -177,11 +225,25 @@ func Copy(ctx context.Context, src, dst string) error {
 	if err != nil {
 		return err
 	}
-	img, err := remote.Image(s, remote.WithContext(ctx))
+	desc, err := remote.Get(s, remote.WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", src, err)
 	}
-	if err := remote.Write(d, img, remote.WithContext(ctx)); err != nil {
+	if desc.MediaType.IsIndex() {
+		idx, err := desc.ImageIndex()
+		if err == nil {
+			err = remote.WriteIndex(d, idx, remote.WithContext(ctx))
+		}
+		if err != nil {
+			return fmt.Errorf("writing %s: %w", dst, err)
+		}
+		return nil
+	}
+	img, err := desc.Image()
+	if err == nil {
+		err = remote.Write(d, img, remote.WithContext(ctx))
+	}
+	if err != nil {
 		return fmt.Errorf("writing %s: %w", dst, err)
 	}
 	return nil
