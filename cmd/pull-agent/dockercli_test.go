@@ -178,9 +178,3 @@ func (d *differential) agent(dir string) (string, string) {
 	return d.run(argv, []string{"PULL_AGENT_TEST_MAIN=1", "DOCKER_CONFIG=" + dir}, time.Minute)
 }
 
-func must(t *testing.T, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
