@@ -177,4 +177,3 @@ func (d *differential) agent(dir string) (string, string) {
 	argv := []string{os.Args[0], "pull", "--env-file", d.envFile, "--helper-timeout", "1s", "--quiet"}
 	return d.run(argv, []string{"PULL_AGENT_TEST_MAIN=1", "DOCKER_CONFIG=" + dir}, time.Minute)
 }
-

@@ -54,7 +54,9 @@ func TestRunRereadsTheTargetOfALinkedEnvFile(t *testing.T) {
 	}
 	etc, srv := t.TempDir(), t.TempDir()
 	target := filepath.Join(srv, "pull-agent.env")
-	envOf := func(ns string) string { return config.KeyRegistry + "=" + reg.Prefix(ns) + "\n" + config.KeyRuntimes + "=codex\n" }
+	envOf := func(ns string) string {
+		return config.KeyRegistry + "=" + reg.Prefix(ns) + "\n" + config.KeyRuntimes + "=codex\n"
+	}
 	must(t, os.WriteFile(target, []byte(envOf("link-a")), 0o600))
 	envFile := filepath.Join(etc, "pull-agent.env")
 	must(t, os.Symlink(target, envFile))
