@@ -59,8 +59,12 @@ func DockerCLI(ctx context.Context, dockerHost, dir string, args ...string) (str
 
 // MirrorByDockerPush copies src to dst (references with registry) the
 // way an operator often does: docker pull, docker tag, docker push through
-// the daemon at dockerHost. For a multi-platform image the daemon may
-// upload only the platform it pulled, under a new manifest digest.
+// the daemon at dockerHost. For a multi-platform image the classic store
+// uploads only the platform it pulled, under a new manifest digest. The
+// containerd store pushes the index itself, and Docker 26 refuses when it
+// lacks any content the index names (attestations included); there an
+// operator pulls the platform's manifest by digest (src as name@digest),
+// which is pushed as it is.
 func MirrorByDockerPush(ctx context.Context, dockerHost, dir, src, dst string) error {
 	for _, args := range [][]string{{"pull", "-q", src}, {"tag", src, dst}, {"push", dst}} {
 		if _, err := DockerCLI(ctx, dockerHost, dir, args...); err != nil {
