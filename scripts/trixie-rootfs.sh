@@ -25,20 +25,12 @@ if ! command -v debootstrap >/dev/null 2>&1; then
 	exit 1
 fi
 
-mirror=""
-for f in /etc/apt/sources.list.d/*.sources; do
-	[ -f "$f" ] || continue
-	mirror=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' "$f")
-	[ -n "$mirror" ] && break
-done
-if [ -z "$mirror" ]; then
-	mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-		awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}')
-fi
-if [ -z "$mirror" ]; then
+# shellcheck source=scripts/debian-mirror.sh
+. "$(dirname "$0")/debian-mirror.sh"
+mirror=$(debian_mirror) || {
 	echo "trixie-rootfs: no Debian mirror found in /etc/apt/sources.list{,.d}" >&2
 	exit 1
-fi
+}
 
 mkdir -p "$(dirname "$dest")"
 # One builder at a time; a second waits and then finds the tree complete.
