@@ -18,6 +18,7 @@ import (
 
 	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/engine"
+	"github.com/molecule-ai/pull-agent/agent/engine/enginetest"
 	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/auth"
 )
@@ -61,10 +62,10 @@ func (e *scriptEngine) serves(ref string) digest.Digest {
 	if _, d, ok := strings.Cut(ref, "@"); ok {
 		return digest.Digest(d)
 	}
-	if d, ok := e.served[repoOf(ref)]; ok {
+	if d, ok := e.served[enginetest.RepoOf(ref)]; ok {
 		return d
 	}
-	return digestOf(ref)
+	return enginetest.DigestOf(ref)
 }
 
 func (e *scriptEngine) ImagePull(ctx context.Context, ref string, _ engine.PullOptions) (io.ReadCloser, error) {
@@ -95,7 +96,7 @@ func (e *scriptEngine) ImagePull(ctx context.Context, ref string, _ engine.PullO
 	defer e.mu.Unlock()
 	d := e.serves(ref)
 	e.held[ref] = d
-	return okStream(d), nil
+	return enginetest.OKStream(d), nil
 }
 
 func (e *scriptEngine) ImageInspect(_ context.Context, ref string) (engine.ImageInfo, error) {
@@ -105,7 +106,7 @@ func (e *scriptEngine) ImageInspect(_ context.Context, ref string) (engine.Image
 	if !ok {
 		return engine.ImageInfo{}, fmt.Errorf("%w: %s", engine.ErrImageNotFound, ref)
 	}
-	return engine.ImageInfo{ID: "sha256:" + d.Encoded(), RepoDigests: []string{repoOf(ref) + "@" + d.String()}, Size: 100}, nil
+	return engine.ImageInfo{ID: "sha256:" + d.Encoded(), RepoDigests: []string{enginetest.RepoOf(ref) + "@" + d.String()}, Size: 100}, nil
 }
 
 func (e *scriptEngine) DistributionInspect(_ context.Context, ref string, _ auth.Credentials) (engine.RemoteInfo, error) {
@@ -127,31 +128,6 @@ func (e *scriptEngine) Ping(context.Context) error                              
 func (e *scriptEngine) ImageTag(context.Context, string, string) error             { return nil }
 func (e *scriptEngine) ContainerImageIDs(context.Context) (map[string]bool, error) { return nil, nil }
 func (e *scriptEngine) RootDir(context.Context) (string, error)                    { return "", nil }
-
-// okStream is the stream of a successful pull of d.
-func okStream(d digest.Digest) io.ReadCloser {
-	return io.NopCloser(strings.NewReader(`{"status":"Pulling from x","id":"latest"}
-{"status":"Pulling fs layer","progressDetail":{},"id":"aaa"}
-{"status":"Downloading","progressDetail":{"current":50,"total":100},"id":"aaa"}
-{"status":"Download complete","progressDetail":{},"id":"aaa"}
-{"status":"Pull complete","progressDetail":{},"id":"aaa"}
-{"status":"Digest: ` + d.String() + `"}
-{"status":"Status: Downloaded newer image for x"}
-`))
-}
-
-// digestOf gives every reference a stable fake digest.
-func digestOf(ref string) digest.Digest {
-	name, _, _ := strings.Cut(ref, ":latest")
-	name, _, _ = strings.Cut(name, "@")
-	return digest.FromString(name)
-}
-
-func repoOf(ref string) string {
-	name, _, _ := strings.Cut(ref, ":latest")
-	name, _, _ = strings.Cut(name, "@")
-	return name
-}
 
 // pullTimes are the times ref was pulled, as offsets from t0.
 func (e *scriptEngine) pullTimes(ref string, t0 time.Time) []time.Duration {

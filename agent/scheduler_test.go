@@ -10,6 +10,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine/enginetest"
 	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/agent/state"
 )
@@ -285,7 +286,7 @@ func TestSchedStaleDetection(t *testing.T) {
 		held := s.status("codex").Digest
 		moved := digest.FromString("moved")
 		e.mu.Lock()
-		e.served[repoOf(ref("codex"))] = moved
+		e.served[enginetest.RepoOf(ref("codex"))] = moved
 		e.mu.Unlock()
 		s.after(time.Hour) // the refresh fails for both
 		if st := s.status("codex"); st.State != state.Stale || st.RemoteDigest != moved || st.Digest != held {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/engine"
+	"github.com/molecule-ai/pull-agent/agent/engine/enginetest"
 	"github.com/molecule-ai/pull-agent/auth"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -51,40 +52,15 @@ func (f *fakeEngine) ImageInspect(ctx context.Context, ref string) (engine.Image
 	return f.inspect(ctx, ref)
 }
 
-// okStream is the stream of a successful pull of d.
-func okStream(d digest.Digest) io.ReadCloser {
-	return io.NopCloser(strings.NewReader(`{"status":"Pulling from x","id":"latest"}
-{"status":"Pulling fs layer","progressDetail":{},"id":"aaa"}
-{"status":"Downloading","progressDetail":{"current":50,"total":100},"id":"aaa"}
-{"status":"Download complete","progressDetail":{},"id":"aaa"}
-{"status":"Pull complete","progressDetail":{},"id":"aaa"}
-{"status":"Digest: ` + d.String() + `"}
-{"status":"Status: Downloaded newer image for x"}
-`))
-}
-
-// digestOf gives every reference a stable fake digest.
-func digestOf(ref string) digest.Digest {
-	name, _, _ := strings.Cut(ref, ":latest")
-	name, _, _ = strings.Cut(name, "@")
-	return digest.FromString(name)
-}
-
-func repoOf(ref string) string {
-	name, _, _ := strings.Cut(ref, ":latest")
-	name, _, _ = strings.Cut(name, "@")
-	return name
-}
-
-// goodEngine pulls and holds every image with digestOf(ref).
+// goodEngine pulls and holds every image with enginetest.DigestOf(ref).
 func goodEngine() *fakeEngine {
 	return &fakeEngine{
 		ping: func(context.Context) error { return nil },
 		pull: func(_ context.Context, ref string, _ engine.PullOptions) (io.ReadCloser, error) {
-			return okStream(digestOf(ref)), nil
+			return enginetest.OKStream(enginetest.DigestOf(ref)), nil
 		},
 		inspect: func(_ context.Context, ref string) (engine.ImageInfo, error) {
-			return engine.ImageInfo{ID: "sha256:id", RepoDigests: []string{repoOf(ref) + "@" + digestOf(ref).String()}, Size: 100}, nil
+			return engine.ImageInfo{ID: "sha256:id", RepoDigests: []string{enginetest.RepoOf(ref) + "@" + enginetest.DigestOf(ref).String()}, Size: 100}, nil
 		},
 	}
 }
@@ -120,7 +96,7 @@ func TestPullSuccess(t *testing.T) {
 		if r.Image.Runtime != imgs[i].Runtime {
 			t.Fatalf("results out of order: %d is %s", i, r.Image.Runtime)
 		}
-		if r.Err != nil || r.Digest != digestOf(r.Image.Ref) || r.Bytes != 100 {
+		if r.Err != nil || r.Digest != enginetest.DigestOf(r.Image.Ref) || r.Bytes != 100 {
 			t.Errorf("%s: %+v", r.Image.Runtime, r)
 		}
 	}
@@ -156,23 +132,23 @@ func TestPullVerification(t *testing.T) {
 	}{
 		{
 			name:   "daemon holds another digest",
-			stream: func(ref string) io.ReadCloser { return okStream(digestOf(ref)) },
+			stream: func(ref string) io.ReadCloser { return enginetest.OKStream(enginetest.DigestOf(ref)) },
 			inspect: func(ref string) (engine.ImageInfo, error) {
-				return engine.ImageInfo{ID: "sha256:old", RepoDigests: []string{repoOf(ref) + "@" + digest.FromString("old").String()}}, nil
+				return engine.ImageInfo{ID: "sha256:old", RepoDigests: []string{enginetest.RepoOf(ref) + "@" + digest.FromString("old").String()}}, nil
 			},
 			want: "none is",
 		},
 		{
 			name:   "right digest under another repository",
-			stream: func(ref string) io.ReadCloser { return okStream(digestOf(ref)) },
+			stream: func(ref string) io.ReadCloser { return enginetest.OKStream(enginetest.DigestOf(ref)) },
 			inspect: func(ref string) (engine.ImageInfo, error) {
-				return engine.ImageInfo{RepoDigests: []string{"ghcr.io/other/workspace-template-codex@" + digestOf(ref).String()}}, nil
+				return engine.ImageInfo{RepoDigests: []string{"ghcr.io/other/workspace-template-codex@" + enginetest.DigestOf(ref).String()}}, nil
 			},
 			want: "none is",
 		},
 		{
 			name:    "image missing after success",
-			stream:  func(ref string) io.ReadCloser { return okStream(digestOf(ref)) },
+			stream:  func(ref string) io.ReadCloser { return enginetest.OKStream(enginetest.DigestOf(ref)) },
 			inspect: func(ref string) (engine.ImageInfo, error) { return engine.ImageInfo{}, engine.ErrImageNotFound },
 			want:    "not in the daemon",
 		},
@@ -187,7 +163,7 @@ func TestPullVerification(t *testing.T) {
 		{
 			name:    "pin differs from the served digest",
 			pins:    "codex=" + pin.String(),
-			stream:  func(string) io.ReadCloser { return okStream(digest.FromString("other")) },
+			stream:  func(string) io.ReadCloser { return enginetest.OKStream(digest.FromString("other")) },
 			inspect: func(ref string) (engine.ImageInfo, error) { return engine.ImageInfo{}, nil },
 			want:    "not the pinned",
 		},
@@ -214,10 +190,10 @@ func TestPullPinnedVerifiesThePin(t *testing.T) {
 	var pulled string
 	e.pull = func(_ context.Context, ref string, _ engine.PullOptions) (io.ReadCloser, error) {
 		pulled = ref
-		return okStream(pin), nil
+		return enginetest.OKStream(pin), nil
 	}
 	e.inspect = func(_ context.Context, ref string) (engine.ImageInfo, error) {
-		return engine.ImageInfo{RepoDigests: []string{repoOf(ref) + "@" + pin.String()}}, nil
+		return engine.ImageInfo{RepoDigests: []string{enginetest.RepoOf(ref) + "@" + pin.String()}}, nil
 	}
 	imgs := mustImages(t, mustLoad(t, nil, map[string]string{config.KeyRuntimes: "codex", config.KeyPins: "codex=" + pin.String()}))
 	r := newTestPuller(t, e, auth.Options{}, PullerOptions{}).Pull(context.Background(), imgs[0], nil)
@@ -256,7 +232,7 @@ func TestPullConcurrencyIsBoundedAndFailuresIsolated(t *testing.T) {
 				if strings.Contains(ref, "crewai") {
 					return nil, errors.New("Error response from daemon: manifest unknown")
 				}
-				return okStream(digestOf(ref)), nil
+				return enginetest.OKStream(enginetest.DigestOf(ref)), nil
 			}
 			imgs := testImages(t, "ghcr.io/molecule-ai")
 			done := make(chan []PullResult)
@@ -340,7 +316,7 @@ func TestCredentialsGoToGHCROnly(t *testing.T) {
 				mu.Lock()
 				sent[ref] = o.Credentials
 				mu.Unlock()
-				return okStream(digestOf(ref)), nil
+				return enginetest.OKStream(enginetest.DigestOf(ref)), nil
 			}
 			for _, r := range newTestPuller(t, e, opts, PullerOptions{}).PullAll(context.Background(), testImages(t, tt.prefix), nil) {
 				if r.Err != nil || r.Source != tt.wantSrc {
@@ -403,7 +379,7 @@ func TestRefreshesOfHeldImagesGetAWiderPool(t *testing.T) {
 	e.pull = func(ctx context.Context, ref string, _ engine.PullOptions) (io.ReadCloser, error) {
 		defer enter(&inFlight, &peak)()
 		<-release
-		return okStream(digestOf(ref)), nil
+		return enginetest.OKStream(enginetest.DigestOf(ref)), nil
 	}
 	done := make(chan []PullResult)
 	go func() {
