@@ -222,6 +222,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			l.loadConfig(false, true)
 		case d := <-l.done:
 			l.finished(ctx, d)
+		case st := <-l.queued:
+			st.queuing = false
 		case err := <-l.pingRes:
 			l.pinging = false
 			l.pinged(err)

@@ -27,6 +27,7 @@ type loop struct {
 	log     *slog.Logger
 	clock   Clock
 	done    chan pullDone
+	queued  chan *imageState // a fresh pull named its first layer
 	pingRes chan error
 	pruned  chan []string
 	// wg counts the goroutines the loop starts; shutdown waits for them.
@@ -77,9 +78,12 @@ type loop struct {
 // imageState is the loop's record of one configured image.
 type imageState struct {
 	ImageStatus
-	fresh  bool // the running pull is not a refresh of a warm image
-	cancel context.CancelCauseFunc
-	obs    *pullObserver // of the running pull
+	fresh bool // the running pull is not a refresh of a warm image
+	// queuing: the running fresh pull has not yet queued its layers in
+	// the daemon; the next fresh pull waits for it (pull.QueueLead).
+	queuing bool
+	cancel  context.CancelCauseFunc
+	obs     *pullObserver // of the running pull
 }
 
 // hostState is a registry host's rate-limit cooldown.
@@ -103,6 +107,7 @@ func newLoop(a *Agent) *loop {
 		log:       a.log,
 		clock:     a.opts.Clock,
 		done:      make(chan pullDone),
+		queued:    make(chan *imageState),
 		pingRes:   make(chan error, 1),
 		pruned:    make(chan []string, 1),
 		described: map[string]string{},
@@ -199,8 +204,15 @@ func (l *loop) nextWake() time.Time {
 		wake = l.nextPing
 	}
 	for _, st := range l.states {
-		if st.Due && st.cancel == nil && st.NextAttempt.Before(wake) {
+		// A due image that step did not start waits for an event (a
+		// pull ending or queuing its layers) or a wake of its own (a
+		// host's cooldown, a ping, a queue lead): waking for it now
+		// would spin the loop until then.
+		if st.Due && st.cancel == nil && st.NextAttempt.After(now) && st.NextAttempt.Before(wake) {
 			wake = st.NextAttempt
+		}
+		if lead := st.LastAttempt.Add(pull.QueueLead); st.queuing && lead.After(now) && lead.Before(wake) {
+			wake = lead
 		}
 	}
 	for _, hs := range l.hosts {

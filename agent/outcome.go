@@ -24,7 +24,7 @@ func (l *loop) finished(ctx context.Context, d pullDone) {
 	if st != d.st {
 		return // the image left the set (or came back as a new entry)
 	}
-	st.cancel, st.obs = nil, nil
+	st.cancel, st.obs, st.queuing = nil, nil, false
 	r := d.res
 	st.Duration, st.Bytes = r.Duration, r.Bytes
 	now := l.clock.Now()

@@ -39,6 +39,9 @@ type scriptEngine struct {
 	// succeeds, errHang waits for cancellation, any other error is what
 	// the daemon answers. nil outcome: every pull succeeds.
 	outcome func(ref string, n int) error
+	// phases, if set, is how long a successful pull of ref resolves
+	// before it names its layer, and then downloads (virtual time).
+	phases  func(ref string) (resolve, download time.Duration)
 	served  map[string]digest.Digest // repository → what the registry serves
 	held    map[string]digest.Digest // ref → what the daemon holds
 	pulls   []call
@@ -96,6 +99,10 @@ func (e *scriptEngine) ImagePull(ctx context.Context, ref string, _ engine.PullO
 	defer e.mu.Unlock()
 	d := e.serves(ref)
 	e.held[ref] = d
+	if e.phases != nil {
+		resolve, download := e.phases(ref)
+		return enginetest.PhasedStream(ctx, d, resolve, download), nil
+	}
 	return enginetest.OKStream(d), nil
 }
 

@@ -3,7 +3,9 @@ package agent
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/engine"
@@ -29,6 +31,10 @@ func (l *loop) step(ctx context.Context) {
 		}
 		return
 	}
+	// Images are in priority order. A fresh pull waits until the one
+	// started before it has queued its layers in the daemon, so that
+	// the daemon downloads them in this order (pull/order.go).
+	held := l.queueHeld(now)
 	for _, img := range l.images {
 		if l.inflight >= l.opts.Concurrency*pull.RefreshConcurrencyFactor {
 			return
@@ -39,14 +45,26 @@ func (l *loop) step(ctx context.Context) {
 		}
 		// A refresh of a warm image is a manifest HEAD unless its tag
 		// moved: a wider limit; anything else keeps to Concurrency.
-		if st.State != state.Warm && l.inflightFresh >= l.opts.Concurrency {
+		if st.State != state.Warm && (held || l.inflightFresh >= l.opts.Concurrency) {
 			continue
 		}
 		if hs := l.hosts[img.Host()]; hs != nil && now.Before(hs.until) {
 			continue
 		}
 		l.startPull(ctx, st)
+		held = held || st.queuing
 	}
+}
+
+// queueHeld reports whether a fresh pull is still resolving, within
+// pull.QueueLead of its start, so that the next fresh pull waits.
+func (l *loop) queueHeld(now time.Time) bool {
+	for _, st := range l.states {
+		if st.queuing && now.Before(st.LastAttempt.Add(pull.QueueLead)) {
+			return true
+		}
+	}
+	return false
 }
 
 // ping asks the daemon whether it is up, in a goroutine that reports on
@@ -77,6 +95,13 @@ func (l *loop) startPull(ctx context.Context, st *imageState) {
 	if st.fresh {
 		st.State = state.Pulling
 		l.inflightFresh++
+		st.queuing = true
+		obs.queued = func() {
+			select {
+			case l.queued <- st:
+			case <-ctx.Done(): // the loop has stopped reading
+			}
+		}
 	}
 	l.inflight++
 	img, puller, alias, e := st.Image, l.puller, st.Alias, l.engine
@@ -125,6 +150,10 @@ type pullObserver struct {
 	log      *slog.Logger
 	refresh  bool // of a warm image: only a change is worth a line
 	progress atomic.Pointer[engine.Progress]
+	// queued, if set, is called once, when the pull has queued its
+	// layers in the daemon (pull.Queued).
+	queued     func()
+	queuedOnce sync.Once
 }
 
 // PullStarted implements pull.Observer.
@@ -137,7 +166,12 @@ func (o *pullObserver) PullStarted(img config.Image, src auth.Source) {
 }
 
 // PullProgress implements pull.Observer.
-func (o *pullObserver) PullProgress(_ config.Image, p engine.Progress) { o.progress.Store(&p) }
+func (o *pullObserver) PullProgress(_ config.Image, p engine.Progress) {
+	o.progress.Store(&p)
+	if o.queued != nil && pull.Queued(p) {
+		o.queuedOnce.Do(o.queued)
+	}
+}
 
 // PullFinished implements pull.Observer; results are handled in the loop.
 func (o *pullObserver) PullFinished(pull.PullResult) {}

@@ -66,11 +66,12 @@ func TestSchedBackoffFullJitterAndAttemptsLimit(t *testing.T) {
 // Pulls already running when a host first answers 429 all come back with
 // 429: one strike for the burst. The cooldown is equal jitter over a
 // doubling ceiling (RateLimit), and only a 429 after a cooldown ended
-// doubles it.
+// doubles it. (Refreshes of warm images start together; downloads start
+// one after another, so the burst is a refresh's.)
 func TestSchedRateLimitOneStrikePerBurst(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		e := newScriptEngine(func(_ string, n int) error {
-			if n < 2 {
+			if n == 1 || n == 2 {
 				return errors.New("toomanyrequests: too many requests")
 			}
 			return nil
@@ -81,17 +82,19 @@ func TestSchedRateLimitOneStrikePerBurst(t *testing.T) {
 			o.Random = func() float64 { return 0 } // the floor: half the ceiling
 		})
 		defer s.stop()
-		if cd := s.a.Snapshot().Cooldowns["r.test"]; !near(cd.Sub(s.t0), 15*time.Second) {
-			t.Fatalf("cooldown until %s after the first burst, want 15 s (half of 30 s)", cd.Sub(s.t0))
+		refresh := 54 * time.Minute // the refresh interval, jittered by Random 0: × 0.9
+		s.after(refresh)
+		if cd := s.a.Snapshot().Cooldowns["r.test"]; !near(cd.Sub(s.t0), refresh+15*time.Second) {
+			t.Fatalf("cooldown until %s after the first burst, want %s (half of 30 s after it)", cd.Sub(s.t0), refresh+15*time.Second)
 		}
 		s.after(10 * time.Minute)
 		for _, rt := range []string{"codex", "crewai", "hermes"} {
-			// 0 s: the burst; 15 s: the second burst, strike 2 (half of
-			// 60 s); 45 s: served. With a strike per pull, the second
-			// cooldown would be strike 4's: 2 min.
+			// At the refresh: the burst; 15 s later: the second burst,
+			// strike 2 (half of 60 s); 45 s: served. With a strike per
+			// pull, the second cooldown would be strike 4's: 2 min.
 			got := e.pullTimes(ref(rt), s.t0)
-			want := []time.Duration{0, 15 * time.Second, 45 * time.Second}
-			if len(got) != len(want) || !near(got[1], want[1]) || !near(got[2], want[2]) {
+			want := []time.Duration{0, refresh, refresh + 15*time.Second, refresh + 45*time.Second}
+			if len(got) != len(want) || !near(got[1], want[1]) || !near(got[2], want[2]) || !near(got[3], want[3]) {
 				t.Errorf("%s pulled at %v, want %v", rt, got, want)
 			}
 			if st := s.status(rt); st.State != state.Warm {

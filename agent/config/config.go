@@ -72,7 +72,9 @@ type Config struct {
 	// Prefix is the registry and path every image name starts with, without
 	// a trailing slash, e.g. "ghcr.io/molecule-ai".
 	Prefix string
-	// Runtimes is the sorted, de-duplicated list of runtimes to keep warm.
+	// Runtimes are the runtimes to keep warm, de-duplicated, in priority
+	// order: the order MOLECULE_RUNTIMES lists them in (KnownRuntimes'
+	// order by default). The first is pulled first.
 	Runtimes []string
 	// Pins maps a runtime to the manifest digest it is pinned to.
 	Pins map[string]digest.Digest
@@ -406,12 +408,14 @@ func ParsePrefix(s string) (string, error) {
 var runtimeName = regexp.MustCompile(`^[a-z0-9]+(-+[a-z0-9]+)*$`)
 
 // parseRuntimes parses a comma-separated runtime list. An empty value selects
-// KnownRuntimes. Names are trimmed, de-duplicated and sorted.
+// KnownRuntimes. Names are trimmed and de-duplicated; the order is kept:
+// it is the priority order.
 func parseRuntimes(s string) ([]string, error) {
 	if strings.TrimSpace(s) == "" {
 		return KnownRuntimes(), nil
 	}
 	var out []string
+	seen := map[string]bool{}
 	for _, name := range strings.Split(s, ",") {
 		name = strings.TrimSpace(name)
 		if name == "" {
@@ -420,13 +424,15 @@ func parseRuntimes(s string) ([]string, error) {
 		if len(name) > 64 || !runtimeName.MatchString(name) {
 			return nil, fmt.Errorf("runtime %q is not a valid name: use lower-case letters, digits and '-', not at either end, at most 64 characters", safetext.Line(name, maxValueRunes))
 		}
-		out = append(out, name)
+		if !seen[name] {
+			seen[name] = true
+			out = append(out, name)
+		}
 	}
 	if len(out) == 0 {
 		return nil, errors.New("names no runtime; leave it empty for the default nine")
 	}
-	slices.Sort(out)
-	return slices.Compact(out), nil
+	return out, nil
 }
 
 // parsePins parses comma-separated runtime=sha256:<hex> pairs. Every pinned

@@ -89,13 +89,13 @@ func TestResolverContract(t *testing.T) {
 			}
 		}
 	})
-	t.Run("alphabetical order whatever the input order", func(t *testing.T) {
+	t.Run("the order given, de-duplicated: it is the priority order", func(t *testing.T) {
 		imgs := mustImages(t, mustLoad(t, nil, map[string]string{KeyRuntimes: "openclaw, autogen,codex,autogen,"}))
 		var got []string
 		for _, i := range imgs {
 			got = append(got, i.Runtime)
 		}
-		if !slices.Equal(got, []string{"autogen", "codex", "openclaw"}) {
+		if !slices.Equal(got, []string{"openclaw", "autogen", "codex"}) {
 			t.Fatalf("got %v", got)
 		}
 	})

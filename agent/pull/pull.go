@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/engine"
@@ -235,55 +233,6 @@ func NewPuller(e engine.Engine, authz Authorizer, logger *slog.Logger, opts Pull
 		p.disk = &diskGuard{margin: opts.DiskMargin, platform: config.PlatformOrDefault(opts.Platform)}
 	}
 	return p, nil
-}
-
-// PullAll pulls every image, at most Concurrency at once, and returns the
-// results in the order of images. One failure never stops the others.
-func (p *Puller) PullAll(ctx context.Context, images []config.Image, obs Observer) []PullResult {
-	if obs == nil {
-		obs = NopObserver{}
-	}
-	results := make([]PullResult, len(images))
-	// Images the daemon already holds are refreshes: a manifest HEAD each
-	// unless the tag moved, bound by round trips rather than bandwidth, so
-	// they get a wider pool of their own.
-	var fresh, held []int
-	for i, img := range images {
-		if _, err := p.engine.ImageInspect(ctx, img.Ref); err == nil {
-			held = append(held, i)
-		} else {
-			fresh = append(fresh, i)
-		}
-	}
-	notStarted := func(i int) {
-		results[i] = PullResult{Image: images[i], Started: p.opts.Now(), Err: &pullError{Class: ClassCanceled, Err: fmt.Errorf("pull of %s not started: %w", images[i].Ref, ctx.Err())}}
-		obs.PullFinished(results[i])
-	}
-	var wg sync.WaitGroup
-	for _, q := range []struct {
-		idx   []int
-		limit int
-	}{{fresh, p.opts.Concurrency}, {held, p.opts.Concurrency * RefreshConcurrencyFactor}} {
-		wg.Go(func() {
-			var g errgroup.Group
-			g.SetLimit(q.limit)
-			// Images start in the order given, so the first runtimes warm
-			// first; once ctx is done, those not started are not pulled.
-			for _, i := range q.idx {
-				g.Go(func() error {
-					if ctx.Err() != nil {
-						notStarted(i)
-						return nil
-					}
-					results[i] = p.Pull(ctx, images[i], obs)
-					return nil // one failure never stops the others
-				})
-			}
-			g.Wait()
-		})
-	}
-	wg.Wait()
-	return results
 }
 
 // Pull pulls one image, decodes the daemon's stream and verifies that the

@@ -202,66 +202,6 @@ func TestPullPinnedVerifiesThePin(t *testing.T) {
 	}
 }
 
-func TestPullConcurrencyIsBoundedAndFailuresIsolated(t *testing.T) {
-	for _, n := range []int{1, 3, 5} {
-		t.Run(fmt.Sprint(n), func(t *testing.T) {
-			var inFlight, peak atomic.Int32
-			release := make(chan struct{})
-			e := goodEngine()
-			var mu sync.Mutex
-			var order []string
-			// The daemon holds nothing until it is pulled: every pull is a download.
-			pulled := map[string]bool{}
-			good := e.inspect
-			e.inspect = func(ctx context.Context, ref string) (engine.ImageInfo, error) {
-				mu.Lock()
-				ok := pulled[ref]
-				mu.Unlock()
-				if !ok {
-					return engine.ImageInfo{}, engine.ErrImageNotFound
-				}
-				return good(ctx, ref)
-			}
-			e.pull = func(ctx context.Context, ref string, _ engine.PullOptions) (io.ReadCloser, error) {
-				defer enter(&inFlight, &peak)()
-				mu.Lock()
-				order = append(order, ref)
-				pulled[ref] = true
-				mu.Unlock()
-				<-release
-				if strings.Contains(ref, "crewai") {
-					return nil, errors.New("Error response from daemon: manifest unknown")
-				}
-				return enginetest.OKStream(enginetest.DigestOf(ref)), nil
-			}
-			imgs := testImages(t, "ghcr.io/molecule-ai")
-			done := make(chan []PullResult)
-			go func() {
-				done <- newTestPuller(t, e, auth.Options{}, PullerOptions{Concurrency: n}).PullAll(context.Background(), imgs, nil)
-			}()
-			// Let the pullers fill up before releasing them one at a time.
-			testbed.WaitFor(t, fmt.Sprintf("%d pulls in flight", n), 5*time.Second, func() bool { return inFlight.Load() >= int32(n) })
-			close(release)
-			res := <-done
-			if got := peak.Load(); got != int32(n) {
-				t.Errorf("peak concurrency %d, want %d", got, n)
-			}
-			if n == 1 {
-				for i, ref := range order {
-					if ref != imgs[i].Ref {
-						t.Fatalf("with one worker, pull %d was %s, want %s", i, ref, imgs[i].Ref)
-					}
-				}
-			}
-			for _, r := range res {
-				if (r.Err != nil) != (r.Image.Runtime == "crewai") {
-					t.Errorf("%s: err %v", r.Image.Runtime, r.Err)
-				}
-			}
-		})
-	}
-}
-
 // Once the caller cancels, no further pull reaches the daemon: the first
 // (in flight) ends canceled, the other eight are canceled without starting.
 func TestPullCanceledBeforeStart(t *testing.T) {

@@ -4,8 +4,10 @@
 package enginetest
 
 import (
+	"context"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -32,4 +34,40 @@ func RepoOf(ref string) string {
 // DigestOf is a stable fake digest for the repository of ref.
 func DigestOf(ref string) digest.Digest {
 	return digest.FromString(RepoOf(ref))
+}
+
+// PhasedStream is the daemon's stream of a successful pull of d that
+// takes time: resolve before the daemon names the image's one layer,
+// download before the layer and the pull complete. It ends early, with no
+// final status, when ctx is done or the reader is closed. In a
+// testing/synctest bubble the time is virtual.
+func PhasedStream(ctx context.Context, d digest.Digest, resolve, download time.Duration) io.ReadCloser {
+	r, w := io.Pipe()
+	go func() {
+		steps := []struct {
+			wait time.Duration
+			msg  string
+		}{
+			{0, `{"status":"Pulling from x","id":"latest"}`},
+			{resolve, `{"status":"Pulling fs layer","progressDetail":{},"id":"aaa"}`},
+			{0, `{"status":"Downloading","progressDetail":{"current":1,"total":100},"id":"aaa"}`},
+			{download, `{"status":"Download complete","progressDetail":{},"id":"aaa"}
+{"status":"Pull complete","progressDetail":{},"id":"aaa"}
+{"status":"Digest: ` + d.String() + `"}
+{"status":"Status: Downloaded newer image for x"}`},
+		}
+		for _, s := range steps {
+			select {
+			case <-ctx.Done():
+				w.CloseWithError(ctx.Err())
+				return
+			case <-time.After(s.wait):
+			}
+			if _, err := io.WriteString(w, s.msg+"\n"); err != nil {
+				return
+			}
+		}
+		w.Close()
+	}()
+	return r
 }
