@@ -46,8 +46,8 @@ func runEC2(ctx context.Context, o options, out io.Writer) error {
 	}
 	defer link.Close()
 	res.Overhead, res.MTU = wireOverhead(link.HostDev)
-	main := testbed.Options{Engine: testbed.EngineDebian12, StorageDriver: "overlay2"}
-	shapeRes, chart, err := ec2Engine(ctx, o, link, main, "Docker 20.10 (overlay2)", shapes, o.runs, true)
+	overlay := testbed.Options{Engine: testbed.EngineDebian12, StorageDriver: "overlay2"}
+	shapeRes, chart, err := ec2Engine(ctx, o, link, overlay, "Docker 20.10 (overlay2)", shapes, o.runs, true)
 	if err != nil {
 		return err
 	}

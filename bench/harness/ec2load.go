@@ -50,8 +50,15 @@ func (s ec2Shape) describe() string {
 	for _, n := range s.Own {
 		own += n
 	}
-	return fmt.Sprintf("shape %s: a shared base of %d MB in %d layers + %d MB of %d layers per image on average (one of %d MB), %d layers per amd64 image",
-		s.Name, base/mb, len(s.Base), own/mb, len(s.Own), maxOf(s.Own)/mb, len(s.Base)+len(s.Own))
+	return fmt.Sprintf("shape %s: a shared base of %d MB in %s + %d MB in %d layers of its own per image on average (the largest %d MB; image n has 0.85 + 0.3·(n-1)/8 times these sizes), %d layers per amd64 image",
+		s.Name, base/mb, layers(len(s.Base)), own/mb, len(s.Own), maxOf(s.Own)/mb, len(s.Base)+len(s.Own))
+}
+
+func layers(n int) string {
+	if n == 1 {
+		return "one layer"
+	}
+	return fmt.Sprintf("%d layers", n)
 }
 
 func maxOf(v []int64) int64 {

@@ -86,7 +86,11 @@ func (e *ec2Env) cold(ctx context.Context, c ec2Contender, shape string) (coldRu
 	}
 	cpu, runErr := c.run()
 	r.end, r.cpu = time.Now(), cpu
-	usable, err := ev.wait(ec2Order, 30*time.Second)
+	wait := 30 * time.Second
+	if runErr != nil {
+		wait = 0 // only stop the CLI
+	}
+	usable, err := ev.wait(ec2Order, wait)
 	if runErr != nil {
 		return coldRun{}, fmt.Errorf("%s: %w", c.name, runErr)
 	}

@@ -13,8 +13,8 @@ func renderEC2(r EC2Results) string {
 	payload := (1 - r.Overhead) * float64(r.MTU+14)
 	fmt.Fprintf(&b, "**Link**: %d Mbit/s shared by every connection between dockerd and the registry: `tbf rate %dmbit burst 256kb latency 50ms` on both ends of a veth pair into a network namespace that holds the registry; in front, on loopback, toxiproxy adds %d ms each way (%d ms RTT; the kernel here has no netem). The daemon pulls through the proxy; distribution 2.8 serves from its own storage.\n\n",
 		r.LinkMbit, r.LinkMbit, r.RTTms/2, r.RTTms)
-	fmt.Fprintf(&b, "**Wire overhead**: at MTU %d a frame carries %.0f bytes of TCP payload in the %d bytes tbf counts (Ethernet, IPv4 and TCP headers with timestamps), so %.1f %% of the rate is not payload: a perfect pull takes %.3f × the floor below. A ratio above that is the scheduling's or the daemon's, not the protocol's.\n\n",
-		r.MTU, payload, r.MTU+14, 100*r.Overhead, 1/(1-r.Overhead))
+	fmt.Fprintf(&b, "**Wire overhead**: at MTU %d a frame carries %.0f bytes of TCP payload in the %d bytes tbf counts (Ethernet 14, IPv4 20 and TCP %.0f bytes of headers), so %.1f %% of the rate is not payload: a perfect pull takes %.3f × the floor below. A ratio above that is the scheduling's or the daemon's, not the protocol's.\n\n",
+		r.MTU, payload, r.MTU+14, float64(r.MTU)-20-payload, 100*r.Overhead, 1/(1-r.Overhead))
 	b.WriteString("**Priority order** (`MOLECULE_RUNTIMES` as the harness writes it; the shell loops get the images in the same order): ")
 	for i, rt := range r.Priority {
 		if i > 0 {
@@ -169,9 +169,9 @@ func linkField(us []linkUse, f func(linkUse) float64) []float64 {
 // renderWhere says where each agent's warm-up time went, from the
 // registry's request log.
 func renderWhere(b *strings.Builder, shapes []ShapeResult) {
-	b.WriteString("### Where the time goes\n\nFrom the registry's request log (medians): the share of the warm-up with no blob in flight (link idle), the time before the first blob's first byte (manifest round trips), and the time from the last blob's last byte to the contender's end (extracting the last layers, tagging).\n\n")
+	b.WriteString("### Where the time goes\n\nFrom the registry's request log (medians): the share of the warm-up with no blob in flight (link idle), the time before the first blob's first byte (manifest round trips), the time from the last blob's last byte to the contender's end (extracting the last layers, tagging), and the most layer blobs in flight at once across all pulls. The last is the daemon's own limit: dockerd downloads at most `max-concurrent-downloads` (3) layers at a time for the whole daemon, not for each pull, so three pulls at once share three downloads, in the order their layers reached the daemon's queue.\n\n")
 	for _, s := range shapes {
-		for _, name := range []string{cAgent, cBaseline, cXargs} {
+		for _, name := range []string{cAgent, cBaseline, cSeq, cXargs} {
 			c := s.Contenders[name]
 			if c == nil || len(c.Link) == 0 {
 				continue
@@ -180,8 +180,9 @@ func renderWhere(b *strings.Builder, shapes []ShapeResult) {
 			first := median(linkField(c.Link, func(u linkUse) float64 { return u.FirstBlob }))
 			tail := median(linkField(c.Link, func(u linkUse) float64 { return u.Tail }))
 			served := median(linkField(c.Link, func(u linkUse) float64 { return float64(u.Bytes) }))
-			fmt.Fprintf(b, "- shape %s, %s: link idle %.1f %% of %.2f s; first blob after %.2f s; %.2f s after the last byte; %s served (floor %s).\n",
-				s.Shape, name, 100*idle, median(c.Cold), first, tail, mbytes(int64(served)), mbytes(s.Floor.Bytes))
+			most := slices.Max(linkField(c.Link, func(u linkUse) float64 { return float64(u.MaxLayers) }))
+			fmt.Fprintf(b, "- shape %s, %s: link idle %.1f %% of %.2f s; first blob after %.2f s; %.2f s after the last byte; %s served (floor %s); at most %.0f layers in flight.\n",
+				s.Shape, name, 100*idle, median(c.Cold), first, tail, mbytes(int64(served)), mbytes(s.Floor.Bytes), most)
 		}
 	}
 	b.WriteString("\n")

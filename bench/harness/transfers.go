@@ -70,6 +70,9 @@ type linkUse struct {
 	Tail      float64 `json:"tail_s"`
 	// Bytes is every blob byte served.
 	Bytes int64 `json:"blob_bytes"`
+	// MaxLayers is the most layer blobs (over 64 KiB) in flight at once,
+	// across all pulls.
+	MaxLayers int `json:"max_layers_in_flight"`
 }
 
 // useOf measures the link's use over [start, end] by ts.
@@ -98,7 +101,35 @@ func useOf(ts []transfer, start, end time.Time) linkUse {
 	u.IdleShare = 1 - busy.Seconds()/span.Seconds()
 	u.FirstBlob = s[0].Start.Sub(start).Seconds()
 	u.Tail = end.Sub(last).Seconds()
+	u.MaxLayers = maxInFlight(s)
 	return u
+}
+
+// maxInFlight is the most transfers of over 64 KiB (layers, not configs)
+// in flight at once; one that ends as another starts does not overlap it.
+func maxInFlight(ts []transfer) int {
+	type edge struct {
+		at time.Time
+		d  int
+	}
+	var es []edge
+	for _, t := range ts {
+		if t.Bytes > 64<<10 {
+			es = append(es, edge{t.Start, 1}, edge{t.End, -1})
+		}
+	}
+	slices.SortFunc(es, func(a, b edge) int {
+		if c := a.at.Compare(b.at); c != 0 {
+			return c
+		}
+		return a.d - b.d
+	})
+	n, most := 0, 0
+	for _, e := range es {
+		n += e.d
+		most = max(most, n)
+	}
+	return most
 }
 
 func later(a, b time.Time) time.Time {
