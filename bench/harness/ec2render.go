@@ -42,6 +42,9 @@ func renderEC2(r EC2Results) string {
 	if r.ContainerdNote != "" {
 		b.WriteString(r.ContainerdNote + ".\n")
 	}
+	if len(r.Containerd) > 0 {
+		b.WriteString("The same measures on Debian 13's Docker 26.1.5 with the containerd image store, with fewer runs (`--engine-runs`): a single run carries the machine's noise, and the link-idle column tells a run that lost time off the link. There a refresh costs one request per image (a HEAD of the manifest, no `/v2/` ping).\n\n")
+	}
 	for _, s := range r.Containerd {
 		renderShape(&b, s, "#### Shape "+s.Shape+", "+s.Engine)
 	}
@@ -130,8 +133,12 @@ func renderGoals(b *strings.Builder, shapes []ShapeResult) {
 
 // renderShape is one shape's table of every contender.
 func renderShape(b *strings.Builder, s ShapeResult, title string) {
-	fmt.Fprintf(b, "%s (%d runs; medians)\n\nFloor %.2f s; first image's %.2f s; first three's %.2f s.\n\n| contender | all nine s (min–max) | × floor | first usable s | × its floor | first three s | × their floor | link idle | agent CPU |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-		title, s.Runs, s.Floor.Seconds, s.Floor.FirstSeconds, s.Floor.First3Seconds)
+	runs := fmt.Sprintf("%d runs; medians", s.Runs)
+	if s.Runs == 1 {
+		runs = "1 run"
+	}
+	fmt.Fprintf(b, "%s (%s)\n\nFloor %.2f s; first image's %.2f s; first three's %.2f s.\n\n| contender | all nine s (min–max) | × floor | first usable s | × its floor | first three s | × their floor | link idle | agent CPU |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+		title, runs, s.Floor.Seconds, s.Floor.FirstSeconds, s.Floor.First3Seconds)
 	for _, name := range []string{cAgent, cBaseline, cSeq, cXargs} {
 		c := s.Contenders[name]
 		if c == nil || len(c.Cold) == 0 {
@@ -147,13 +154,13 @@ func renderShape(b *strings.Builder, s ShapeResult, title string) {
 			100*median(linkField(c.Link, func(u linkUse) float64 { return u.IdleShare })), cpu)
 	}
 	if len(s.Refresh) > 0 {
-		b.WriteString("\nRefresh of the warm images (requests from the registry's log):")
+		var parts []string
 		for _, name := range []string{cAgent, cBaseline} {
 			if st, ok := s.Refresh[name]; ok {
-				fmt.Fprintf(b, " %s %.2f s, %d blob GETs, %.2f requests/image;", name, st.Seconds, st.BlobGets, st.RequestsPerImage)
+				parts = append(parts, fmt.Sprintf("`%s` %.2f s, %d blob GETs, %.2f requests/image", name, st.Seconds, st.BlobGets, st.RequestsPerImage))
 			}
 		}
-		b.WriteString("\n")
+		fmt.Fprintf(b, "\nRefresh of the warm images (requests from the registry's log): %s.\n", strings.Join(parts, "; "))
 	}
 	b.WriteString("\n")
 }
