@@ -43,7 +43,7 @@ func renderEC2(r EC2Results) string {
 		b.WriteString(r.ContainerdNote + ".\n")
 	}
 	if len(r.Containerd) > 0 {
-		b.WriteString("The same measures on Debian 13's Docker 26.1.5 with the containerd image store, with fewer runs (`--engine-runs`): a single run carries the machine's noise, and the link-idle column tells a run that lost time off the link. There a refresh costs one request per image (a HEAD of the manifest, no `/v2/` ping).\n\n")
+		b.WriteString("The same measures on Debian 13's Docker 26.1.5 with the containerd image store, with fewer runs (`--engine-runs`): a single run carries the machine's noise, and the link-idle column tells a run that lost time off the link.\n\n")
 	}
 	for _, s := range r.Containerd {
 		renderShape(&b, s, "#### Shape "+s.Shape+", "+s.Engine)
