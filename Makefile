@@ -8,7 +8,7 @@ TESTBED_DIR ?= /tmp/pull-agent-testbed
 # (golang/go#75804, fixed in Go 1.27). 3000 executions take a few seconds.
 FUZZTIME  ?= 3000x
 
-.PHONY: all build testbedctl deps trixie-rootfs lint unit test test-go test-engines fuzz chaos soak bench demo testbed-up testbed-down clean
+.PHONY: all build testbedctl deps trixie-rootfs lint unit test test-go test-engines fuzz chaos soak bench baseline demo testbed-up testbed-down clean
 
 all: build
 
@@ -117,10 +117,36 @@ soak: deps build
 		-v -soak.duration $(DURATION) -chaos.report $(CURDIR)/docs/RELIABILITY.md
 
 ## bench: pull-agent against a docker pull loop, xargs -P 3 and itself, on a
-## shaped link (PROFILE=wan|lan); writes docs/BENCHMARKS.md and docs/benchmarks.json
-PROFILE ?= wan
-bench: deps build
-	$(GO) run ./bench/harness --profile $(PROFILE)
+## shaped link; writes its profile's part of docs/BENCHMARKS.md and
+## docs/benchmarks.json, keeping the other profiles'.
+##   PROFILE=wan (default): toxiproxy, 20 ms each way, 200 Mbit/s per connection, vfs
+##   PROFILE=lan: unshaped
+##   PROFILE=ec2: one link of LINK_MBIT (400) Mbit/s shared by every connection
+##     (tbf on a veth pair into a network namespace holding the registry) and
+##     RTT_MS (20) of round trip; two workloads of nine buildx images (SHAPES=A,B)
+##     on Docker 20.10 with overlay2, then on Docker 26's containerd store (from
+##     make trixie-rootfs); bin/pull-agent against bin/pull-agent-baseline, built
+##     from BASELINE_REF, and the shell loops; RUNS (3) runs each; draws
+##     docs/bench-ec2.png. About 25 min; RUNS=1 SHAPES=B for a smoke run.
+PROFILE  ?= wan
+RUNS     ?= 3
+LINK_MBIT ?= 400
+RTT_MS   ?= 20
+SHAPES   ?= A,B
+BASELINE_REF ?= 8c7c99d
+BENCH_DEPS_ec2  := baseline trixie-rootfs
+BENCH_FLAGS_ec2 := --link-mbit $(LINK_MBIT) --rtt-ms $(RTT_MS) --shapes $(SHAPES) \
+	--baseline-bin bin/pull-agent-baseline --baseline-ref $(BASELINE_REF)
+bench: deps build $(BENCH_DEPS_$(PROFILE))
+	$(GO) run ./bench/harness --profile $(PROFILE) --runs $(RUNS) $(BENCH_FLAGS_$(PROFILE))
+
+## baseline: bin/pull-agent-baseline, pull-agent as of BASELINE_REF, built
+## from a git archive of that commit in a temporary directory
+baseline:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	git archive '$(BASELINE_REF)' | tar -x -C "$$tmp" && \
+	(cd "$$tmp" && CGO_ENABLED=0 $(GO) build -trimpath -o '$(CURDIR)/bin/pull-agent-baseline' ./cmd/pull-agent) && \
+	echo "bin/pull-agent-baseline: pull-agent at $(BASELINE_REF)"
 
 ## demo: sandbox daemon + registries, pull the nine images, show them (KEEP=1 keeps it)
 demo: deps build testbedctl

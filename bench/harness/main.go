@@ -3,6 +3,8 @@
 // link, in one run, and writes docs/BENCHMARKS.md and docs/benchmarks.json.
 //
 //	go run ./bench/harness [--profile wan|lan] [--runs 3] [--idle 60s]
+//	go run ./bench/harness --profile ec2 [--link-mbit 400] [--rtt-ms 20] [--shapes A,B] [--runs 3] [--baseline-bin bin/pull-agent-baseline]
+//	go run ./bench/harness --render
 //
 // It needs root, the test bed's Debian packages (make deps) and a built
 // bin/pull-agent (make build); make bench does all three.
@@ -55,12 +57,16 @@ type options struct {
 	bin, cache   string
 	doc, jsonOut string
 	rerender     bool
+	// ec2 only
+	linkMbit, rttMs, engineRuns int
+	shapes, baselineBin         string
+	baselineRef                 string
 }
 
 func parseOptions(args []string) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("harness", flag.ContinueOnError)
-	fs.StringVar(&o.profile, "profile", "wan", "link between daemon and registry: wan (20 ms each way, 200 Mbit/s per connection) or lan (unshaped)")
+	fs.StringVar(&o.profile, "profile", "wan", "link between daemon and registry: wan (20 ms each way, 200 Mbit/s per connection), lan (unshaped) or ec2 (one link shared by every connection, realistic images, overlay2)")
 	fs.IntVar(&o.runs, "runs", 3, "runs of each contender (interleaved)")
 	fs.DurationVar(&o.idle, "idle", 60*time.Second, "idle window for the footprint")
 	fs.IntVar(&o.flips, "flips", 20, "prefix flips for the reaction time")
@@ -68,7 +74,13 @@ func parseOptions(args []string) (options, error) {
 	fs.StringVar(&o.cache, "cache", "/var/cache/pull-agent-bench", "where generated layers are kept between runs")
 	fs.StringVar(&o.doc, "doc", "docs/BENCHMARKS.md", "markdown output")
 	fs.StringVar(&o.jsonOut, "json", "docs/benchmarks.json", "JSON output")
-	fs.BoolVar(&o.rerender, "render", false, "only rewrite the markdown from the JSON of an earlier run")
+	fs.BoolVar(&o.rerender, "render", false, "only rewrite the markdown from the JSON of earlier runs")
+	fs.IntVar(&o.linkMbit, "link-mbit", 400, "ec2: the shared link's rate, Mbit/s")
+	fs.IntVar(&o.rttMs, "rtt-ms", 20, "ec2: round trip added in front of the link, ms")
+	fs.StringVar(&o.shapes, "shapes", "A,B", "ec2: the workloads to measure (A: large shared base; B: little shared)")
+	fs.IntVar(&o.engineRuns, "engine-runs", 1, "ec2: runs on Docker 26's containerd image store (0: skip it)")
+	fs.StringVar(&o.baselineBin, "baseline-bin", "", "ec2: a pull-agent built from an earlier commit, measured beside --bin")
+	fs.StringVar(&o.baselineRef, "baseline-ref", "", "ec2: the git ref --baseline-bin was built from, for the report")
 	err := fs.Parse(args)
 	return o, err
 }
@@ -81,8 +93,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if o.rerender {
 		return rerender(o.jsonOut, o.doc)
 	}
+	if o.profile == "ec2" {
+		return runEC2(ctx, o, out)
+	}
 	if o.profile != "wan" && o.profile != "lan" {
-		return fmt.Errorf("--profile %q: wan or lan", o.profile)
+		return fmt.Errorf("--profile %q: wan, lan or ec2", o.profile)
 	}
 	e, err := newEnv(ctx, o.bin, o.profile)
 	if err != nil {

@@ -58,34 +58,42 @@ func (w workload) layers() (v1.Layer, []v1.Layer, error) {
 }
 
 func cachedLayer(path string, size int64) (v1.Layer, error) {
-	if _, err := os.Stat(path); err != nil {
-		tmp := path + ".tmp"
-		f, err := os.Create(tmp)
-		if err != nil {
-			return nil, err
-		}
-		gz, _ := gzip.NewWriterLevel(f, gzip.BestSpeed)
-		tw := tar.NewWriter(gz)
-		if err := tw.WriteHeader(&tar.Header{Name: "payload.bin", Mode: 0o644, Size: size, Typeflag: tar.TypeReg}); err != nil {
-			return nil, err
-		}
-		if _, err := io.CopyN(tw, rand.Reader, size); err != nil {
-			return nil, err
-		}
-		if err := tw.Close(); err != nil {
-			return nil, err
-		}
-		if err := gz.Close(); err != nil {
-			return nil, err
-		}
-		if err := f.Close(); err != nil {
-			return nil, err
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			return nil, err
-		}
+	if err := writeRandomLayer(path, "payload.bin", size); err != nil {
+		return nil, err
 	}
 	return tarball.LayerFromFile(path)
+}
+
+// writeRandomLayer writes, unless path exists, a gzip-compressed tar of
+// one file named member holding size random (incompressible) bytes.
+func writeRandomLayer(path, member string, size int64) error {
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	gz, _ := gzip.NewWriterLevel(f, gzip.BestSpeed)
+	tw := tar.NewWriter(gz)
+	if err := tw.WriteHeader(&tar.Header{Name: member, Mode: 0o644, Size: size, Typeflag: tar.TypeReg}); err != nil {
+		return err
+	}
+	if _, err := io.CopyN(tw, rand.Reader, size); err != nil {
+		return err
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	if err := gz.Close(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // push writes the workload to <registry>/<ns>/workspace-template-<rt>:latest

@@ -97,6 +97,9 @@ func (b *Bed) daemonConfig() (string, []string) {
 	case EngineTrixieContainerd:
 		return `{"features": {"containerd-snapshotter": true}, "storage-driver": "overlayfs"}` + "\n", nil
 	}
+	if b.opts.StorageDriver != "" {
+		return "{}\n", []string{"--storage-driver=" + b.opts.StorageDriver}
+	}
 	return "{}\n", []string{"--storage-driver=vfs"}
 }
 

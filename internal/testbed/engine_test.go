@@ -76,3 +76,26 @@ func processesUsing(dir string) int {
 	}
 	return n
 }
+
+// Options.StorageDriver reaches Debian 12's daemon: it reports the driver
+// asked for rather than vfs.
+func TestStorageDriverOption(t *testing.T) {
+	Require(t)
+	if DefaultEngine() != EngineDebian12 {
+		t.Skipf("StorageDriver applies to %s only; this run is on %s", EngineDebian12, DefaultEngine())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	b, err := Start(ctx, Options{Logf: t.Logf, StorageDriver: "overlay2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Stop()
+	out, err := DockerCLI(ctx, b.DockerHost, b.Dir, "info", "--format", "{{.Driver}}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(out); got != "overlay2" {
+		t.Errorf("daemon's storage driver: %q, want overlay2", got)
+	}
+}

@@ -57,6 +57,17 @@ func (t *TCPProxy) Shape(latencyMs, mbit int) error {
 	return t.add(fmt.Sprintf(`{"name":"bandwidth","type":"bandwidth","stream":"downstream","toxicity":1,"attributes":{"rate":%d}}`, mbit*1000/8))
 }
 
+// Latency adds ms milliseconds of latency in each direction and no
+// bandwidth limit: the round trip of a link shaped elsewhere (SharedLink).
+func (t *TCPProxy) Latency(ms int) error {
+	for _, dir := range []string{"upstream", "downstream"} {
+		if err := t.add(fmt.Sprintf(`{"name":"latency-%s","type":"latency","stream":%q,"toxicity":1,"attributes":{"latency":%d}}`, dir, dir, ms)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Stall stops forwarding anything from the registry, keeping every
 // connection open: a pull in progress hangs mid-blob.
 func (t *TCPProxy) Stall() error {

@@ -31,6 +31,7 @@ type Registry struct {
 	bed      *Bed
 	cfgPath  string
 	inBedNet bool
+	netns    string // RegistryOptions.Netns
 	proc     *proc
 }
 
@@ -49,6 +50,10 @@ type RegistryOptions struct {
 	// InBedNetwork runs the registry in the daemon's private network
 	// (Options.PrivateNetwork); it is reachable only from there.
 	InBedNetwork bool
+	// Netns runs the registry in the named network namespace (ip netns
+	// exec), e.g. a SharedLink's, where Addr (required then) is one of
+	// the namespace's addresses; it must be reachable from the machine.
+	Netns string
 }
 
 // TokenAuth configures a registry's token authentication.
@@ -89,6 +94,9 @@ func (b *Bed) startRegistry(ctx context.Context, name string, opts RegistryOptio
 		root = opts.Root
 	}
 	addr := opts.Addr
+	if addr == "" && opts.Netns != "" {
+		return nil, fmt.Errorf("registry %s in network namespace %s: RegistryOptions.Addr is required (an address of the namespace and a port)", name, opts.Netns)
+	}
 	if addr == "" {
 		port, err := FreePort()
 		if err != nil {
@@ -103,7 +111,7 @@ func (b *Bed) startRegistry(ctx context.Context, name string, opts RegistryOptio
 	}
 	secret := make([]byte, 16)
 	_, _ = rand.Read(secret)
-	r := &Registry{Name: name, Addr: addr, Root: root, inBedNet: opts.InBedNetwork, LogPath: filepath.Join(b.Dir, "logs", "registry-"+name+".log")}
+	r := &Registry{Name: name, Addr: addr, Root: root, inBedNet: opts.InBedNetwork, netns: opts.Netns, LogPath: filepath.Join(b.Dir, "logs", "registry-"+name+".log")}
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, `version: 0.1
 log:
@@ -166,6 +174,10 @@ func (r *Registry) Start(ctx context.Context) error {
 		// Unreachable from here: wait for the registry to say it listens.
 		ready = func(context.Context) bool {
 			return strings.Contains(r.bed.logTail("registry-"+r.Name), "listening on "+r.Addr)
+		}
+	} else if r.netns != "" {
+		if p, err = r.bed.spawn("registry-"+r.Name, "ip", "netns", "exec", r.netns, RegistryBin, "serve", r.cfgPath); err != nil {
+			return err
 		}
 	} else if p, err = r.bed.spawn("registry-"+r.Name, RegistryBin, "serve", r.cfgPath); err != nil {
 		return err

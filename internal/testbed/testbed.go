@@ -80,6 +80,11 @@ type Options struct {
 	// Engine is the Docker engine the bed runs (one of Engines()); empty:
 	// the one EngineEnv names, else Debian 12's.
 	Engine string
+	// StorageDriver, if set, is Debian 12's daemon's graph driver instead
+	// of vfs (e.g. "overlay2", which works on this machine's root disk and
+	// does not copy each layer as vfs does). The trixie engines keep their
+	// own (overlay2, or the containerd store's snapshotter).
+	StorageDriver string
 }
 
 // Bed is a running test bed.
