@@ -127,7 +127,7 @@ soak: deps build
 ##     on Docker 20.10 with overlay2, then on Docker 26's containerd store (from
 ##     make trixie-rootfs); bin/pull-agent against bin/pull-agent-baseline, built
 ##     from BASELINE_REF, and the shell loops; RUNS (3) runs each; draws
-##     docs/bench-ec2.png. About 25 min; RUNS=1 SHAPES=B for a smoke run.
+##     docs/bench-ec2.png. About 16 min; RUNS=1 SHAPES=B for a smoke run.
 PROFILE  ?= wan
 RUNS     ?= 3
 LINK_MBIT ?= 400
