@@ -276,8 +276,19 @@ func FuzzParseRuntimesAndPins(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !slices.IsSorted(list) || len(slices.Compact(slices.Clone(list))) != len(list) {
-			t.Fatalf("%q: not sorted and unique: %v", rts, list)
+		// The names given, each once, in the order of their first
+		// mention: the priority order.
+		var want []string
+		for _, n := range strings.Split(rts, ",") {
+			if n = strings.TrimSpace(n); n != "" && !slices.Contains(want, n) {
+				want = append(want, n)
+			}
+		}
+		if strings.TrimSpace(rts) == "" {
+			want = KnownRuntimes()
+		}
+		if !slices.Equal(list, want) {
+			t.Fatalf("%q: got %v, want each name once in the order given: %v", rts, list, want)
 		}
 		pm, err := parsePins(pins, list)
 		if err != nil {
