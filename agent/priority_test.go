@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -119,3 +120,33 @@ func TestSchedRefreshesStartTogether(t *testing.T) {
 }
 
 var hermesRef = ref("hermes")
+
+// Retries of images that fail before naming a layer (a credential helper
+// that hangs until it is killed) do not hold the queue: an image behind
+// them in priority order still gets its first pull.
+func TestSchedFailingRetriesDoNotStarveTheNext(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newScriptEngine(func(r string, _ int) error {
+			if r == ref("autogen") {
+				return nil
+			}
+			time.Sleep(time.Second)
+			return errors.New("received unexpected HTTP status: 503 Service Unavailable")
+		})
+		s := startSched(t, e, envOf("hermes,codex,autogen"), nil, func(o *Options) {
+			o.Retry = RetryPolicy{Initial: 200 * time.Millisecond, Max: 800 * time.Millisecond, Attempts: 100}
+		})
+		defer s.stop()
+		s.after(30 * time.Second)
+		got := e.pullTimes(ref("autogen"), s.t0)
+		if len(got) != 1 || got[0] > 2*pull.QueueLead {
+			t.Errorf("autogen pulled at %v, want once within %s while hermes and codex keep failing", got, 2*pull.QueueLead)
+		}
+		if st := s.status("autogen"); st.State != "warm" {
+			t.Errorf("autogen is %s, want warm", st.State)
+		}
+		if n := len(e.pullTimes(hermesRef, s.t0)); n < 10 {
+			t.Errorf("hermes pulled %d times in 30 s, want it retried throughout", n)
+		}
+	})
+}

@@ -95,6 +95,12 @@ func (l *loop) startPull(ctx context.Context, st *imageState) {
 	if st.fresh {
 		st.State = state.Pulling
 		l.inflightFresh++
+	}
+	// Only a first attempt holds the next fresh pull back: a retry of a
+	// pull that failed before it queued anything (a credential helper
+	// that hangs, a refusing registry) would otherwise come due again
+	// and again and keep the images behind it from ever starting.
+	if st.fresh && st.Attempts == 0 {
 		st.queuing = true
 		obs.queued = func() {
 			select {
