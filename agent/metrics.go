@@ -20,6 +20,8 @@ type Metrics struct {
 	lastReconcile prometheus.Gauge
 	configLoads   *prometheus.CounterVec
 	credExpiry    *prometheus.GaugeVec
+	configOK      prometheus.Gauge
+	fromFallback  prometheus.Gauge
 }
 
 // NewMetrics returns the agent's collectors, registered.
@@ -40,8 +42,12 @@ func NewMetrics() *Metrics {
 			Help: "Configuration loads by result (applied, refused)."}, []string{"result"}),
 		credExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pull_agent_credentials_expiry_timestamp_seconds",
 			Help: "When the credentials last used for a registry host expire, where known (ECR)."}, []string{"host"}),
+		configOK: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pull_agent_config_ok",
+			Help: "1 when the last configuration read was applied, 0 while it is refused (the last good one keeps running)."}),
+		fromFallback: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pull_agent_images_from_fallback",
+			Help: "Configured images whose content came from a fallback prefix (MOLECULE_IMAGE_FALLBACK_REGISTRY), not the primary."}),
 	}
-	m.reg.MustRegister(m.images, m.pulls, m.pullSeconds, m.pullBytes, m.lastReconcile, m.configLoads, m.credExpiry)
+	m.reg.MustRegister(m.images, m.pulls, m.pullSeconds, m.pullBytes, m.lastReconcile, m.configLoads, m.credExpiry, m.configOK, m.fromFallback)
 	for _, s := range []string{state.Pending, state.Pulling, state.Warm, state.Failed, state.Stale} {
 		m.images.WithLabelValues(s).Set(0)
 	}
@@ -75,9 +81,15 @@ func (m *Metrics) configLoad(ok bool) {
 
 func (m *Metrics) setState(doc state.StateDoc) {
 	counts := map[string]float64{state.Pending: 0, state.Pulling: 0, state.Warm: 0, state.Failed: 0, state.Stale: 0}
+	fallback := 0.0
 	for _, i := range doc.Images {
 		counts[i.State]++
+		if i.FromFallback() {
+			fallback++
+		}
 	}
+	m.fromFallback.Set(fallback)
+	m.configOK.Set(map[bool]float64{true: 1, false: 0}[doc.Agent.ConfigOK])
 	for s, n := range counts {
 		m.images.WithLabelValues(s).Set(n)
 	}

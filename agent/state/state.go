@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,7 +18,7 @@ import (
 
 // SchemaVersion is the version of the state document. A reader refuses a
 // document from a newer schema.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // StateFileName is the saved state document in the state directory.
 const StateFileName = "state.json"
@@ -93,7 +94,24 @@ type ImageDoc struct {
 	LastErrorClass string       `json:"last_error_class,omitempty"`
 	LastError      string       `json:"last_error,omitempty"`
 	NextAttempt    *time.Time   `json:"next_attempt,omitempty"`
+	// Source is where the image's content came from: "primary", or
+	// "fallback <prefix>" (MOLECULE_IMAGE_FALLBACK_REGISTRY); empty
+	// until the image was pulled. While it is a fallback, LastError and
+	// LastErrorClass tell why the primary did not serve it.
+	Source string `json:"source,omitempty"`
+	// FallbackImage is the reference pulled from the fallback, which the
+	// primary name now points at.
+	FallbackImage string `json:"fallback_image,omitempty"`
 }
+
+// SourcePrimary is ImageDoc.Source for content from the primary prefix.
+const SourcePrimary = "primary"
+
+// SourceFallback is the ImageDoc.Source of content from fallback prefix p.
+func SourceFallback(p string) string { return "fallback " + p }
+
+// FromFallback reports whether the image's content came from a fallback.
+func (i ImageDoc) FromFallback() bool { return strings.HasPrefix(i.Source, "fallback ") }
 
 // ProgressDoc is a pull in progress.
 type ProgressDoc struct {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -678,7 +679,7 @@ func rows() []row {
 			run: corruptState(func([]byte) []byte { return []byte("\x00\x01garbage\xff") }, "state.json")},
 		{group: "state file", fault: "a future schema version", inject: "schema_version 99", expect: "status refuses it naming the version; the agent rewrites it", fast: true,
 			run: corruptState(func(b []byte) []byte {
-				return []byte(strings.Replace(string(b), `"schema_version": 1`, `"schema_version": 99`, 1))
+				return regexp.MustCompile(`"schema_version": \d+`).ReplaceAll(b, []byte(`"schema_version": 99`))
 			}, "99")},
 		{group: "state file", fault: "unwritable directory", noDAC: true, inject: "chmod 0500 on the state directory (agent without CAP_DAC_OVERRIDE)", expect: "alive, live status still served; the file is written again once possible", fast: true,
 			run: func(r *rig) string {
