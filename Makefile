@@ -94,6 +94,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseEnvFile$$' -fuzztime $(FUZZTIME) ./agent/config
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePrefix$$' -fuzztime $(FUZZTIME) ./agent/config
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRuntimesAndPins$$' -fuzztime $(FUZZTIME) ./agent/config
+	$(GO) test -run '^$$' -fuzz '^FuzzParseFallbacks$$' -fuzztime $(FUZZTIME) ./agent/config
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeStream$$' -fuzztime $(FUZZTIME) ./agent/engine
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeState$$' -fuzztime $(FUZZTIME) ./agent/state
 	$(GO) test -run '^$$' -fuzz '^FuzzHelperOutput$$' -fuzztime $(FUZZTIME) ./auth

@@ -34,6 +34,7 @@ const (
 	KeyAlias      = "MOLECULE_IMAGE_ALIAS_PREFIX"
 	KeyPrune      = "MOLECULE_PRUNE_PREVIOUS"
 	KeyDiskMargin = "MOLECULE_DISK_MARGIN_MB"
+	KeyFallback   = "MOLECULE_IMAGE_FALLBACK_REGISTRY"
 )
 
 // The keys of the Docker daemon's TLS, read like DOCKER_HOST and named as
@@ -76,6 +77,10 @@ type Config struct {
 	// order: the order MOLECULE_RUNTIMES lists them in (KnownRuntimes'
 	// order by default). The first is pulled first.
 	Runtimes []string
+	// Fallbacks are prefixes, in order, that serve an image the host does
+	// not hold when the primary (Prefix) refuses it; the image is then
+	// tagged under the primary's name.
+	Fallbacks []string
 	// Pins maps a runtime to the manifest digest it is pinned to.
 	Pins map[string]digest.Digest
 	// Platform is the normalized platform passed to every pull ("linux/amd64"),
@@ -248,6 +253,12 @@ func (l layered) loadImageSet(cfg *Config) []error {
 		errs = append(errs, &configError{Key: KeyPins, Value: pins, Source: src, Reason: err.Error()})
 	}
 
+	fb, src := l.get(KeyFallback)
+	cfg.Fallbacks, err = parseFallbacks(fb, cfg.Prefix)
+	if err != nil {
+		errs = append(errs, &configError{Key: KeyFallback, Value: fb, Source: src, Reason: err.Error()})
+	}
+
 	plat, src := l.get(KeyPlatform)
 	cfg.Platform, err = parsePlatform(plat)
 	if err != nil {
@@ -403,6 +414,42 @@ func ParsePrefix(s string) (string, error) {
 		return "", fmt.Errorf("does not form a valid image name (%v)", err)
 	}
 	return p, nil
+}
+
+// MaxFallbacks bounds MOLECULE_IMAGE_FALLBACK_REGISTRY: each one is tried
+// in turn for every image the primary refuses.
+const MaxFallbacks = 4
+
+// parseFallbacks parses the comma-separated fallback prefixes, each
+// validated as the primary is, in order; none may repeat or be primary.
+func parseFallbacks(s, primary string) ([]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	items := strings.Split(s, ",")
+	if len(items) > MaxFallbacks {
+		return nil, fmt.Errorf("lists %d prefixes; at most %d are tried, list the registries that mirror the images", len(items), MaxFallbacks)
+	}
+	var out []string
+	for n, item := range items {
+		// Entries are validated as given, white space included, as
+		// the primary is.
+		if item == "" {
+			return nil, fmt.Errorf("entry %d is empty; separate prefixes with single commas", n+1)
+		}
+		p, err := ParsePrefix(item)
+		if err != nil {
+			return nil, fmt.Errorf("prefix %q (entry %d): %v", safetext.Line(item, maxValueRunes), n+1, err)
+		}
+		switch {
+		case p == primary:
+			return nil, fmt.Errorf("prefix %q is the primary (%s) itself; list other registries or paths", safetext.Line(p, maxValueRunes), KeyRegistry)
+		case slices.Contains(out, p):
+			return nil, fmt.Errorf("prefix %q is listed twice", safetext.Line(p, maxValueRunes))
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 var runtimeName = regexp.MustCompile(`^[a-z0-9]+(-+[a-z0-9]+)*$`)

@@ -398,3 +398,74 @@ func TestWarnUnusedKeys(t *testing.T) {
 		t.Errorf("a value or a key the agent reads is in the warnings:\n%s", out)
 	}
 }
+
+func TestParseFallbacks(t *testing.T) {
+	tests := []struct {
+		name, in string
+		want     []string
+		err      string
+	}{
+		{"unset", "", nil, ""},
+		{"one", "123456789012.dkr.ecr.us-east-2.amazonaws.com/molecule-ai", []string{"123456789012.dkr.ecr.us-east-2.amazonaws.com/molecule-ai"}, ""},
+		{"in order, trailing slashes dropped", "b.example/m/,a.example/m", []string{"b.example/m", "a.example/m"}, ""},
+		{"empty entry", "a.example/m,,b.example/m", nil, "entry 2 is empty"},
+		{"trailing comma", "a.example/m,", nil, "entry 2 is empty"},
+		{"white space after a comma", "a.example/m, b.example/m", nil, `(entry 2): contains white space`},
+		{"the primary itself", "ghcr.io/primary/", nil, "is the primary (MOLECULE_IMAGE_REGISTRY) itself"},
+		{"twice", "a.example/m,a.example/m/", nil, `prefix "a.example/m" is listed twice`},
+		{"too many", "a.io/m,b.io/m,c.io/m,d.io/m,e.io/m", nil, "lists 5 prefixes; at most 4"},
+		{"a scheme", "https://a.example/m", nil, "no URL scheme"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseFallbacks(tt.in, "ghcr.io/primary")
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("parseFallbacks(%q) = %v, %v; want an error with %q", tt.in, got, err, tt.err)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(got, tt.want) {
+				t.Fatalf("parseFallbacks(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+			}
+		})
+	}
+}
+
+// A refused fallback list refuses the whole configuration, naming the key
+// and where it was set.
+func TestLoadConfigRefusesABadFallback(t *testing.T) {
+	_, err := LoadConfig("/etc/pull-agent/pull-agent.env", []EnvVar{{Key: KeyFallback, Value: "ghcr.io/molecule-ai", Line: 3}}, nil)
+	if err == nil || !strings.Contains(err.Error(), "/etc/pull-agent/pull-agent.env:3: MOLECULE_IMAGE_FALLBACK_REGISTRY=") || !strings.Contains(err.Error(), "is the primary") {
+		t.Fatalf("got %v", err)
+	}
+	cfg, err := LoadConfig("f", []EnvVar{{Key: KeyFallback, Value: "a.example/m", Line: 1}}, nil)
+	if err != nil || !slices.Equal(cfg.Fallbacks, []string{"a.example/m"}) {
+		t.Fatalf("got %v, %v", cfg.Fallbacks, err)
+	}
+}
+
+func FuzzParseFallbacks(f *testing.F) {
+	for _, s := range []string{"a.example/m,b.example/m", ",", "a, b", "ghcr.io/molecule-ai", "x//y,https://z"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := parseFallbacks(s, defaultPrefix)
+		if err != nil {
+			return
+		}
+		if len(got) > MaxFallbacks {
+			t.Fatalf("%q: %d fallbacks accepted", s, len(got))
+		}
+		seen := map[string]bool{defaultPrefix: true}
+		for _, p := range got {
+			if q, err := ParsePrefix(p); err != nil || q != p || seen[p] {
+				t.Fatalf("%q: accepted %q (%v), a repeat or not a prefix", s, p, err)
+			}
+			seen[p] = true
+			if _, err := (Image{Runtime: "codex"}).Under(p); err != nil {
+				t.Fatalf("%q: accepted %q but %v", s, p, err)
+			}
+		}
+	})
+}

@@ -46,18 +46,28 @@ func (c Config) AliasRef(runtime string) string {
 func (c Config) Images() ([]Image, error) {
 	out := make([]Image, 0, len(c.Runtimes))
 	for _, rt := range c.Runtimes {
-		ref := ImageRef(c.Prefix, rt)
-		pin := c.Pins[rt]
-		if pin != "" {
-			ref = c.Prefix + "/workspace-template-" + rt + "@" + pin.String()
-		}
-		named, err := reference.ParseNormalizedNamed(ref)
+		img, err := imageUnder(c.Prefix, rt, c.Pins[rt])
 		if err != nil {
-			return nil, fmt.Errorf("resolving image for runtime %s: %q: %w", rt, safetext.Line(ref, maxValueRunes), err)
+			return nil, err
 		}
-		out = append(out, Image{Runtime: rt, Ref: ref, Name: named, Pin: pin})
+		out = append(out, img)
 	}
 	return out, nil
+}
+
+// Under is the same image (runtime and pin) under another prefix.
+func (i Image) Under(prefix string) (Image, error) { return imageUnder(prefix, i.Runtime, i.Pin) }
+
+func imageUnder(prefix, rt string, pin digest.Digest) (Image, error) {
+	ref := ImageRef(prefix, rt)
+	if pin != "" {
+		ref = prefix + "/workspace-template-" + rt + "@" + pin.String()
+	}
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return Image{}, fmt.Errorf("resolving image for runtime %s: %q: %w", rt, safetext.Line(ref, maxValueRunes), err)
+	}
+	return Image{Runtime: rt, Ref: ref, Name: named, Pin: pin}, nil
 }
 
 // LookupImage returns the image for runtime, or false when the runtime is
