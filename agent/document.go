@@ -23,7 +23,7 @@ func (v *view) document(a *Agent, now time.Time) state.StateDoc {
 		Warm: s.Warm(), Total: len(s.Images),
 	}
 	if s.Config != nil {
-		ad.Prefix, ad.Platform = s.Config.Prefix, s.Config.Platform
+		ad.Prefix, ad.Platform, ad.Fallbacks = s.Config.Prefix, s.Config.Platform, s.Config.Fallbacks
 	}
 	doc := state.StateDoc{SchemaVersion: state.SchemaVersion, WrittenAt: now.UTC(), Agent: ad}
 	hosts := make(map[string]state.HostDoc, len(v.hosts))
@@ -51,6 +51,7 @@ func imageDoc(i ImageStatus) state.ImageDoc {
 		LocalDigest: i.Digest.String(), RemoteDigest: i.RemoteDigest.String(), ImageID: i.ImageID, SizeBytes: i.Size,
 		LastAttempt: tp(i.LastAttempt), LastSuccess: tp(i.LastSuccess), Attempts: i.Attempts,
 		LastDurationS: i.Duration.Seconds(), LastBytes: i.Bytes, LastErrorClass: string(i.LastClass), LastError: i.LastError,
+		Source: i.Source, FallbackImage: i.FallbackRef,
 	}
 	if i.InFlight {
 		if d.State != state.Warm && d.State != state.Stale {

@@ -69,10 +69,13 @@ type loop struct {
 	saveRetry time.Time // when a failed state save is retried; zero when saving works
 
 	// The images this agent pulled, for MOLECULE_PRUNE_PREVIOUS.
-	pulled      map[string]string // ref → image ID
-	pulledDirty bool              // pulled changed since it was last written
-	previous    []string          // refs of the previous prefix, until pruned
-	pruning     bool
+	pulled map[string]string // ref → image ID
+	// fallbackTags are the primary names the agent tagged onto images
+	// from a fallback prefix, by primary ref; kept with pulled.
+	fallbackTags map[string]fallbackTag
+	pulledDirty  bool     // pulled or fallbackTags changed since last written
+	previous     []string // refs of the previous prefix, until pruned
+	pruning      bool
 }
 
 // imageState is the loop's record of one configured image.
@@ -84,6 +87,9 @@ type imageState struct {
 	queuing bool
 	cancel  context.CancelCauseFunc
 	obs     *pullObserver // of the running pull
+	// primaryFailures counts the primary's failures in a row that a
+	// fallback may cure (pull.FallbackCures).
+	primaryFailures int
 }
 
 // hostState is a registry host's rate-limit cooldown.
@@ -98,6 +104,20 @@ type pullDone struct {
 	res    pull.PullResult
 	st     *imageState
 	remote digest.Digest // after a failed refresh: what the registry serves
+	// fallback, when set, is the image served from a fallback prefix
+	// after res failed.
+	fallback *pull.FallbackResult
+}
+
+// imageID is the image the pull left under the image's name, or "".
+func (d pullDone) imageID() string {
+	switch {
+	case d.res.Err == nil:
+		return d.res.ImageID
+	case d.fallback != nil && d.fallback.Err == nil:
+		return d.fallback.ImageID
+	}
+	return ""
 }
 
 func newLoop(a *Agent) *loop {
@@ -115,6 +135,8 @@ func newLoop(a *Agent) *loop {
 		hosts:     map[string]*hostState{},
 		hostInfo:  map[string]state.HostDoc{},
 		pulled:    map[string]string{},
+
+		fallbackTags: map[string]fallbackTag{},
 	}
 }
 

@@ -32,10 +32,22 @@ func (l *loop) finished(ctx context.Context, d pullDone) {
 		l.hostInfo[r.Image.Host()] = state.HostDoc{Host: r.Image.Host(), CredentialSource: string(r.Source), TokenExpiresAt: tp(r.CredentialsExpire)}
 	}
 	l.a.metrics.observePull(r)
+	if fb := d.fallback; fb != nil {
+		if fb.Source != "" {
+			l.hostInfo[fb.Image.Host()] = state.HostDoc{Host: fb.Image.Host(), CredentialSource: string(fb.Source), TokenExpiresAt: tp(fb.CredentialsExpire)}
+		}
+		l.a.metrics.observePull(fb.PullResult)
+	}
 	log := l.log.With("runtime", r.Image.Runtime, "image", r.Image.Ref)
-	if r.Err == nil {
+	switch {
+	case r.Err == nil:
 		l.succeeded(ctx, st, r, now, log)
-	} else {
+	case d.fallback != nil && d.fallback.Err == nil:
+		l.primaryFailed(st, pull.ClassOf(r.Err))
+		l.servedFromFallback(st, d, now, log)
+	default:
+		l.primaryFailed(st, pull.ClassOf(r.Err))
+		d.res.Err = fallbackError(r.Err, d.fallback)
 		l.failed(st, d, now, log)
 	}
 	l.checkConverged(now)
@@ -43,6 +55,8 @@ func (l *loop) finished(ctx context.Context, d pullDone) {
 
 // succeeded marks the image warm and records it as pulled by the agent.
 func (l *loop) succeeded(ctx context.Context, st *imageState, r pull.PullResult, now time.Time, log *slog.Logger) {
+	l.primaryBack(st, st.Digest.String(), r.Digest.String(), log)
+	st.Source, st.FallbackRef, st.primaryFailures = state.SourcePrimary, "", 0
 	st.State, st.Digest, st.ImageID, st.Size, st.RemoteDigest = state.Warm, r.Digest, r.ImageID, r.Size, r.Digest
 	st.LastSuccess, st.Attempts, st.LastError, st.LastClass, st.NextAttempt = now, 0, "", "", time.Time{}
 	st.Progress = engine.Progress{Phase: engine.PhaseDone}
@@ -65,6 +79,7 @@ func (l *loop) succeeded(ctx context.Context, st *imageState, r pull.PullResult,
 func (l *loop) failed(st *imageState, d pullDone, now time.Time, log *slog.Logger) {
 	r := d.res
 	class := pull.ClassOf(r.Err)
+	defer l.keepTryingPrimary(st, now)
 	st.LastError, st.LastClass = errText(r.Err), class
 	if d.remote != "" {
 		st.RemoteDigest = d.remote
@@ -101,6 +116,14 @@ func (l *loop) failed(st *imageState, d pullDone, now time.Time, log *slog.Logge
 		l.waitForRefresh(st, class, log)
 	default: // network, server, stalled, verify, unknown
 		l.retry(st, class, now, log)
+	}
+}
+
+// keepTryingPrimary: an image a fallback serves has its primary tried
+// again with backoff, whatever the failure.
+func (l *loop) keepTryingPrimary(st *imageState, now time.Time) {
+	if !st.Due && st.Source != "" && st.Source != state.SourcePrimary {
+		l.retryPrimary(st, now)
 	}
 }
 

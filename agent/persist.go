@@ -102,6 +102,8 @@ func prune(ctx context.Context, e engine.Engine, refs []string, log *slog.Logger
 // pulledRecord is the file format of PulledFile.
 type pulledRecord struct {
 	Pulled map[string]string `json:"pulled"`
+	// Fallback are the primary names given to images from a fallback.
+	Fallback map[string]fallbackTag `json:"fallback,omitempty"`
 }
 
 func (l *loop) loadPulled() {
@@ -120,6 +122,9 @@ func (l *loop) loadPulled() {
 	for k, v := range rec.Pulled {
 		l.pulled[k] = v
 	}
+	for k, v := range rec.Fallback {
+		l.fallbackTags[k] = v
+	}
 }
 
 // savePulled writes the record of pulled images when it changed.
@@ -131,7 +136,7 @@ func (l *loop) savePulled() {
 	if l.opts.PulledFile == "" {
 		return
 	}
-	data, _ := json.MarshalIndent(pulledRecord{l.pulled}, "", "  ")
+	data, _ := json.MarshalIndent(pulledRecord{l.pulled, l.fallbackTags}, "", "  ")
 	if err := state.WriteFileAtomic(l.opts.PulledFile, append(data, '\n'), 0o644); err != nil {
 		l.log.Warn("recording pulled images failed", "file", l.opts.PulledFile, "error", errText(err))
 	}

@@ -167,6 +167,10 @@ func (l *loop) reconcile(cfg config.Config, images []config.Image, platformChang
 			l.log.Info("pull cancelled: image left the configured set", "image", ref)
 		}
 		delete(l.states, ref)
+		if _, ok := l.fallbackTags[ref]; ok {
+			delete(l.fallbackTags, ref) // pulled still knows it, for prune
+			l.pulledDirty = true
+		}
 	}
 	for _, img := range images {
 		st, ok := l.states[img.Ref]

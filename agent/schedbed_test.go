@@ -48,6 +48,7 @@ type scriptEngine struct {
 	remotes []call
 	removed []string
 	causes  map[string]error // ref → why its last hung pull was cancelled
+	tags    []string
 }
 
 type call struct {
@@ -132,9 +133,22 @@ func (e *scriptEngine) ImageRemove(_ context.Context, ref string) (engine.Remove
 }
 
 func (e *scriptEngine) Ping(context.Context) error                                 { return nil }
-func (e *scriptEngine) ImageTag(context.Context, string, string) error             { return nil }
 func (e *scriptEngine) ContainerImageIDs(context.Context) (map[string]bool, error) { return nil, nil }
 func (e *scriptEngine) RootDir(context.Context) (string, error)                    { return "", nil }
+
+// ImageTag names the held image whose ID is id target as well.
+func (e *scriptEngine) ImageTag(_ context.Context, id, target string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, d := range e.held {
+		if "sha256:"+d.Encoded() == id {
+			e.held[target] = d
+			e.tags = append(e.tags, target)
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s", engine.ErrImageNotFound, id)
+}
 
 // pullTimes are the times ref was pulled, as offsets from t0.
 func (e *scriptEngine) pullTimes(ref string, t0 time.Time) []time.Duration {

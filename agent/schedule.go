@@ -111,20 +111,25 @@ func (l *loop) startPull(ctx context.Context, st *imageState) {
 	}
 	l.inflight++
 	img, puller, alias, e := st.Image, l.puller, st.Alias, l.engine
+	fb := l.fallbackPlan(st)
 	l.wg.Go(func() {
 		defer cancel(nil)
 		res, pinned := presentPin(pctx, e, img, l.clock)
 		if !pinned {
 			res = puller.Pull(pctx, img, obs)
 		}
-		if res.Err == nil && alias != "" {
+		d := pullDone{ref: img.Ref, res: res, st: st}
+		if res.Err != nil && fb.applies(pctx, e, img, pull.ClassOf(res.Err)) {
+			r := puller.PullFallback(pctx, img, fb.prefixes, obs)
+			d.fallback = &r
+		}
+		if id := d.imageID(); id != "" && alias != "" {
 			// The alias follows the image every time it is verified.
-			if err := e.ImageTag(pctx, res.ImageID, alias); err != nil {
+			if err := e.ImageTag(pctx, id, alias); err != nil {
 				l.log.Warn("tagging the alias failed", "image", img.Ref, "alias", alias, "error", errText(err))
 			}
 		}
-		d := pullDone{ref: img.Ref, res: res, st: st}
-		if c := pull.ClassOf(res.Err); res.Err != nil && wasWarm && c != pull.ClassCanceled && c != pull.ClassDaemon {
+		if c := pull.ClassOf(res.Err); res.Err != nil && wasWarm && !fb.serving && c != pull.ClassCanceled && c != pull.ClassDaemon {
 			// Is the registry serving something newer than what we hold?
 			if ri, err := puller.Remote(pctx, img); err == nil {
 				d.remote = ri.Digest

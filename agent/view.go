@@ -38,6 +38,11 @@ type ImageStatus struct {
 	RemoteDigest digest.Digest
 	// Alias is the alias name given to the image, when configured.
 	Alias string
+	// Source is where the content under the image's name came from:
+	// state.SourcePrimary or state.SourceFallback(prefix); empty before
+	// the first success. FallbackRef is the reference pulled from it.
+	Source      string
+	FallbackRef string
 }
 
 // Snapshot is a copy of the agent's state.
@@ -113,15 +118,21 @@ func (l *loop) publish() {
 
 // notifyStatus sends systemd a one-line summary when it changed.
 func (l *loop) notifyStatus(s Snapshot) {
-	pulling := 0
+	pulling, fallback := 0, 0
 	for _, i := range s.Images {
 		if i.InFlight {
 			pulling++
+		}
+		if i.State == state.Warm && i.Source != "" && i.Source != state.SourcePrimary {
+			fallback++
 		}
 	}
 	text := fmt.Sprintf("%d/%d images warm", s.Warm(), len(s.Images))
 	if s.Config != nil {
 		text += " from " + s.Config.Prefix
+	}
+	if fallback > 0 {
+		text += fmt.Sprintf(", %d from fallback", fallback)
 	}
 	if pulling > 0 {
 		text += fmt.Sprintf("; pulling %d", pulling)

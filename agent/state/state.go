@@ -55,6 +55,7 @@ type AgentDoc struct {
 	StartedAt      time.Time  `json:"started_at"`
 	EnvFile        string     `json:"env_file"`
 	Prefix         string     `json:"prefix"`
+	Fallbacks      []string   `json:"fallbacks,omitempty"`
 	Platform       string     `json:"platform,omitempty"`
 	ConfigLoadedAt *time.Time `json:"config_loaded_at,omitempty"`
 	ConfigOK       bool       `json:"config_ok"`

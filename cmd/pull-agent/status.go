@@ -127,6 +127,9 @@ func printHuman(w io.Writer, doc state.StateDoc, live bool, liveErr error, color
 	}
 	fmt.Fprintf(w, "agent:          %s (pid %d, version %s, up since %s)\n", summary, a.PID, plain(a.Version), a.StartedAt.Format(time.RFC3339))
 	fmt.Fprintf(w, "prefix:         %s\n", dash(plain(a.Prefix)))
+	if len(a.Fallbacks) > 0 {
+		fmt.Fprintf(w, "fallbacks:      %s\n", plain(strings.Join(a.Fallbacks, ", ")))
+	}
 	fmt.Fprintf(w, "images warm:    %d/%d\n", a.Warm, a.Total)
 	for _, h := range doc.Hosts {
 		line := plain(h.CredentialSource)
@@ -151,7 +154,7 @@ func printHuman(w io.Writer, doc state.StateDoc, live bool, liveErr error, color
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "RUNTIME\tSTATE\tDIGEST\tSIZE\tAGE\tERROR")
+	fmt.Fprintln(tw, "RUNTIME\tSTATE\tSOURCE\tDIGEST\tSIZE\tAGE\tERROR")
 	for _, i := range doc.Images {
 		st := plain(i.State)
 		if i.Progress != nil && i.Progress.TotalBytes > 0 {
@@ -174,9 +177,17 @@ func printHuman(w io.Writer, doc state.StateDoc, live bool, liveErr error, color
 		}
 		errText := "-"
 		if i.LastError != "" {
-			errText = safetext.Line("["+i.LastErrorClass+"] "+briefError(i.LastError, i.Image), 120)
+			errText = "[" + i.LastErrorClass + "] " + briefError(i.LastError, i.Image)
+			if i.FromFallback() {
+				errText = "primary: " + errText
+			}
+			errText = safetext.Line(errText, 120)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", plain(i.Runtime), st, dg, size, ago, errText)
+		source := dash(plain(i.Source))
+		if i.FromFallback() {
+			source = paint("33", source)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", plain(i.Runtime), st, source, dg, size, ago, errText)
 	}
 	tw.Flush()
 }

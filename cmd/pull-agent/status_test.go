@@ -201,14 +201,15 @@ func TestStatusHumanGolden(t *testing.T) {
 	doc := state.StateDoc{
 		SchemaVersion: state.SchemaVersion, WrittenAt: now,
 		Agent: state.AgentDoc{Version: "v1.2.3", PID: 4242, StartedAt: now.Add(-time.Hour), EnvFile: "/etc/pull-agent/pull-agent.env",
-			Prefix: "123456789012.dkr.ecr.us-east-2.amazonaws.com/molecule-ai", ConfigLoadedAt: at(-time.Hour), ConfigOK: false,
+			Prefix: "123456789012.dkr.ecr.us-east-2.amazonaws.com/molecule-ai", Fallbacks: []string{"123456789012.dkr.ecr.us-west-2.amazonaws.com/molecule-ai"}, ConfigLoadedAt: at(-time.Hour), ConfigOK: false,
 			ConfigError: `/etc/pull-agent/pull-agent.env:3: MOLECULE_IMAGE_REGISTRY="https://x": a prefix has no URL scheme`,
-			DockerUp:    true, LastReconcile: at(-2 * time.Minute), NextRefresh: at(13 * time.Minute), Warm: 1, Total: 4},
+			DockerUp:    true, LastReconcile: at(-2 * time.Minute), NextRefresh: at(13 * time.Minute), Warm: 2, Total: 5},
 		Hosts: []state.HostDoc{{Host: "123456789012.dkr.ecr.us-east-2.amazonaws.com", CredentialSource: "ecr-login (instance role; token expires 2026-11-27T23:00:00Z)", CooldownUntil: at(time.Minute)}},
 		Images: []state.ImageDoc{
-			{Runtime: "autogen", State: "warm", LocalDigest: "sha256:" + strings.Repeat("a", 64), SizeBytes: 4_500_000_000, LastSuccess: at(-2 * time.Minute)},
+			{Runtime: "autogen", State: "warm", Source: "primary", LocalDigest: "sha256:" + strings.Repeat("a", 64), SizeBytes: 4_500_000_000, LastSuccess: at(-2 * time.Minute)},
 			{Runtime: "claude-code", State: "pulling", Progress: &state.ProgressDoc{Phase: "downloading", Bytes: 300, TotalBytes: 1000}},
 			{Runtime: "codex", State: "failed", LastErrorClass: "not-found", LastError: "manifest unknown"},
+			{Runtime: "hermes", State: "warm", Source: "fallback 123456789012.dkr.ecr.us-west-2.amazonaws.com/molecule-ai", LocalDigest: "sha256:" + strings.Repeat("d", 64), SizeBytes: 4_000_000_000, LastSuccess: at(-time.Minute), LastErrorClass: "auth", LastError: "pulling x: unauthorized: authentication required"},
 			{Runtime: "crewai", State: "stale", LocalDigest: "sha256:" + strings.Repeat("b", 64), RemoteDigest: "sha256:" + strings.Repeat("c", 64), SizeBytes: 5_000_000_000, LastSuccess: at(-20 * time.Hour), LastErrorClass: "network", LastError: "connection refused"},
 		},
 	}
