@@ -8,7 +8,7 @@ TESTBED_DIR ?= /tmp/pull-agent-testbed
 # (golang/go#75804, fixed in Go 1.27). 3000 executions take a few seconds.
 FUZZTIME  ?= 3000x
 
-.PHONY: all build testbedctl deps trixie-rootfs lint unit test test-go test-engines fuzz chaos soak bench baseline demo testbed-up testbed-down clean
+.PHONY: all build testbedctl deps trixie-rootfs lint unit test test-go test-rules test-engines fuzz chaos soak bench baseline demo testbed-up testbed-down clean
 
 all: build
 
@@ -47,8 +47,9 @@ lint: build
 	if [ $$rc -ne 0 ] || [ -n "$$out" ]; then echo "$$out" >&2; exit 1; fi; echo "systemd-analyze verify: clean"
 	systemd-analyze security --offline=yes systemd/pull-agent.service | tail -1
 
-## test: everything CI runs: vet, unit and integration tests (real dockerd
-## and registries), a short run of every fuzz target, a static build check,
+## test: everything CI runs: vet, the alerting rules (test-rules), unit and
+## integration tests (real dockerd and registries), a short run of every
+## fuzz target, a static build check,
 ## then the Docker-facing suites again on Debian 13's Docker 26.1.5 in both
 ## image stores (test-engines). Not side by side with test-go: at a load
 ## of three race-built suites on two cores, its timing tests measure the
@@ -57,9 +58,17 @@ test: deps build lint trixie-rootfs
 	@if ldd bin/pull-agent >/dev/null 2>&1; then echo "bin/pull-agent is not static" >&2; exit 1; fi
 	bin/pull-agent version
 	$(GO) vet ./...
+	$(MAKE) test-rules
 	$(MAKE) fuzz
 	$(MAKE) test-go
 	$(MAKE) test-engines
+
+## test-rules: promtool checks the Prometheus alerting rules and runs their
+## unit tests (promtool comes with Debian's prometheus package: make deps)
+RULES_DIR := deploy/prometheus
+test-rules: deps
+	promtool check rules $(RULES_DIR)/pull-agent.rules.yml
+	cd $(RULES_DIR) && promtool test rules pull-agent.rules.test.yml
 
 ## test-go: every package's tests on Debian 12's Docker 20.10 (vfs)
 test-go:

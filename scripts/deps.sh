@@ -5,7 +5,10 @@
 # the credHelpers tests), and for the systemd end-to-end test and the lint
 # step systemd-container, debootstrap, shellcheck and systemd-analyze, and
 # strace for the install test that watches every command line install.sh
-# starts, and skopeo, one of the ways the mirror tests copy images.
+# starts, skopeo, one of the ways the mirror tests copy images, and
+# prometheus for its promtool, which checks and unit-tests the alerting
+# rules in deploy/prometheus (policy-rc.d below keeps its service from
+# starting now; the package still enables it for the next boot).
 # Nothing happens when they are already there; without root it only says
 # what is missing.
 set -euo pipefail
@@ -23,6 +26,7 @@ command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
