@@ -100,7 +100,7 @@ func TestFallbackServesANewHostAndThePrimaryComesBack(t *testing.T) {
 				t.Errorf("%s: the primary name holds %s, want the primary's %s", rt, got, want)
 			}
 		}
-		if !notes.saw("3/3 images warm from " + schedPrefix) || strings.Contains(notes.last(), "fallback") {
+		if !notes.saw("3/3 images warm from "+schedPrefix) || strings.Contains(notes.last(), "fallback") {
 			t.Errorf("sd_notify STATUS after the primary came back: %q", notes.last())
 		}
 	})
