@@ -28,7 +28,9 @@ Nothing is pulled. --compare Q does the same for Q and reports the parity of
 each runtime: how to prove a mirror complete before a flip. An image is
 the same when the manifest for the platform has the same config digest,
 even where a mirror re-packed the manifests around it (docker push,
-skopeo copy without --all).`)
+skopeo copy without --all). Without --compare, each fallback prefix
+(MOLECULE_IMAGE_FALLBACK_REGISTRY) is compared with P in turn: a fallback
+that lacks an image, or serves another, is not ready to take over.`)
 	var c common
 	c.register(fs)
 	prefixFlag := fs.String("prefix", "", "prefix to check (default: the configured one)")
@@ -50,12 +52,16 @@ skopeo copy without --all).`)
 		}
 		prefixes[0] = p
 	}
-	if *compare != "" {
+	fallbacks := *compare == "" && len(cfg.Fallbacks) > 0
+	switch {
+	case *compare != "":
 		q, err := config.ParsePrefix(*compare)
 		if err != nil {
 			return usageErr(fmt.Errorf("--compare %q: %v", *compare, err))
 		}
 		prefixes = append(prefixes, q)
+	case fallbacks:
+		prefixes = append(prefixes, cfg.Fallbacks...)
 	}
 	eng, err := engine.NewDockerEngine(cfg.DockerEndpoint())
 	if err != nil {
@@ -76,20 +82,38 @@ skopeo copy without --all).`)
 	for _, r := range reports {
 		ok = ok && r.OK()
 	}
-	var parity map[string]pull.Comparison
-	if len(reports) == 2 {
-		parity = pull.Compare(reports[0], reports[1])
+	// Each prefix after P is compared with P.
+	var parities []map[string]pull.Comparison
+	for _, q := range reports[1:] {
+		parity := pull.Compare(reports[0], q)
 		for _, p := range parity {
 			ok = ok && p.Parity == pull.ParitySame
 		}
+		parities = append(parities, parity)
 	}
 	if *asJSON {
-		if err := printCheckJSON(stdout, ok, reports, parity); err != nil {
+		if err := printCheckJSON(stdout, ok, reports, parities, fallbacks); err != nil {
 			return err
 		}
-	} else {
-		printCheck(stdout, reports, parity)
+		return checkExit(ok)
 	}
+	if len(parities) == 0 {
+		printCheck(stdout, reports, nil)
+	}
+	for i, parity := range parities {
+		if i > 0 {
+			fmt.Fprintln(stdout)
+		}
+		if fallbacks {
+			fmt.Fprintf(stdout, "fallback %d of %d (%s):\n", i+1, len(parities), config.KeyFallback)
+		}
+		printCheck(stdout, []pull.CheckReport{reports[0], reports[i+1]}, parity)
+	}
+	return checkExit(ok)
+}
+
+// checkExit is check's exit: checkFailed unless ok.
+func checkExit(ok bool) error {
 	if !ok {
 		return &exitError{code: checkFailed}
 	}
@@ -130,23 +154,37 @@ type comparedJSON struct {
 	SameImage    bool   `json:"same_image"`
 }
 
-// printCheckJSON is 'check --json'.
-func printCheckJSON(w io.Writer, ok bool, reports []pull.CheckReport, parity map[string]pull.Comparison) error {
+// fallbackJSON is one fallback prefix compared with P in 'check --json'.
+type fallbackJSON struct {
+	Prefix   string                  `json:"prefix"`
+	Parity   map[string]string       `json:"parity"`
+	Compared map[string]comparedJSON `json:"compared"`
+}
+
+// printCheckJSON is 'check --json'. With --compare, parity and compared
+// are Q's; with fallbacks, the first fallback's, and fallbacks lists each.
+func printCheckJSON(w io.Writer, ok bool, reports []pull.CheckReport, parities []map[string]pull.Comparison, fallbacks bool) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	var compared map[string]comparedJSON
-	if parity != nil {
-		compared = make(map[string]comparedJSON, len(parity))
+	doc := struct {
+		OK        bool                    `json:"ok"`
+		Reports   []pull.CheckReport      `json:"reports"`
+		Parity    map[string]string       `json:"parity,omitempty"`
+		Compared  map[string]comparedJSON `json:"compared,omitempty"`
+		Fallbacks []fallbackJSON          `json:"fallbacks,omitempty"`
+	}{OK: ok, Reports: reports}
+	for i, parity := range parities {
+		compared := make(map[string]comparedJSON, len(parity))
 		for rt, c := range parity {
 			compared[rt] = comparedJSON{parityLabel(c.Parity), c.SameManifest, c.SameImage}
 		}
+		if i == 0 {
+			doc.Parity, doc.Compared = parityLabels(parity), compared
+		}
+		if fallbacks {
+			doc.Fallbacks = append(doc.Fallbacks, fallbackJSON{reports[i+1].Prefix, parityLabels(parity), compared})
+		}
 	}
-	doc := struct {
-		OK       bool                    `json:"ok"`
-		Reports  []pull.CheckReport      `json:"reports"`
-		Parity   map[string]string       `json:"parity,omitempty"`
-		Compared map[string]comparedJSON `json:"compared,omitempty"`
-	}{ok, reports, parityLabels(parity), compared}
 	return enc.Encode(doc)
 }
 
