@@ -5,6 +5,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/molecule-ai/pull-agent/agent/config"
 	"github.com/molecule-ai/pull-agent/agent/state"
 )
 
@@ -31,6 +32,16 @@ func (v *view) document(a *Agent, now time.Time) state.StateDoc {
 		h := i.Image.Host()
 		hosts[h] = v.hosts[h]
 		doc.Images = append(doc.Images, imageDoc(i))
+	}
+	if s.Config != nil {
+		// Fallback hosts a pull has used, with their credentials.
+		for _, p := range s.Config.Fallbacks {
+			if img, err := (config.Image{Runtime: "x"}).Under(p); err == nil {
+				if hd, ok := v.hosts[img.Host()]; ok {
+					hosts[img.Host()] = hd
+				}
+			}
+		}
 	}
 	for h, until := range s.Cooldowns {
 		hd := hosts[h]

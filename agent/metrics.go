@@ -93,6 +93,9 @@ func (m *Metrics) setState(doc state.StateDoc) {
 	for s, n := range counts {
 		m.images.WithLabelValues(s).Set(n)
 	}
+	// Only the hosts in use: after a flip, the old host's last token
+	// would otherwise run out on the page and raise an alert.
+	m.credExpiry.Reset()
 	for _, h := range doc.Hosts {
 		if h.TokenExpiresAt != nil {
 			m.credExpiry.WithLabelValues(h.Host).Set(float64(h.TokenExpiresAt.Unix()))

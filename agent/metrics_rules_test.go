@@ -78,3 +78,19 @@ func TestAlertingRulesNameExportedMetrics(t *testing.T) {
 		}
 	}
 }
+
+// The expiry of credentials is exported for the hosts in use only: after a
+// flip, the old host's last token must not run out on the page (and raise
+// PullAgentCredentialsExpiringSoon for a host no longer used).
+func TestMetricsForgetHostsNoLongerUsed(t *testing.T) {
+	m := NewMetrics()
+	exp := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	m.setState(state.StateDoc{Agent: state.AgentDoc{ConfigOK: true}, Hosts: []state.HostDoc{{Host: "old.example", TokenExpiresAt: &exp}}})
+	m.setState(state.StateDoc{Agent: state.AgentDoc{ConfigOK: true}, Hosts: []state.HostDoc{{Host: "new.example", TokenExpiresAt: &exp}}})
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	page := rec.Body.String()
+	if strings.Contains(page, `host="old.example"`) || !strings.Contains(page, `pull_agent_credentials_expiry_timestamp_seconds{host="new.example"}`) {
+		t.Errorf("metrics page:\n%s", page)
+	}
+}
