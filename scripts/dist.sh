@@ -35,7 +35,7 @@ tarballs=()
 for arch in amd64 arm64; do
 	name=pull-agent-$version-linux-$arch
 	dir=$work/$name
-	mkdir -p "$dir/systemd"
+	mkdir -p "$dir/systemd" "$dir/deploy/prometheus"
 	# GOFLAGS and the GOAMD64/GOARM64 levels are set, not inherited: the
 	# caller's environment must not change the bytes.
 	(cd "$here" && env CGO_ENABLED=0 GOOS=linux GOARCH="$arch" GOAMD64=v1 GOARM64=v8.0 GOFLAGS= \
@@ -43,8 +43,9 @@ for arch in amd64 arm64; do
 		-o "$dir/pull-agent" ./cmd/pull-agent) || die "building linux/$arch failed"
 	cp "$here/install.sh" "$here/README.md" "$here/LICENSE" "$dir/"
 	cp "$here/systemd/pull-agent.service" "$here/systemd/pull-agent.env" "$dir/systemd/"
-	chmod 0755 "$dir" "$dir/systemd" "$dir/pull-agent" "$dir/install.sh"
-	chmod 0644 "$dir/README.md" "$dir/LICENSE" "$dir/systemd/pull-agent.service" "$dir/systemd/pull-agent.env"
+	cp "$here/deploy/prometheus/pull-agent.rules.yml" "$dir/deploy/prometheus/"
+	chmod 0755 "$dir" "$dir/systemd" "$dir/deploy" "$dir/deploy/prometheus" "$dir/pull-agent" "$dir/install.sh"
+	chmod 0644 "$dir/README.md" "$dir/LICENSE" "$dir/systemd/pull-agent.service" "$dir/systemd/pull-agent.env" "$dir/deploy/prometheus/pull-agent.rules.yml"
 	tar -C "$work" --sort=name --format=ustar --mtime="@$epoch" --owner=0 --group=0 --numeric-owner \
 		-cf - "$name" | gzip -9 -n >"$work/$name.tar.gz"
 	tarballs+=("$name.tar.gz")

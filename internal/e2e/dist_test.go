@@ -26,7 +26,7 @@ var distArchs = map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_A
 
 // distFiles are the names of a release, relative to the directory each
 // tarball holds, as tar lists them (sorted).
-var distFiles = []string{"", "LICENSE", "README.md", "install.sh", "pull-agent", "systemd/", "systemd/pull-agent.env", "systemd/pull-agent.service"}
+var distFiles = []string{"", "LICENSE", "README.md", "deploy/", "deploy/prometheus/", "deploy/prometheus/pull-agent.rules.yml", "install.sh", "pull-agent", "systemd/", "systemd/pull-agent.env", "systemd/pull-agent.service"}
 
 // makeDist runs 'make dist' of the checkout at root with VERSION and
 // DISTDIR=out and returns how long it took.
