@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -52,6 +54,13 @@ func NewSharedLink(name string, mbit int) (_ *SharedLink, err error) {
 	if mbit <= 0 {
 		return nil, fmt.Errorf("shared link %s: rate %d Mbit/s: must be positive", name, mbit)
 	}
+	// Test processes run side by side (one per engine): choosing an
+	// index and taking it must not interleave.
+	unlock, err := lockLinks()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	n, err := freeLinkIndex()
 	if err != nil {
 		return nil, err
@@ -86,6 +95,19 @@ func NewSharedLink(name string, mbit int) (_ *SharedLink, err error) {
 		}
 	}
 	return l, nil
+}
+
+// lockLinks holds a machine-wide lock on creating shared links.
+func lockLinks() (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "pa-shared-link.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("shared link lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("shared link lock: %w", err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // freeLinkIndex is the first n in 0..255 for which neither the devices

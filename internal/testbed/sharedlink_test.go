@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,7 +28,8 @@ func TestSharedLinkSetupAndTeardown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Stop()
-	l, err := NewSharedLink("pa-test-link", 123)
+	// One per process: the engine suites run this package side by side.
+	l, err := NewSharedLink(fmt.Sprintf("pa-test-link-%d", os.Getpid()), 123)
 	if err != nil {
 		t.Fatal(err)
 	}
