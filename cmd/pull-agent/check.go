@@ -78,6 +78,12 @@ that lacks an image, or serves another, is not ready to take over.`)
 	if err != nil {
 		return err
 	}
+	return reportCheck(stdout, reports, *asJSON, fallbacks)
+}
+
+// reportCheck prints reports, each prefix after the first compared with
+// it, and returns check's exit.
+func reportCheck(stdout io.Writer, reports []pull.CheckReport, asJSON, fallbacks bool) error {
 	ok := true
 	for _, r := range reports {
 		ok = ok && r.OK()
@@ -91,7 +97,7 @@ that lacks an image, or serves another, is not ready to take over.`)
 		}
 		parities = append(parities, parity)
 	}
-	if *asJSON {
+	if asJSON {
 		if err := printCheckJSON(stdout, ok, reports, parities, fallbacks); err != nil {
 			return err
 		}

@@ -153,6 +153,11 @@ func printHuman(w io.Writer, doc state.StateDoc, live bool, liveErr error, color
 		fmt.Fprintf(w, "config error:   %s\n", paint("31", plain(a.ConfigError)))
 	}
 	fmt.Fprintln(w)
+	printImages(w, doc, paint, now)
+}
+
+// printImages is status's table of images.
+func printImages(w io.Writer, doc state.StateDoc, paint func(code, s string) string, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RUNTIME\tSTATE\tSOURCE\tDIGEST\tSIZE\tAGE\tERROR")
 	for _, i := range doc.Images {
