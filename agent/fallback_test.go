@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -239,4 +240,29 @@ func (n *recordingNotifier) last() string {
 		}
 	}
 	return ""
+}
+
+// An agent restarted while a fallback serves keeps serving it: the tag it
+// gave the primary name is recorded, so the name is not taken for the
+// primary's own content.
+func TestFallbackSurvivesARestart(t *testing.T) {
+	pulled := filepath.Join(t.TempDir(), "pulled.json")
+	synctest.Test(t, func(t *testing.T) {
+		var refuse atomic.Bool
+		refuse.Store(true)
+		e := newScriptEngine(refusing(&refuse, err401))
+		withFile := func(o *Options) { o.PulledFile = pulled }
+		s := startSched(t, e, envOf("codex", fbEnv), nil, withFile)
+		s.after(5 * time.Second)
+		s.stop()
+		if st := s.status("codex"); st.Source != state.SourceFallback(fbPrefix) {
+			t.Fatalf("before the restart: codex from %q", st.Source)
+		}
+		s = startSched(t, e, envOf("codex", fbEnv), nil, withFile)
+		defer s.stop()
+		s.after(5 * time.Second)
+		if st := s.status("codex"); st.State != state.Warm || st.Source != state.SourceFallback(fbPrefix) {
+			t.Errorf("after the restart: codex %s from %q (%s), want warm from the fallback", st.State, st.Source, st.LastError)
+		}
+	})
 }

@@ -125,6 +125,9 @@ func (l *loop) apply(cfg config.Config) {
 		if old, err := prev.Images(); err == nil {
 			for _, img := range old {
 				l.previous = append(l.previous, img.Ref)
+				if tag, ok := l.fallbackTags[img.Ref]; ok {
+					l.previous = append(l.previous, tag.Ref) // what the name was given from
+				}
 			}
 		}
 	}
