@@ -72,12 +72,10 @@ func (f fallbackPlan) applies(ctx context.Context, e engine.Engine, img config.I
 
 // primaryFailed counts a failure of the primary that a fallback may cure.
 func (l *loop) primaryFailed(st *imageState, c pull.ErrorClass) {
-	if pull.FallbackCures(c, maxInt) {
+	if pull.FallbackCures(c, pull.FallbackAttempts) {
 		st.primaryFailures++
 	}
 }
-
-const maxInt = int(^uint(0) >> 1)
 
 // servedFromFallback records an image a fallback served after the primary
 // failed with d.res, and schedules the next try of the primary.

@@ -22,6 +22,10 @@ type FallbackResult struct {
 	Prefix string
 }
 
+// FallbackAttempts is how many failures in a row of a registry that
+// fails or cannot be reached fall back.
+const FallbackAttempts = 3
+
 // FallbackCures reports whether a fallback can cure a primary failure of
 // class c after failures such failures in a row (this one included). A
 // refusal or a missing image is not retried on the primary, so it falls
@@ -29,11 +33,12 @@ type FallbackResult struct {
 // limit one cooldown. disk, daemon, canceled (and the rest) never fall
 // back: another registry does not cure them.
 func FallbackCures(c ErrorClass, failures int) bool {
+	failures = min(failures, FallbackAttempts)
 	switch c {
 	case ClassAuth, ClassNotFound:
 		return true
 	case ClassServer, ClassNetwork:
-		return failures >= 3
+		return failures >= FallbackAttempts
 	case ClassRateLimited:
 		return failures >= 2
 	}

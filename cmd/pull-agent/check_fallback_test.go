@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/molecule-ai/pull-agent/agent/config"
+	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
 
@@ -70,5 +71,37 @@ func TestCheckComparesEachFallback(t *testing.T) {
 	code, out, errOut = runCLI(t, env, "check", "--env-file", envFile, "--compare", full, "--json")
 	if d := decodeCheck(t, out, errOut); code != exitOK || !d.OK || d.Parity["hermes"] != "same" {
 		t.Errorf("check --compare %s: exit %d ok=%v parity %v", full, code, d.OK, d.Parity)
+	}
+}
+
+// 'pull' serves from a fallback what the primary lacks: the image is
+// tagged under the primary's name and counted as present; what the
+// primary has comes from the primary.
+func TestPullServesFromAFallback(t *testing.T) {
+	b := bed.Get(t)
+	ctx := context.Background()
+	reg := b.Registry("main")
+	primary, fallback := reg.Prefix("fbpull-primary"), reg.Prefix("fbpull-fallback")
+	for _, p := range []struct{ ns, rt string }{{"fbpull-primary", "codex"}, {"fbpull-fallback", "codex"}, {"fbpull-fallback", "hermes"}} {
+		if _, err := b.Push(ctx, reg, p.ns, p.rt, testbed.SeedOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	envFile := writeFile(t, config.KeyRegistry+"="+primary+"\n"+config.KeyRuntimes+"=codex,hermes\n"+config.KeyFallback+"="+fallback+"\n")
+	env := map[string]string{config.KeyDockerHost: b.DockerHost}
+	code, out, errOut := runCLI(t, env, "pull", "--env-file", envFile)
+	if code != exitOK || !strings.Contains(out, "hermes: the primary refused it (not-found); served from fallback "+fallback) || strings.Contains(out, "codex: the primary refused") {
+		t.Fatalf("pull: exit %d\n%s%s", code, out, errOut)
+	}
+	e, err := engine.NewDockerEngine(config.DockerEndpoint{Host: b.DockerHost})
+	must(t, err)
+	defer e.Close()
+	named, err1 := e.ImageInspect(ctx, config.ImageRef(primary, "hermes"))
+	served, err2 := e.ImageInspect(ctx, config.ImageRef(fallback, "hermes"))
+	if err1 != nil || err2 != nil || named.ID != served.ID {
+		t.Errorf("the primary name holds %s (%v), the fallback's image is %s (%v); want the same", named.ID, err1, served.ID, err2)
+	}
+	if _, err := e.ImageInspect(ctx, config.ImageRef(fallback, "codex")); err == nil {
+		t.Errorf("codex was pulled from the fallback, want the primary only")
 	}
 }

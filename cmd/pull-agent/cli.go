@@ -291,7 +291,41 @@ others.`)
 	if display != nil {
 		display.Stop()
 	}
+	if len(cfg.Fallbacks) > 0 {
+		var fobs pull.Observer = pull.NopObserver{}
+		if !*quiet {
+			fobs = logObserver{log: log.With("component", "pull")}
+		}
+		pullFallbacks(ctx, puller, engine, cfg.Fallbacks, results, fobs, *quiet, stdout)
+	}
 	return summarize(results, *quiet, stdout, stderr)
+}
+
+// pullFallbacks serves from the fallback prefixes each image that failed
+// for a reason another registry cures and that the daemon does not hold
+// under its name (a one-shot pull has no retries to wait for), and
+// replaces its result with the fallback's.
+func pullFallbacks(ctx context.Context, p *pull.Puller, e engine.Engine, prefixes []string, results []pull.PullResult, obs pull.Observer, quiet bool, stdout io.Writer) {
+	for i, r := range results {
+		if r.Err == nil || !pull.FallbackCures(pull.ClassOf(r.Err), pull.FallbackAttempts) {
+			continue
+		}
+		if r.Image.Pin == "" {
+			if _, err := e.ImageInspect(ctx, r.Image.Ref); !errors.Is(err, engine.ErrImageNotFound) {
+				continue // held from the primary: never switched
+			}
+		}
+		fb := p.PullFallback(ctx, r.Image, prefixes, obs)
+		if fb.Err != nil {
+			results[i].Err = fmt.Errorf("%w; %s", r.Err, safetext.Line(fb.Err.Error(), maxLineRunes))
+			continue
+		}
+		if !quiet {
+			fmt.Fprintf(stdout, "%s: the primary refused it (%s); served from fallback %s as %s\n", r.Image.Runtime, pull.ClassOf(r.Err), plain(fb.Prefix), plain(fb.Image.Ref))
+		}
+		fb.PullResult.Image = r.Image
+		results[i] = fb.PullResult
+	}
 }
 
 // summarize prints what happened and returns an exit error if any image is
