@@ -54,6 +54,9 @@ type RegistryOptions struct {
 	// exec), e.g. a SharedLink's, where Addr (required then) is one of
 	// the namespace's addresses; it must be reachable from the machine.
 	Netns string
+	// Proxy, if set, makes the registry a pull-through cache of another
+	// registry (see proxycache.go).
+	Proxy *ProxyUpstream
 }
 
 // TokenAuth configures a registry's token authentication.
@@ -143,8 +146,11 @@ http:
 		}
 		fmt.Fprintf(&cfg, "auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s\n", t.Realm, t.Service, t.Issuer, bundle)
 	}
+	if opts.Proxy != nil {
+		cfg.WriteString(opts.Proxy.config())
+	}
 	cfgPath := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o600); err != nil {
 		return nil, err
 	}
 	r.bed, r.cfgPath = b, cfgPath
