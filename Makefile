@@ -8,7 +8,7 @@ TESTBED_DIR ?= /tmp/pull-agent-testbed
 # (golang/go#75804, fixed in Go 1.27). 3000 executions take a few seconds.
 FUZZTIME  ?= 3000x
 
-.PHONY: all build testbedctl deps trixie-rootfs lint unit test test-go test-rules test-engines fuzz chaos soak bench baseline demo testbed-up testbed-down clean
+.PHONY: all build testbedctl deps trixie-rootfs lint unit test test-go test-rules test-engines fuzz chaos soak bench fleet baseline demo testbed-up testbed-down clean
 
 all: build
 
@@ -149,6 +149,23 @@ BENCH_FLAGS_ec2 := --link-mbit $(LINK_MBIT) --rtt-ms $(RTT_MS) --shapes $(SHAPES
 	--baseline-bin bin/pull-agent-baseline --baseline-ref $(BASELINE_REF)
 bench: deps build $(BENCH_DEPS_$(PROFILE))
 	$(GO) run ./bench/harness --profile $(PROFILE) --runs $(RUNS) $(BENCH_FLAGS_$(PROFILE))
+
+## fleet: HOSTS (8) hosts on this machine, each a Docker daemon (vfs) with
+## bin/pull-agent, against one origin behind a shared link of FLEET_MBIT
+## (200) Mbit/s and a front door that answers 429 above FLEET_RATE (10)
+## manifest and blob GETs a second (burst FLEET_BURST, 40); four
+## scenarios (at once or with MOLECULE_FLIP_SPREAD=FLEET_SPREAD, straight
+## to the origin or through a pull-through cache), each from cold and at
+## a flip; writes docs/fleet.json and docs/fleet-origin.png, prints the
+## table of docs/FLEET.md. Not part of 'make test'; about 6 min at 8 hosts.
+HOSTS        ?= 8
+FLEET_MBIT   ?= 200
+FLEET_RATE   ?= 10
+FLEET_BURST  ?= 40
+FLEET_SPREAD ?= 30s
+fleet: deps build
+	$(GO) run ./bench/fleet --hosts $(HOSTS) --bin bin/pull-agent --link-mbit $(FLEET_MBIT) \
+		--rate $(FLEET_RATE) --burst $(FLEET_BURST) --spread $(FLEET_SPREAD)
 
 ## baseline: bin/pull-agent-baseline, pull-agent as of BASELINE_REF, built
 ## from a git archive of that commit in a temporary directory

@@ -27,6 +27,18 @@ type RateLimit struct {
 	// MessageDelay also writes "retry after N seconds" into the error
 	// message, which is what the daemon passes on to its client.
 	MessageDelay bool
+	// Everything counts every request against the bucket. By default
+	// only GETs of manifests and blobs count, as Docker Hub counts
+	// pulls: a HEAD, the /v2/ ping and the token endpoint are free.
+	Everything bool
+}
+
+// counts reports whether the limit counts a request.
+func (l RateLimit) counts(method, path string) bool {
+	if l.Everything {
+		return true
+	}
+	return method == http.MethodGet && (strings.Contains(path, "/manifests/") || strings.Contains(path, "/blobs/"))
 }
 
 // OriginRequest is one request the origin proxy answered.
@@ -61,6 +73,24 @@ type OriginStats struct {
 	PeakConns    int `json:"peak_conns"`
 	PeakInflight int `json:"peak_inflight"`
 	PeakBlobs    int `json:"peak_blob_gets"`
+	// Kinds counts the requests by kind: token, ping, HEAD manifest, GET
+	// manifest, HEAD blob, GET blob, other.
+	Kinds map[string]int `json:"kinds"`
+}
+
+// Kind names what a request was for.
+func (r OriginRequest) Kind() string {
+	switch {
+	case r.Path == "/v2/" || r.Path == "/v2":
+		return "ping"
+	case !strings.HasPrefix(r.Path, "/v2/"):
+		return "token"
+	case strings.Contains(r.Path, "/manifests/"):
+		return r.Method + " manifest"
+	case strings.Contains(r.Path, "/blobs/"):
+		return r.Method + " blob"
+	}
+	return "other"
 }
 
 // OriginProxy is an HTTP reverse proxy in front of an origin registry, the
@@ -176,11 +206,12 @@ func (o *OriginProxy) Requests() []OriginRequest {
 // Stats sums the log since the last Reset.
 func (o *OriginProxy) Stats() OriginStats {
 	o.mu.Lock()
-	s := OriginStats{PeakConns: o.peakConns, PeakInflight: o.peakInfl, PeakBlobs: o.peakBlobs}
+	s := OriginStats{PeakConns: o.peakConns, PeakInflight: o.peakInfl, PeakBlobs: o.peakBlobs, Kinds: map[string]int{}}
 	log := o.log
 	o.mu.Unlock()
 	for _, r := range log {
 		s.Requests++
+		s.Kinds[r.Kind()]++
 		s.Bytes += r.Bytes
 		if r.Status == http.StatusTooManyRequests {
 			s.Limited++
@@ -217,7 +248,7 @@ func (o *OriginProxy) serve(w http.ResponseWriter, r *http.Request) {
 			rp, routed = route, true
 		}
 	}
-	allowed := routed || o.bucket.take(rec.Start)
+	allowed := routed || !o.limit.counts(r.Method, r.URL.Path) || o.bucket.take(rec.Start)
 	limit := o.limit
 	blob := rec.Blob() && allowed
 	o.inflight++

@@ -51,7 +51,7 @@ func TestOriginProxyLogsAndLimits(t *testing.T) {
 		_, _ = io.WriteString(w, blob)
 	}))
 	defer origin.Close()
-	o, err := NewOriginProxy(strings.TrimPrefix(origin.URL, "http://"), RateLimit{PerSecond: 0.001, Burst: 2, RetryAfter: 7 * time.Second, MessageDelay: true})
+	o, err := NewOriginProxy(strings.TrimPrefix(origin.URL, "http://"), RateLimit{PerSecond: 0.001, Burst: 1, RetryAfter: 7 * time.Second, MessageDelay: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,6 +78,9 @@ func TestOriginProxyLogsAndLimits(t *testing.T) {
 		t.Errorf("429 body = %s, want code TOOMANYREQUESTS and the delay", last)
 	}
 	s := o.Stats()
+	if s.Kinds["ping"] != 1 || s.Kinds["GET blob"] != 2 {
+		t.Errorf("kinds = %v, want 1 ping (free) and 2 blob GETs (the second refused)", s.Kinds)
+	}
 	if s.Requests != 3 || s.Limited != 1 || s.BlobGets != 1 || s.BlobBytes != 1000 || s.PeakInflight != 1 || s.PeakConns < 1 {
 		t.Errorf("stats = %+v, want 3 requests, 1 limited, 1 blob GET of 1000 bytes, peak 1 in flight", s)
 	}

@@ -18,9 +18,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/molecule-ai/pull-agent/agent/config"
@@ -247,4 +249,43 @@ func secret() string {
 	b := make([]byte, 12)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// SetBytes is what one host pulls of the set seeded under ns: each
+// distinct blob (layers and configs) once, as the origin stores it.
+func (f *Fleet) SetBytes(ns string) (int64, error) { return f.NewBytes("", ns) }
+
+// NewBytes is what a host that holds the set under from (none: "") pulls
+// of the set under to: the blobs of to that from lacks (a flip keeps the
+// shared base layer).
+func (f *Fleet) NewBytes(from, to string) (int64, error) {
+	set, ok := f.Sets[to]
+	if !ok {
+		return 0, fmt.Errorf("no image set %q seeded", to)
+	}
+	seen := map[digest.Digest]bool{}
+	for _, s := range f.Sets[from] {
+		for _, d := range s.Layers {
+			seen[d] = true
+		}
+	}
+	var n int64
+	for _, s := range set {
+		ds := slices.Clone(s.Layers)
+		for _, pl := range s.Platforms {
+			ds = append(ds, pl.Config)
+		}
+		for _, d := range ds {
+			if seen[d] {
+				continue
+			}
+			seen[d] = true
+			st, err := os.Stat(f.Origin.BlobPath(d))
+			if err != nil {
+				return 0, fmt.Errorf("blob %s at the origin: %w", d, err)
+			}
+			n += st.Size()
+		}
+	}
+	return n, nil
 }

@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"testing"
 	"time"
 
@@ -24,32 +23,6 @@ func buildAgent(t *testing.T) string {
 		t.Fatalf("building pull-agent: %v\n%s", err, out)
 	}
 	return bin
-}
-
-// setBytes is what one host needs of a set: each distinct blob (layers
-// and configs) once, as the origin stores it.
-func setBytes(t *testing.T, origin *testbed.Registry, set map[string]testbed.Seeded) int64 {
-	t.Helper()
-	seen := map[string]bool{}
-	var n int64
-	for _, s := range set {
-		ds := slices.Clone(s.Layers)
-		for _, pl := range s.Platforms {
-			ds = append(ds, pl.Config)
-		}
-		for _, d := range ds {
-			if seen[d.String()] {
-				continue
-			}
-			seen[d.String()] = true
-			st, err := os.Stat(origin.BlobPath(d))
-			if err != nil {
-				t.Fatalf("blob %s at the origin: %v", d, err)
-			}
-			n += st.Size()
-		}
-	}
-	return n
 }
 
 // TestCacheTwoHosts is scenario 3 of docs/FLEET.md at two hosts: both
@@ -74,8 +47,10 @@ func TestCacheTwoHosts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	set := f.Sets["fleet-a"]
-	one := setBytes(t, f.Origin, set)
+	one, err := f.SetBytes("fleet-a")
+	if err != nil {
+		t.Fatal(err)
+	}
 	phase := Phase{Scenario: "cache", Cold: true, Prefix: cache.Prefix("fleet-a"), Set: "fleet-a", Timeout: 90 * time.Second}
 	for i, want := range []string{"cold cache", "warm cache"} {
 		res, err := f.Run(ctx, phase)

@@ -61,7 +61,16 @@ func (h *Host) StartAgent(dockerConfig, env string) error {
 	if err := h.WriteEnv(env); err != nil {
 		return err
 	}
-	cmd := exec.Command(h.bin, "run", "--env-file", h.envFile(), "--state-dir", h.stateDir(),
+	// Each host has a host name and a machine ID of its own, as machines
+	// do (whatever identity a per-host spread is drawn from): the agent
+	// runs in a UTS and a mount namespace of its own.
+	id := filepath.Join(h.dir, "machine-id")
+	if err := os.WriteFile(id, []byte(fmt.Sprintf("%032x\n", 0xf1ee7000+h.Index)), 0o444); err != nil {
+		return err
+	}
+	script := `hostname "$0" && mount --bind "$1" /etc/machine-id && shift && exec "$@"`
+	cmd := exec.Command("unshare", "--uts", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script,
+		fmt.Sprintf("fleet-h%d", h.Index), id, h.bin, "run", "--env-file", h.envFile(), "--state-dir", h.stateDir(),
 		"--status-socket", h.socket(), "--debounce", "50ms", "--log-level", "info")
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + h.dir, "DOCKER_CONFIG=" + h.dockerDir(),
 		"DOCKER_HOST=" + h.Bed.DockerHost, "AWS_EC2_METADATA_DISABLED=true"}
