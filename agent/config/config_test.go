@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -468,4 +469,21 @@ func FuzzParseFallbacks(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestParseSpread(t *testing.T) {
+	for in, want := range map[string]time.Duration{"0": 0, "90s": 90 * time.Second, "15m": 15 * time.Minute, "1h30m": 90 * time.Minute, "24h": 24 * time.Hour} {
+		if got, err := parseSpread(in); err != nil || got != want {
+			t.Errorf("parseSpread(%q) = %s, %v; want %s", in, got, err, want)
+		}
+	}
+	for in, reason := range map[string]string{"10": "write a duration", "-5m": "must not be negative", "25h": "more than 24h0m0s", "5 m": "write a duration", "1e9s": "write a duration"} {
+		if _, err := parseSpread(in); err == nil || !strings.Contains(err.Error(), reason) {
+			t.Errorf("parseSpread(%q): %v, want %q", in, err, reason)
+		}
+	}
+	_, err := LoadConfig("f", []EnvVar{{Key: KeySpread, Value: "soon", Line: 7}}, nil)
+	if err == nil || !strings.Contains(err.Error(), `f:7: MOLECULE_FLIP_SPREAD="soon": write a duration`) {
+		t.Errorf("LoadConfig: %v", err)
+	}
 }
