@@ -385,7 +385,7 @@ func TestWarnEnvFileMode(t *testing.T) {
 func TestWarnUnusedKeys(t *testing.T) {
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	vars, err := parseEnvFile("f.env", strings.NewReader(KeyRegistry+"=ghcr.io/x\nHTTPS_PROXY=http://u:proxy-s3cret@proxy:3128\n"+KeyGHCRToken+"=ghp_x\nAWS_REGION=eu-west-1\n"))
+	vars, err := parseEnvFile("f.env", strings.NewReader(KeyRegistry+"=ghcr.io/x\nHTTPS_PROXY=http://u:proxy-s3cret@proxy:3128\n"+KeyGHCRToken+"=ghp_x\nAWS_REGION=eu-west-1\n"+KeyFallback+"=m.example/x\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,7 +394,7 @@ func TestWarnUnusedKeys(t *testing.T) {
 	if strings.Count(out, "does not read") != 2 || !strings.Contains(out, "key=HTTPS_PROXY line=2") || !strings.Contains(out, "key=AWS_REGION line=4") {
 		t.Errorf("warnings:\n%s", out)
 	}
-	if strings.Contains(out, "s3cret") || strings.Contains(out, KeyRegistry) || strings.Contains(out, KeyGHCRToken) {
+	if strings.Contains(out, "s3cret") || strings.Contains(out, KeyRegistry) || strings.Contains(out, KeyGHCRToken) || strings.Contains(out, KeyFallback) {
 		t.Errorf("a value or a key the agent reads is in the warnings:\n%s", out)
 	}
 }
