@@ -225,3 +225,84 @@ func primaryRefuses(r *rig) string {
 	return fmt.Sprintf("warm host: two refreshes refused (auth) in %s, images kept, the fallback not asked; new host: all %d warm from the fallback under the primary's names in %s, status exit 0; primary back: source primary after %s",
 		secs(refused), len(runtimes), secs(took), secs(back))
 }
+
+// primaryRefuses is the soak's fault of that name: a new release under a
+// fresh namespace of main, which the host does not hold, while the
+// primary refuses every request (401). The agent is moved to it and must
+// serve every image from the fallback; the removal lets the primary
+// serve again, and the soak's end checks that it took the names back.
+func (s *soak) primaryRefuses() func() {
+	w, r := s.w, s.r
+	p := s.prefixes[0] // main's
+	prefix, ds := w.seed(s.t, fromMain, testbed.SeedOptions{})
+	p.ns, p.prefix, p.digests = path.Base(prefix), prefix, ds
+	s.fresh[prefix] = true
+	w.http.SetFault(refuse401)
+	r.flip(p.prefix, p.digests)
+	if d, err := r.doc(); err == nil && cooling(d, w.tcp.Addr) {
+		// A rate limit's cooldown holds the primary's pulls back, and
+		// with them the fallback: nothing to wait for.
+		s.st.faults["primary refuses, in a cooldown"]++
+	} else {
+		r.sources("every image of a fresh prefix from the fallback while the primary refuses", state.SourceFallback(w.fallbackPrefix(prefix)), 20*time.Second)
+	}
+	return func() { w.http.SetFault(nil) }
+}
+
+// cooling reports whether the agent holds pulls from host back for a
+// cooldown.
+func cooling(d state.StateDoc, host string) bool {
+	for _, h := range d.Hosts {
+		if h.Host == host && h.CooldownUntil != nil && h.CooldownUntil.After(time.Now()) {
+			return true
+		}
+	}
+	return false
+}
+
+// fallbackAfterPrimary lists the images the agent logged as served from
+// a fallback although it had logged the primary serving them before: a
+// host that holds an image from the primary must never switch it.
+// Images of prefixes outside fresh must never come from a fallback.
+func (p *agentProc) fallbackAfterPrimary(fresh map[string]bool) []string {
+	fromPrimary := map[string]bool{}
+	var bad []string
+	for _, l := range strings.Split(p.Output.String(), "\n") {
+		img := ""
+		for _, f := range strings.Fields(l) {
+			if v, ok := strings.CutPrefix(f, "image="); ok {
+				img = v
+			}
+		}
+		switch {
+		case img == "":
+		case strings.Contains(l, `msg="image pulled"`), strings.Contains(l, `msg="the primary serves the image again`):
+			fromPrimary[img] = true
+		case strings.Contains(l, `msg="image served from a fallback`):
+			prefix := img[:max(strings.LastIndex(img, "/"), 0)]
+			if fromPrimary[img] || !fresh[prefix] {
+				bad = append(bad, img)
+			}
+		}
+	}
+	return bad
+}
+
+// fallbackChecks are the soak's end checks of the fallback: every image
+// of the final prefix from the primary again, no held image switched.
+func (s *soak) fallbackChecks() {
+	r := s.r
+	r.waitFor("every image of the final prefix from the primary", 30*time.Second, func(d state.StateDoc) bool {
+		for _, i := range d.Images {
+			if i.FromFallback() {
+				return false
+			}
+		}
+		return r.converged(d)
+	})
+	for _, img := range r.proc.fallbackAfterPrimary(s.fresh) {
+		s.t.Errorf("%s was served from the fallback although the host held it from the primary", img)
+	}
+	s.st.fallbackServed = r.proc.count(`msg="image served from a fallback`)
+	s.st.primaryBack = r.proc.count(`msg="the primary serves the image again`)
+}
