@@ -128,18 +128,37 @@ func primaryRefuses(r *rig) string {
 	r.fallback = true
 	r.args = append(r.args, "--refresh-interval", "2s")
 	r.warmUp(fromMain)
-	warm, warmDigests := r.want, r.digests
-	if d, err := r.doc(); err != nil || len(d.Agent.Fallbacks) != 1 || d.Agent.Fallbacks[0] != w.fallbackPrefix(warm) {
-		t.Fatalf("the agent does not list the fallback %s: %v %v", w.fallbackPrefix(warm), d.Agent.Fallbacks, err)
+	if d, err := r.doc(); err != nil || len(d.Agent.Fallbacks) != 1 || d.Agent.Fallbacks[0] != w.fallbackPrefix(r.want) {
+		t.Fatalf("the agent does not list the fallback %s: %v %v", w.fallbackPrefix(r.want), d.Agent.Fallbacks, err)
 	}
-
-	// A warm host: refreshes meet the refusal and keep what is held.
-	const refusal = `msg="pull failed; next try at the next refresh`
-	before := r.proc.count(refusal)
 	w.http.SetFault(refuse401)
 	t.Cleanup(func() { w.http.SetFault(nil) })
+	refused := warmHostKeeps(r)
+	took := newHostFromFallback(r)
+
+	// The primary serves again: its content takes the names back.
+	w.http.SetFault(nil)
+	back := r.sources("every image from the primary again", state.SourcePrimary, 30*time.Second)
+	d, err := r.doc()
+	must(t, err)
+	for _, i := range d.Images {
+		if i.FallbackImage != "" || i.LastError != "" {
+			t.Errorf("%s after the primary came back: fallback image %q, last error %q", i.Image, i.FallbackImage, i.LastError)
+		}
+	}
+	return fmt.Sprintf("warm host: two refreshes refused (auth) in %s, images kept, the fallback not asked; new host: all %d warm from the fallback under the primary's names in %s, status exit 0; primary back: source primary after %s",
+		secs(refused), len(runtimes), secs(took), secs(back))
+}
+
+// warmHostKeeps waits, with the primary refusing, for two refreshes of
+// the rig's warm images to be refused, and checks that the host kept
+// every image from the primary and asked the fallback nothing.
+func warmHostKeeps(r *rig) time.Duration {
+	t, w := r.t, r.w
+	const refusal = `msg="pull failed; next try at the next refresh`
+	before := r.proc.count(refusal)
 	refused := r.waitFor("two refreshes of the warm images refused", 30*time.Second, func(d state.StateDoc) bool {
-		if d.Agent.Prefix != warm || len(d.Images) != len(runtimes) {
+		if d.Agent.Prefix != r.want || len(d.Images) != len(runtimes) {
 			return false
 		}
 		for _, i := range d.Images {
@@ -160,15 +179,22 @@ func primaryRefuses(r *rig) string {
 	d, err := r.doc()
 	must(t, err)
 	for _, i := range d.Images {
-		if i.Source != state.SourcePrimary || i.FallbackImage != "" || i.ImageID != r.warmIDs[i.Image] || i.LocalDigest != warmDigests[i.Runtime] {
+		if i.Source != state.SourcePrimary || i.FallbackImage != "" || i.ImageID != r.warmIDs[i.Image] || i.LocalDigest != r.digests[i.Runtime] {
 			t.Errorf("%s switched while its host held it: source %q, fallback image %q, id %s (was %s)", i.Image, i.Source, i.FallbackImage, i.ImageID, r.warmIDs[i.Image])
 		}
 	}
-	if n := requestsUnder(w.fbHTTP, path.Base(warm)); n > 0 {
+	if n := requestsUnder(w.fbHTTP, path.Base(r.want)); n > 0 {
 		t.Errorf("the fallback was asked %d times for images the host held from the primary", n)
 	}
+	return refused
+}
 
-	// A new host: nothing of the new prefix is held, the primary refuses.
+// newHostFromFallback moves the rig, with the primary refusing, to a
+// fresh prefix the host holds nothing of, and checks that every image
+// comes from the fallback under the primary's name, with its own
+// credentials, as status --json says (exit 0).
+func newHostFromFallback(r *rig) time.Duration {
+	t, w := r.t, r.w
 	next, ds := r.next(fromMain, testbed.SeedOptions{})
 	fb := w.fallbackPrefix(next)
 	asked := len(w.http.Requests())
@@ -177,24 +203,7 @@ func primaryRefuses(r *rig) string {
 	if len(w.http.Requests()) == asked {
 		t.Error("the primary was not asked for the new prefix")
 	}
-	out, err := exec.Command(w.bin, "status", "--json", "--status-socket", r.socket, "--state-dir", r.stateDir).Output()
-	r.outputs = append(r.outputs, string(out))
-	if err != nil {
-		t.Errorf("status --json with every image from the fallback: %v, want exit 0", err)
-	}
-	var doc state.StateDoc
-	must(t, json.Unmarshal(out, &doc))
-	if doc.SchemaVersion != state.SchemaVersion {
-		t.Errorf("status --json: schema_version %d, want %d", doc.SchemaVersion, state.SchemaVersion)
-	}
-	for _, i := range doc.Images {
-		if want := fb + strings.TrimPrefix(i.Image, next); i.Source != state.SourceFallback(fb) || i.FallbackImage != want {
-			t.Errorf("status --json: %s from %q (%s), want source %q and fallback_image %s", i.Image, i.Source, i.FallbackImage, state.SourceFallback(fb), want)
-		}
-		if !strings.HasPrefix(i.Image, next+"/") {
-			t.Errorf("status --json: image %s is not under the primary's name", i.Image)
-		}
-	}
+	statusFromFallback(r, fb)
 	own := "Basic " + encodeAuth(w.fbUser+":"+w.fbPass)
 	signed := 0
 	for _, q := range w.fbHTTP.Requests() {
@@ -211,19 +220,31 @@ func primaryRefuses(r *rig) string {
 	if n := r.proc.count("image served from a fallback"); n < len(runtimes) {
 		t.Errorf("%d log lines say an image was served from a fallback, want at least %d", n, len(runtimes))
 	}
+	return took
+}
 
-	// The primary serves again: its content takes the names back.
-	w.http.SetFault(nil)
-	back := r.sources("every image from the primary again", state.SourcePrimary, 30*time.Second)
-	d, err = r.doc()
-	must(t, err)
-	for _, i := range d.Images {
-		if i.FallbackImage != "" || i.LastError != "" {
-			t.Errorf("%s after the primary came back: fallback image %q, last error %q", i.Image, i.FallbackImage, i.LastError)
+// statusFromFallback checks that status --json exits 0 and shows every
+// image of the rig's prefix under the primary's name from fallback fb.
+func statusFromFallback(r *rig, fb string) {
+	t := r.t
+	out, err := exec.Command(r.w.bin, "status", "--json", "--status-socket", r.socket, "--state-dir", r.stateDir).Output()
+	r.outputs = append(r.outputs, string(out))
+	if err != nil {
+		t.Errorf("status --json with every image from the fallback: %v, want exit 0", err)
+	}
+	var doc state.StateDoc
+	must(t, json.Unmarshal(out, &doc))
+	if doc.SchemaVersion != state.SchemaVersion {
+		t.Errorf("status --json: schema_version %d, want %d", doc.SchemaVersion, state.SchemaVersion)
+	}
+	for _, i := range doc.Images {
+		if want := fb + strings.TrimPrefix(i.Image, r.want); i.Source != state.SourceFallback(fb) || i.FallbackImage != want {
+			t.Errorf("status --json: %s from %q (%s), want source %q and fallback_image %s", i.Image, i.Source, i.FallbackImage, state.SourceFallback(fb), want)
+		}
+		if !strings.HasPrefix(i.Image, r.want+"/") {
+			t.Errorf("status --json: image %s is not under the primary's name", i.Image)
 		}
 	}
-	return fmt.Sprintf("warm host: two refreshes refused (auth) in %s, images kept, the fallback not asked; new host: all %d warm from the fallback under the primary's names in %s, status exit 0; primary back: source primary after %s",
-		secs(refused), len(runtimes), secs(took), secs(back))
 }
 
 // primaryRefuses is the soak's fault of that name: a new release under a
