@@ -3,10 +3,14 @@ package config
 import (
 	"bytes"
 	"errors"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -386,7 +390,7 @@ func TestWarnEnvFileMode(t *testing.T) {
 func TestWarnUnusedKeys(t *testing.T) {
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	vars, err := parseEnvFile("f.env", strings.NewReader(KeyRegistry+"=ghcr.io/x\nHTTPS_PROXY=http://u:proxy-s3cret@proxy:3128\n"+KeyGHCRToken+"=ghp_x\nAWS_REGION=eu-west-1\n"))
+	vars, err := parseEnvFile("f.env", strings.NewReader(KeyRegistry+"=ghcr.io/x\nHTTPS_PROXY=http://u:proxy-s3cret@proxy:3128\n"+KeyGHCRToken+"=ghp_x\nAWS_REGION=eu-west-1\n"+KeyFallback+"=m.example/x\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,8 +399,46 @@ func TestWarnUnusedKeys(t *testing.T) {
 	if strings.Count(out, "does not read") != 2 || !strings.Contains(out, "key=HTTPS_PROXY line=2") || !strings.Contains(out, "key=AWS_REGION line=4") {
 		t.Errorf("warnings:\n%s", out)
 	}
-	if strings.Contains(out, "s3cret") || strings.Contains(out, KeyRegistry) || strings.Contains(out, KeyGHCRToken) {
+	if strings.Contains(out, "s3cret") || strings.Contains(out, KeyRegistry) || strings.Contains(out, KeyGHCRToken) || strings.Contains(out, KeyFallback) {
 		t.Errorf("a value or a key the agent reads is in the warnings:\n%s", out)
+	}
+}
+
+// Every Key… constant names a key the agent reads, so keys() lists it: a
+// key the agent reads must never be reported as one it does not, and the
+// env file's messages name it (MOLECULE_IMAGE_FALLBACK_REGISTRY once was
+// missing).
+func TestKeysListsEveryKeyConstant(t *testing.T) {
+	f, err := parser.ParseFile(token.NewFileSet(), "config.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, d := range f.Decls {
+		g, ok := d.(*ast.GenDecl)
+		if !ok || g.Tok != token.CONST {
+			continue
+		}
+		for _, spec := range g.Specs {
+			vs := spec.(*ast.ValueSpec)
+			for i, name := range vs.Names {
+				if !strings.HasPrefix(name.Name, "Key") || i >= len(vs.Values) {
+					continue
+				}
+				lit, ok := vs.Values[i].(*ast.BasicLit)
+				if !ok || lit.Kind != token.STRING {
+					continue
+				}
+				n++
+				key, _ := strconv.Unquote(lit.Value)
+				if !slices.Contains(keys(), key) {
+					t.Errorf("%s (%s) is not in keys(): the agent would call it a key it does not read", name.Name, key)
+				}
+			}
+		}
+	}
+	if n < 10 {
+		t.Fatalf("found only %d Key… constants in config.go", n)
 	}
 }
 
