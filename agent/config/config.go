@@ -194,7 +194,7 @@ func WarnEnvFileMode(log *slog.Logger, path string, vars []EnvVar) {
 
 // keys are the keys pull-agent reads from its env file.
 func keys() []string {
-	return []string{KeyRegistry, KeyRuntimes, KeyPins, KeyPlatform, KeyGHCRUser, KeyGHCRToken, KeyDockerHost, KeyDockerTLSVerify, KeyDockerCertPath, KeyAlias, KeyPrune, KeyDiskMargin, KeyFallback}
+	return []string{KeyRegistry, KeyRuntimes, KeyPins, KeyPlatform, KeyGHCRUser, KeyGHCRToken, KeyDockerHost, KeyDockerTLSVerify, KeyDockerCertPath, KeyAlias, KeyPrune, KeyDiskMargin, KeyFallback, KeySpread}
 }
 
 // WarnUnusedKeys logs a warning for each key of the env file that
