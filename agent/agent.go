@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -87,6 +88,12 @@ type Options struct {
 	// PulledFile records what the agent pulled itself (the only images
 	// MOLECULE_PRUNE_PREVIOUS may remove); empty keeps it in memory.
 	PulledFile string
+	// FlipFile keeps a flip scheduled by MOLECULE_FLIP_SPREAD across a
+	// restart; empty keeps it in memory.
+	FlipFile string
+	// HostSeed fixes this host's delay within MOLECULE_FLIP_SPREAD (see
+	// HostSeed); nil is a random seed per run.
+	HostSeed []byte
 }
 
 // DefaultOptions returns the defaults of every tunable.
@@ -154,6 +161,9 @@ func withDefaults(opts Options) Options {
 	}
 	if opts.Random == nil {
 		opts.Random = rand.Float64
+	}
+	if opts.HostSeed == nil {
+		opts.HostSeed = []byte(strconv.FormatUint(rand.Uint64(), 16))
 	}
 	if opts.RefreshInterval <= 0 {
 		opts.RefreshInterval = def.RefreshInterval

@@ -23,6 +23,9 @@ func (v *view) document(a *Agent, now time.Time) state.StateDoc {
 		DockerUp: s.DaemonUp, LastReconcile: tp(v.lastReconcile), NextRefresh: tp(s.NextRefresh),
 		Warm: s.Warm(), Total: len(s.Images),
 	}
+	if s.Flip != nil {
+		ad.Flip = &state.FlipDoc{To: s.Flip.To, At: s.Flip.At.UTC()}
+	}
 	if s.Config != nil {
 		ad.Prefix, ad.Platform, ad.Fallbacks = s.Config.Prefix, s.Config.Platform, s.Config.Fallbacks
 	}

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -11,6 +10,7 @@ import (
 	"github.com/molecule-ai/pull-agent/agent/engine"
 	"github.com/molecule-ai/pull-agent/agent/pull"
 	"github.com/molecule-ai/pull-agent/agent/state"
+	"github.com/molecule-ai/pull-agent/internal/safetext"
 )
 
 // Fallback prefixes (MOLECULE_IMAGE_FALLBACK_REGISTRY). An image the host
@@ -135,10 +135,20 @@ func (l *loop) primaryBack(st *imageState, fallbackDigest, primaryDigest string,
 	}
 }
 
-// fallbackError is the primary's failure with what the fallbacks said.
+// fallbackError is the primary's failure with what the fallbacks said,
+// the primary's words cut short so that the fallbacks' fit in the error
+// kept (maxErrorRunes); its class is the primary's.
 func fallbackError(primary error, fb *pull.FallbackResult) error {
 	if fb == nil || fb.Err == nil {
 		return primary
 	}
-	return fmt.Errorf("%w; %s", primary, errText(fb.Err))
+	return &withFallbacks{primary: primary, text: safetext.Line(primary.Error(), maxErrorRunes/3) + "; " + errText(fb.Err)}
 }
+
+type withFallbacks struct {
+	primary error
+	text    string
+}
+
+func (e *withFallbacks) Error() string { return e.text }
+func (e *withFallbacks) Unwrap() error { return e.primary }

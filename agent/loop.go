@@ -60,6 +60,7 @@ type loop struct {
 	pingFails     int
 	nextPing      time.Time
 	refreshAt     time.Time
+	flip          *flipPlan                // a prefix change waiting for its time
 	hostInfo      map[string]state.HostDoc // what the last pull from each host used
 	lastReconcile time.Time
 
@@ -236,6 +237,9 @@ func (l *loop) nextWake() time.Time {
 		if lead := st.LastAttempt.Add(pull.QueueLead); st.queuing && lead.After(now) && lead.Before(wake) {
 			wake = lead
 		}
+	}
+	if l.flip != nil && l.flip.at.After(now) && l.flip.at.Before(wake) {
+		wake = l.flip.at
 	}
 	for _, hs := range l.hosts {
 		if hs.until.After(now) && hs.until.Before(wake) {

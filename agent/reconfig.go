@@ -68,6 +68,10 @@ func (l *loop) loadConfig(initial, force bool) {
 		l.refuse(err)
 		return
 	}
+	if l.holdFlip(cfg) {
+		l.cfgErr = nil
+		return
+	}
 	if l.cfg != nil && reflect.DeepEqual(*l.cfg, cfg) {
 		l.log.Debug("env file read; configuration unchanged")
 		l.cfgErr = nil

@@ -16,6 +16,7 @@ import (
 
 // step starts what is due: a refresh, a ping while Docker is down, pulls.
 func (l *loop) step(ctx context.Context) {
+	l.flipDue()
 	now := l.clock.Now()
 	if !now.Before(l.refreshAt) {
 		l.log.Info("refresh: re-pulling moving tags", "images", len(l.images))

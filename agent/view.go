@@ -54,6 +54,14 @@ type Snapshot struct {
 	Images      []ImageStatus // in runtime order
 	NextRefresh time.Time
 	Cooldowns   map[string]time.Time // registry host → end of a rate-limit backoff
+	// Flip is a prefix change waiting for its time (MOLECULE_FLIP_SPREAD).
+	Flip *FlipStatus
+}
+
+// FlipStatus is a scheduled flip.
+type FlipStatus struct {
+	From, To string
+	At       time.Time
 }
 
 // Warm counts the images in state warm.
@@ -94,6 +102,9 @@ func (l *loop) publish() {
 	}
 	if l.cfgErr != nil {
 		v.snap.ConfigError = errText(l.cfgErr)
+	}
+	if l.flip != nil {
+		v.snap.Flip = &FlipStatus{From: l.flip.from, To: l.flip.cfg.Prefix, At: l.flip.at}
 	}
 	for _, img := range l.images {
 		if st := l.states[img.Ref]; st != nil {
@@ -142,6 +153,9 @@ func (l *loop) notifyStatus(s Snapshot) {
 	}
 	if s.ConfigError != "" {
 		text += "; config error (see log)"
+	}
+	if s.Flip != nil {
+		text += "; flip to " + s.Flip.To + " at " + s.Flip.At.UTC().Format(time.RFC3339)
 	}
 	if text != l.status {
 		l.status = text

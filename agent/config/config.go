@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
@@ -34,6 +35,7 @@ const (
 	KeyPrune      = "MOLECULE_PRUNE_PREVIOUS"
 	KeyDiskMargin = "MOLECULE_DISK_MARGIN_MB"
 	KeyFallback   = "MOLECULE_IMAGE_FALLBACK_REGISTRY"
+	KeySpread     = "MOLECULE_FLIP_SPREAD"
 )
 
 // The keys of the Docker daemon's TLS, read like DOCKER_HOST and named as
@@ -108,6 +110,9 @@ type Config struct {
 	// DiskMarginBytes is kept free beyond an image's compressed size before
 	// a pull starts; -1 turns the disk guard off.
 	DiskMarginBytes int64
+	// FlipSpread spreads a fleet's prefix change: each host waits a delay
+	// of its own in [0, FlipSpread) before pulling the new set.
+	FlipSpread time.Duration
 }
 
 // TargetPlatform is the platform images are checked and sized for: the
@@ -189,7 +194,7 @@ func WarnEnvFileMode(log *slog.Logger, path string, vars []EnvVar) {
 
 // keys are the keys pull-agent reads from its env file.
 func keys() []string {
-	return []string{KeyRegistry, KeyRuntimes, KeyPins, KeyPlatform, KeyGHCRUser, KeyGHCRToken, KeyDockerHost, KeyDockerTLSVerify, KeyDockerCertPath, KeyAlias, KeyPrune, KeyDiskMargin}
+	return []string{KeyRegistry, KeyRuntimes, KeyPins, KeyPlatform, KeyGHCRUser, KeyGHCRToken, KeyDockerHost, KeyDockerTLSVerify, KeyDockerCertPath, KeyAlias, KeyPrune, KeyDiskMargin, KeyFallback, KeySpread}
 }
 
 // WarnUnusedKeys logs a warning for each key of the env file that
@@ -301,6 +306,13 @@ func (l layered) loadPolicy(cfg *Config) []error {
 			errs = append(errs, &configError{Key: KeyPrune, Value: v, Source: src, Reason: "write true or false"})
 		}
 	}
+	if v, src := l.get(KeySpread); v != "" {
+		d, err := parseSpread(v)
+		if err != nil {
+			errs = append(errs, &configError{Key: KeySpread, Value: v, Source: src, Reason: err.Error()})
+		}
+		cfg.FlipSpread = d
+	}
 	cfg.DiskMarginBytes = DefaultDiskMarginMB << 20
 	if v, src := l.get(KeyDiskMargin); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
@@ -364,6 +376,23 @@ func (l layered) get(key string) (string, string) {
 		return l.getenv(key), "environment"
 	}
 	return "", "environment"
+}
+
+// MaxFlipSpread bounds MOLECULE_FLIP_SPREAD: a day is a slow rollout.
+const MaxFlipSpread = 24 * time.Hour
+
+// parseSpread parses a duration ("90s", "15m", "1h30m"; "0" for none).
+func parseSpread(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		return 0, errors.New("write a duration such as 90s, 15m or 1h (0 flips at once)")
+	case d < 0:
+		return 0, errors.New("must not be negative")
+	case d > MaxFlipSpread:
+		return 0, fmt.Errorf("is more than %s", MaxFlipSpread)
+	}
+	return d, nil
 }
 
 var runtimeName = regexp.MustCompile(`^[a-z0-9]+(-+[a-z0-9]+)*$`)

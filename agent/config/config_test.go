@@ -3,12 +3,17 @@ package config
 import (
 	"bytes"
 	"errors"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/molecule-ai/pull-agent/internal/testbed"
 )
@@ -385,7 +390,7 @@ func TestWarnEnvFileMode(t *testing.T) {
 func TestWarnUnusedKeys(t *testing.T) {
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	vars, err := parseEnvFile("f.env", strings.NewReader(KeyRegistry+"=ghcr.io/x\nHTTPS_PROXY=http://u:proxy-s3cret@proxy:3128\n"+KeyGHCRToken+"=ghp_x\nAWS_REGION=eu-west-1\n"))
+	vars, err := parseEnvFile("f.env", strings.NewReader(KeyRegistry+"=ghcr.io/x\nHTTPS_PROXY=http://u:proxy-s3cret@proxy:3128\n"+KeyGHCRToken+"=ghp_x\nAWS_REGION=eu-west-1\n"+KeyFallback+"=m.example/x\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,8 +399,46 @@ func TestWarnUnusedKeys(t *testing.T) {
 	if strings.Count(out, "does not read") != 2 || !strings.Contains(out, "key=HTTPS_PROXY line=2") || !strings.Contains(out, "key=AWS_REGION line=4") {
 		t.Errorf("warnings:\n%s", out)
 	}
-	if strings.Contains(out, "s3cret") || strings.Contains(out, KeyRegistry) || strings.Contains(out, KeyGHCRToken) {
+	if strings.Contains(out, "s3cret") || strings.Contains(out, KeyRegistry) || strings.Contains(out, KeyGHCRToken) || strings.Contains(out, KeyFallback) {
 		t.Errorf("a value or a key the agent reads is in the warnings:\n%s", out)
+	}
+}
+
+// Every Key… constant names a key the agent reads, so keys() lists it: a
+// key the agent reads must never be reported as one it does not, and the
+// env file's messages name it (MOLECULE_IMAGE_FALLBACK_REGISTRY once was
+// missing).
+func TestKeysListsEveryKeyConstant(t *testing.T) {
+	f, err := parser.ParseFile(token.NewFileSet(), "config.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, d := range f.Decls {
+		g, ok := d.(*ast.GenDecl)
+		if !ok || g.Tok != token.CONST {
+			continue
+		}
+		for _, spec := range g.Specs {
+			vs := spec.(*ast.ValueSpec)
+			for i, name := range vs.Names {
+				if !strings.HasPrefix(name.Name, "Key") || i >= len(vs.Values) {
+					continue
+				}
+				lit, ok := vs.Values[i].(*ast.BasicLit)
+				if !ok || lit.Kind != token.STRING {
+					continue
+				}
+				n++
+				key, _ := strconv.Unquote(lit.Value)
+				if !slices.Contains(keys(), key) {
+					t.Errorf("%s (%s) is not in keys(): the agent would call it a key it does not read", name.Name, key)
+				}
+			}
+		}
+	}
+	if n < 10 {
+		t.Fatalf("found only %d Key… constants in config.go", n)
 	}
 }
 
@@ -468,4 +511,21 @@ func FuzzParseFallbacks(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestParseSpread(t *testing.T) {
+	for in, want := range map[string]time.Duration{"0": 0, "90s": 90 * time.Second, "15m": 15 * time.Minute, "1h30m": 90 * time.Minute, "24h": 24 * time.Hour} {
+		if got, err := parseSpread(in); err != nil || got != want {
+			t.Errorf("parseSpread(%q) = %s, %v; want %s", in, got, err, want)
+		}
+	}
+	for in, reason := range map[string]string{"10": "write a duration", "-5m": "must not be negative", "25h": "more than 24h0m0s", "5 m": "write a duration", "1e9s": "write a duration"} {
+		if _, err := parseSpread(in); err == nil || !strings.Contains(err.Error(), reason) {
+			t.Errorf("parseSpread(%q): %v, want %q", in, err, reason)
+		}
+	}
+	_, err := LoadConfig("f", []EnvVar{{Key: KeySpread, Value: "soon", Line: 7}}, nil)
+	if err == nil || !strings.Contains(err.Error(), `f:7: MOLECULE_FLIP_SPREAD="soon": write a duration`) {
+		t.Errorf("LoadConfig: %v", err)
+	}
 }

@@ -109,8 +109,8 @@ func (p *Puller) pullPinnedFallback(ctx context.Context, primary config.Image, p
 	}
 	want, err := p.Content(ctx, primary, primary.Pin, platform, true)
 	if err != nil {
-		return refuse("%s does not serve the pinned manifest %s, and the primary did not say which image the pin is (%s); mirror with digests kept (skopeo copy --all) or change the pin",
-			fb.Repository(), primary.Pin, errText(err))
+		return refuse("%s does not serve the pinned manifest %s; mirror with digests kept (skopeo copy --all) or change the pin (the primary, which could say which image the pin is, refused: %s)",
+			fb.Repository(), shortDigest(primary.Pin), safetext.Line(errText(err), 120))
 	}
 	latest, err := (config.Image{Runtime: primary.Runtime}).Under(prefix)
 	if err != nil {
@@ -118,7 +118,7 @@ func (p *Puller) pullPinnedFallback(ctx context.Context, primary config.Image, p
 	}
 	ri, err := p.Remote(ctx, latest)
 	if err != nil {
-		return refuse("%s does not serve the pinned manifest %s, nor :latest (%s)", fb.Repository(), primary.Pin, errText(err))
+		return refuse("%s does not serve the pinned manifest %s, nor :latest (%s)", fb.Repository(), shortDigest(primary.Pin), safetext.Line(errText(err), 120))
 	}
 	got, err := p.Content(ctx, latest, ri.Digest, platform, true)
 	if err != nil {

@@ -65,6 +65,15 @@ type AgentDoc struct {
 	NextRefresh    *time.Time `json:"next_refresh,omitempty"`
 	Warm           int        `json:"warm"`
 	Total          int        `json:"total"`
+	// Flip is a prefix change scheduled by MOLECULE_FLIP_SPREAD: the
+	// images of Prefix stay warm until At, then To's are pulled.
+	Flip *FlipDoc `json:"flip,omitempty"`
+}
+
+// FlipDoc is a scheduled flip.
+type FlipDoc struct {
+	To string    `json:"to"`
+	At time.Time `json:"at"`
 }
 
 // HostDoc describes one registry host.
@@ -123,10 +132,11 @@ type ProgressDoc struct {
 	LayersDone int    `json:"layers_done"`
 }
 
-// Healthy reports whether every image is warm and the configuration valid:
+// Healthy reports whether every image is warm, the configuration valid
+// and no flip waits for its time (MOLECULE_FLIP_SPREAD):
 // what 'pull-agent status' exits 0 for.
 func (d StateDoc) Healthy() bool {
-	if !d.Agent.ConfigOK || len(d.Images) == 0 {
+	if !d.Agent.ConfigOK || len(d.Images) == 0 || d.Agent.Flip != nil {
 		return false
 	}
 	for _, i := range d.Images {

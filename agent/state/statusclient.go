@@ -118,3 +118,20 @@ type Counts struct {
 	Goroutines int `json:"goroutines"`
 	FDs        int `json:"fds"`
 }
+
+// WaitHealthy asks fetch for the state document every 500 ms until it is
+// healthy (every image warm, the configuration valid, no flip waiting),
+// ctx is done or timeout has passed, and returns the last answer.
+func WaitHealthy(ctx context.Context, fetch func(context.Context) (StateDoc, error), timeout time.Duration) (StateDoc, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		doc, err := fetch(ctx)
+		if err == nil && doc.Healthy() || time.Now().After(deadline) || ctx.Err() != nil {
+			return doc, err
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

@@ -90,6 +90,7 @@ type runFlags struct {
 	opts         agent.Options
 	statusSocket string
 	metricsAddr  string
+	machineID    string
 }
 
 func parseRunFlags(args []string, stderr io.Writer) (runFlags, error) {
@@ -117,6 +118,7 @@ and the agent waits for a good one.`)
 	fs.DurationVar(&o.Debounce, "debounce", o.Debounce, "quiet time after an env file event before it is read")
 	fs.StringVar(&rf.statusSocket, "status-socket", defaultStatusSocket, "unix socket serving the live state (JSON) to 'pull-agent status'")
 	fs.StringVar(&rf.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9464); off when empty")
+	fs.StringVar(&rf.machineID, "machine-id", "/etc/machine-id", "this host's identity, the seed of its delay within MOLECULE_FLIP_SPREAD (missing: a random seed kept in the state directory)")
 	if err := parseFlags(fs, args); err != nil {
 		return rf, err
 	}
@@ -140,6 +142,12 @@ func wireOptions(rf runFlags, getenv func(string) string, log *slog.Logger) agen
 	o := rf.opts
 	o.StateFile = filepath.Join(rf.stateDir, state.StateFileName)
 	o.PulledFile = filepath.Join(rf.stateDir, "pulled.json")
+	o.FlipFile = filepath.Join(rf.stateDir, "flip.json")
+	seed, err := agent.HostSeed(rf.machineID, filepath.Join(rf.stateDir, "host-seed"))
+	if err != nil {
+		log.Warn("no seed for the spread of flips; a random one for this run", "error", err.Error())
+	}
+	o.HostSeed = seed
 	o.Version = version
 	o.Getenv = getenv
 	o.Logger = log

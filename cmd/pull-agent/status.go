@@ -49,24 +49,15 @@ not answer, reads its last saved state and says how old it is.`)
 
 	client := state.NewStatusClient(*socket, statusTimeout)
 	if *wait {
-		deadline := time.Now().Add(*timeout)
-		for {
-			doc, err := client.Status(ctx)
-			if err == nil && doc.Healthy() {
-				return report(doc, nil, statePath, *asJSON, *quiet, color, stdout)
-			}
-			if time.Now().After(deadline) || ctx.Err() != nil {
-				rep := report(doc, err, statePath, *asJSON, *quiet, color, stdout)
-				if err == nil {
-					return &exitError{code: statusDegraded, err: fmt.Errorf("not every image warm after %s", *timeout)}
-				}
-				return rep
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(500 * time.Millisecond):
-			}
+		doc, err := state.WaitHealthy(ctx, client.Status, *timeout)
+		if err == nil && doc.Healthy() {
+			return report(doc, nil, statePath, *asJSON, *quiet, color, stdout)
 		}
+		rep := report(doc, err, statePath, *asJSON, *quiet, color, stdout)
+		if err == nil {
+			return &exitError{code: statusDegraded, err: fmt.Errorf("not every image warm after %s", *timeout)}
+		}
+		return rep
 	}
 	doc, err := client.Status(ctx)
 	return report(doc, err, statePath, *asJSON, *quiet, color, stdout)
@@ -122,6 +113,8 @@ func printHuman(w io.Writer, doc state.StateDoc, live bool, liveErr error, color
 		summary = paint("31", fmt.Sprintf("NOT RUNNING (%s); saved state from %s ago", plain(fmt.Sprint(liveErr)), age(now, doc.WrittenAt)))
 	case doc.Healthy():
 		summary = paint("32", "running, all warm")
+	case a.Flip != nil:
+		summary = paint("33", "running, flip scheduled")
 	default:
 		summary = paint("33", "running, degraded")
 	}
@@ -131,6 +124,9 @@ func printHuman(w io.Writer, doc state.StateDoc, live bool, liveErr error, color
 		fmt.Fprintf(w, "fallbacks:      %s\n", plain(strings.Join(a.Fallbacks, ", ")))
 	}
 	fmt.Fprintf(w, "images warm:    %d/%d\n", a.Warm, a.Total)
+	if f := a.Flip; f != nil {
+		fmt.Fprintf(w, "flip:           to %s scheduled at %s (in %s; MOLECULE_FLIP_SPREAD)\n", plain(f.To), f.At.Format(time.RFC3339), f.At.Sub(now).Round(time.Second))
+	}
 	for _, h := range doc.Hosts {
 		line := plain(h.CredentialSource)
 		if h.CooldownUntil != nil && h.CooldownUntil.After(now) {

@@ -408,6 +408,9 @@ func rows() []row {
 				up = true
 				return fmt.Sprintf("every image %s after %s; retried", d.Images[0].LastErrorClass, secs(took))
 			}},
+		{group: "registry", fault: "primary refuses (401) with a fallback configured", own: true, inject: "MOLECULE_IMAGE_FALLBACK_REGISTRY = a second htpasswd registry with the same images and its own credentials; HTTP proxy answers 401 to every request to the primary, then forwards again",
+			expect: "a warm host keeps its images (refreshes refused, the fallback not asked); a new host warms every image from the fallback under the primary's names (source fallback, status exit 0); the primary serving again takes the names back (source primary); each host is sent its own credentials only", fast: true,
+			run: primaryRefuses},
 		// ECR
 		{group: "ECR", fault: "API answering 500", inject: "fake ECR API: 500 ServerException", expect: "auth failure naming the cause, retried with backoff", fast: true,
 			run: ecrRow(500, "ServerException")},

@@ -86,6 +86,7 @@ func writeSoakReport(path string, st soakStats) error {
 		time.Now().UTC().Format("2006-01-02 15:04 MST"), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), raceEnabled, st.duration.Round(time.Second), verdict)
 	fmt.Fprintf(&b, "| Measure | Value |\n|---|---|\n")
 	fmt.Fprintf(&b, "| Prefix flips | %d |\n| Tags moved | %d |\n| Credential rotations (token registry) | %d |\n| SIGHUPs | %d |\n", st.flips, st.pushes, st.rotations, st.hup)
+	fmt.Fprintf(&b, "| Images served from the fallback while the primary refused; taken back by the primary | %d; %d |\n", st.fallbackServed, st.primaryBack)
 	fmt.Fprintf(&b, "| Faults injected | %s |\n| Pull failures logged, by class | %s |\n", strings.Join(kinds, ", "), strings.Join(classes, ", "))
 	unknown := "none"
 	if len(st.unknown) > 0 {

@@ -39,6 +39,9 @@ type rig struct {
 	// CAP_DAC_READ_SEARCH, so that file modes bind it as they bind a
 	// non-root service (the tests run as root).
 	noDAC bool
+	// fallback gives main's prefixes the fallback registry's namespace
+	// of the same name as MOLECULE_IMAGE_FALLBACK_REGISTRY.
+	fallback bool
 
 	proc  *agentProc
 	procs []*agentProc // every process of the row, for the secret check
@@ -51,6 +54,9 @@ type rig struct {
 	baseline state.Counts
 	// outputs are other texts the row produced (status output, errors).
 	outputs []string
+	// hosts are the registry hosts whose requests the rig checks for
+	// credentials meant for another host.
+	hosts []hostCreds
 	// helperDump is where a credential helper wrote its environment, if
 	// the row had one do so; it is searched for secrets too.
 	helperDump string
@@ -70,6 +76,7 @@ func newRig(t *testing.T, w *world) *rig {
 		envFile:  filepath.Join(dir, "etc", "pull-agent", "env"),
 		stateDir: filepath.Join(dir, "state"),
 		socket:   filepath.Join(dir, "status.sock"),
+		hosts:    w.hosts(),
 	}
 	if err := os.MkdirAll(filepath.Dir(r.envFile), 0o755); err != nil {
 		t.Fatal(err)
@@ -120,7 +127,16 @@ func writeAtomic(t *testing.T, path, content string, mode os.FileMode) {
 func (r *rig) flip(prefix string, digests map[string]string) {
 	r.t.Helper()
 	r.want, r.digests = prefix, digests
-	r.writeEnv(r.w.envFile(prefix) + r.envExtra)
+	r.writeEnv(r.envFor(prefix))
+}
+
+// envFor is the rig's env file for prefix.
+func (r *rig) envFor(prefix string) string {
+	s := r.w.envFile(prefix) + r.envExtra
+	if r.fallback {
+		s += r.w.fallbackLine(prefix)
+	}
+	return s
 }
 
 // start starts 'pull-agent run' for the rig.
@@ -401,6 +417,7 @@ func (r *rig) invariants() outcome {
 	r.command("check", "--env-file", r.envFile, "--state-dir", r.stateDir)
 	r.command("pull", "--env-file", r.envFile, "--state-dir", r.stateDir)
 	r.noSecrets()
+	r.credentialsPerHost()
 
 	// Counts: idle connections close and timed-out clients go; give
 	// them a few seconds to come back to the baseline.

@@ -47,6 +47,10 @@ type soakStats struct {
 	classes                 map[string]int
 	unknown                 []string // distinct errors of class unknown
 	failed                  bool
+
+	// fallbackServed and primaryBack count the images the fallback
+	// served and those the primary then took back.
+	fallbackServed, primaryBack int
 }
 
 // TestSoak runs the agent while a driver flips the prefix among three
@@ -85,6 +89,9 @@ type soak struct {
 	heal             func()
 	healName         string
 	healAt, revokeAt time.Time
+	// fresh are the prefixes "primary refuses" seeded: the only ones
+	// whose images the fallback may serve.
+	fresh map[string]bool
 }
 
 // startSoak starts the agent, warms it on every prefix and takes the
@@ -100,7 +107,8 @@ func startSoak(t *testing.T) *soak {
 	r.env = append(r.env, "AWS_ENDPOINT_URL_ECR="+api.URL)
 	r.args = append(r.args, "--refresh-interval", "5s")
 
-	s := &soak{t: t, w: w, r: r, api: api}
+	r.fallback = true // main's prefixes have the fallback registry's namespace
+	s := &soak{t: t, w: w, r: r, api: api, fresh: map[string]bool{}}
 	for _, src := range []source{fromMain, fromTok, fromECR} {
 		p, ds := w.seed(t, src, testbed.SeedOptions{})
 		s.prefixes = append(s.prefixes, &soakPrefix{src: src, ns: path.Base(p), prefix: p, digests: ds})
@@ -147,9 +155,10 @@ func (s *soak) faults() map[string]func() func() {
 		"ECR API throttling": func() func() { api.Fail(400, "ThrottlingException"); return func() { api.Fail(0, "") } },
 		"env file garbage": func() func() {
 			writeAtomic(t, r.envFile, "\x00\xff garbage", 0o600)
-			return func() { r.writeEnv(w.envFile(r.want)) }
+			return func() { r.writeEnv(r.envFor(r.want)) }
 		},
-		"env file deleted": func() func() { os.Remove(r.envFile); return func() { r.writeEnv(w.envFile(r.want)) } },
+		"env file deleted": func() func() { os.Remove(r.envFile); return func() { r.writeEnv(r.envFor(r.want)) } },
+		"primary refuses":  s.primaryRefuses,
 		"config.json malformed": func() func() {
 			r.writeDockerConfig(`{"auths": {`)
 			return func() { r.writeDockerConfig(w.authsConfig(s.user, s.tokPass)) }
@@ -304,6 +313,7 @@ func (s *soak) finish(start time.Time) {
 	st.duration = time.Since(start)
 	o := r.invariants()
 	st.converge, st.end = o.converge, o.counts
+	s.fallbackChecks()
 	time.Sleep(2 * time.Second)
 	st.rss = testbed.RSS(s.pid) >> 10
 	growth := float64(st.rss-st.rss0) / float64(st.rss0)

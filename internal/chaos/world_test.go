@@ -55,6 +55,16 @@ type world struct {
 	ecrPass string
 	awsKey  string
 
+	// fb is a second htpasswd registry on main's storage, so that it
+	// holds the same images under the same names, reached through
+	// fbHTTP, which records what the daemon sends it: the fallback
+	// (MOLECULE_IMAGE_FALLBACK_REGISTRY) of main's prefixes, with
+	// credentials of its own.
+	fb     *testbed.Registry
+	fbHTTP *testbed.HTTPProxy
+	fbUser string
+	fbPass string
+
 	// ghcrToken is in every env file; it must never be sent or printed.
 	ghcrToken string
 	// urlToken is the token in the pre-signed URL a hostile registry
@@ -107,7 +117,7 @@ func secret(prefix string) string {
 
 func newWorld(logf func(string, ...any)) (_ *world, err error) {
 	ctx := context.Background()
-	w := &world{user: "chaos", pass: secret("main"), tokPass: secret("tok"), ecrPass: secret("ecr"), awsKey: secret("aws"), ghcrToken: secret("ghcr"), urlToken: secret("url")}
+	w := &world{user: "chaos", pass: secret("main"), fbUser: "mirror", fbPass: secret("fallback"), tokPass: secret("tok"), ecrPass: secret("ecr"), awsKey: secret("aws"), ghcrToken: secret("ghcr"), urlToken: secret("url")}
 	defer func() {
 		if err != nil {
 			w.close()
@@ -156,6 +166,15 @@ func newWorld(logf func(string, ...any)) (_ *world, err error) {
 	if w.tcp, err = testbed.NewTCPProxy("chaos", w.http.Addr); err != nil {
 		return nil, err
 	}
+	if ht, err = testbed.Htpasswd(map[string]string{w.fbUser: w.fbPass}); err != nil {
+		return nil, err
+	}
+	if w.fb, err = w.bed.StartRegistry(ctx, "fallback", testbed.RegistryOptions{Htpasswd: ht, Root: w.main.Root}); err != nil {
+		return nil, err
+	}
+	if w.fbHTTP, err = testbed.NewHTTPProxy(w.fb.Addr); err != nil {
+		return nil, err
+	}
 	if w.tokens, err = testbed.NewTokenServer(map[string]string{w.user: w.tokPass}); err != nil {
 		return nil, err
 	}
@@ -182,6 +201,9 @@ func (w *world) close() {
 	if w.http != nil {
 		w.http.Close()
 	}
+	if w.fbHTTP != nil {
+		w.fbHTTP.Close()
+	}
 	if w.tokens != nil {
 		w.tokens.Close()
 	}
@@ -205,7 +227,7 @@ func (w *world) ecrRegistryHost() string {
 func (w *world) secrets() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return append([]string{w.pass, w.tokPass, w.ecrPass, w.awsKey, w.ghcrToken, w.urlToken, "helper-s3cret"}, w.rotated...)
+	return append([]string{w.pass, w.fbPass, w.tokPass, w.ecrPass, w.awsKey, w.ghcrToken, w.urlToken, "helper-s3cret"}, w.rotated...)
 }
 
 // source is where a row's images come from.
@@ -275,14 +297,14 @@ func digests(seeded map[string]testbed.Seeded) map[string]string {
 }
 
 // dockerConfig is the config.json of every row: Basic credentials for the
-// main and token registries, keyed as the docker CLI keys them.
+// main, fallback and token registries, keyed as the docker CLI keys them.
 func (w *world) dockerConfig() string { return w.authsConfig(w.user, w.tokPass) }
 
 // authsConfig is that config.json with the token registry's user as
 // given (the soak rotates it).
 func (w *world) authsConfig(tokUser, tokPass string) string {
-	return fmt.Sprintf(`{"auths": {%q: {"auth": %q}, %q: {"auth": %q}}}`,
-		w.tcp.Addr, encodeAuth(w.user+":"+w.pass), w.tok.Addr, encodeAuth(tokUser+":"+tokPass))
+	return fmt.Sprintf(`{"auths": {%q: {"auth": %q}, %q: {"auth": %q}, %q: {"auth": %q}}}`,
+		w.tcp.Addr, encodeAuth(w.user+":"+w.pass), w.fbHTTP.Addr, encodeAuth(w.fbUser+":"+w.fbPass), w.tok.Addr, encodeAuth(tokUser+":"+tokPass))
 }
 
 // envFile is the content of a row's env file for prefix.
