@@ -152,17 +152,17 @@ bench: deps build $(BENCH_DEPS_$(PROFILE))
 
 ## fleet: HOSTS (8) hosts on this machine, each a Docker daemon (vfs) with
 ## bin/pull-agent, against one origin behind a shared link of FLEET_MBIT
-## (200) Mbit/s and a front door that answers 429 above FLEET_RATE (10)
-## manifest and blob GETs a second (burst FLEET_BURST, 40); four
+## (200) Mbit/s and a front door that answers 429 above FLEET_RATE (15)
+## manifest and blob GETs a second (burst FLEET_BURST, 60); four
 ## scenarios (at once or with MOLECULE_FLIP_SPREAD=FLEET_SPREAD, straight
 ## to the origin or through a pull-through cache), each from cold and at
 ## a flip; writes docs/fleet.json and docs/fleet-origin.png, prints the
-## table of docs/FLEET.md. Not part of 'make test'; about 6 min at 8 hosts.
+## table of docs/FLEET.md. Not part of 'make test'; about 5 min at 8 hosts.
 HOSTS        ?= 8
 FLEET_MBIT   ?= 200
-FLEET_RATE   ?= 10
-FLEET_BURST  ?= 40
-FLEET_SPREAD ?= 30s
+FLEET_RATE   ?= 15
+FLEET_BURST  ?= 60
+FLEET_SPREAD ?= 60s
 fleet: deps build
 	$(GO) run ./bench/fleet --hosts $(HOSTS) --bin bin/pull-agent --link-mbit $(FLEET_MBIT) \
 		--rate $(FLEET_RATE) --burst $(FLEET_BURST) --spread $(FLEET_SPREAD)

@@ -36,7 +36,6 @@ type Report struct {
 	// Scenarios holds each scenario's cold and flip phases.
 	Scenarios []Scenario `json:"scenarios"`
 	Skipped   []string   `json:"skipped,omitempty"`
-	Model     Model      `json:"model"`
 	Seconds   float64    `json:"seconds"`
 	Date      string     `json:"date"`
 }
@@ -91,7 +90,6 @@ func runScenarios(ctx context.Context, f *fleet.Fleet, s settings, spreadOK bool
 			return rep, ctx.Err()
 		}
 	}
-	rep.Model = fitModel(rep)
 	if len(failed) > 0 {
 		return rep, fmt.Errorf("%s", strings.Join(failed, "; "))
 	}
@@ -158,7 +156,6 @@ func printReport(w io.Writer, rep Report) {
 	for _, s := range rep.Skipped {
 		fmt.Fprintf(w, "\nskipped: scenario %s\n", s)
 	}
-	printModel(w, rep.Model)
 	fmt.Fprintf(w, "\nmake fleet took %.0f s\n", rep.Seconds)
 }
 
