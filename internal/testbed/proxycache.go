@@ -18,7 +18,9 @@ import (
 // fetched from the upstream twice, once to store it and once to stream
 // it to the client, and a request for a blob that is still being stored
 // streams it from the upstream a further time: distribution coalesces no
-// misses.
+// misses. Its credentials go only to a bearer-token realm that the
+// upstream's /v2/ named when the cache started: an upstream with basic
+// auth is asked anonymously (401, and hosts see "manifest unknown").
 type ProxyUpstream struct {
 	// RemoteURL is the upstream's base URL, http://host:port (plain HTTP
 	// works) or https://host.

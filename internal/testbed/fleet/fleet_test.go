@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,6 +34,8 @@ func buildAgent(t *testing.T) string {
 // most twice per host (distribution stores a missed blob with a fetch of
 // its own besides the one it streams, and coalesces nothing). Then both
 // hosts start cold again: the cache serves every blob, the origin none.
+// Last, 'pull-agent check --compare' finds every image the same at the
+// origin and through the cache.
 func TestCacheTwoHosts(t *testing.T) {
 	testbed.RequireRoot(t, "a fleet of Docker daemons")
 	testbed.Require(t)
@@ -70,6 +73,22 @@ func TestCacheTwoHosts(t *testing.T) {
 		}
 		if o.Limited != 0 {
 			t.Errorf("%s: %d requests answered 429 without a limit", want, o.Limited)
+		}
+	}
+	// How an operator proves the cache serves the origin's images.
+	out, err := f.Hosts[0].Check(ctx, f.Front.Prefix("fleet-a"), cache.Prefix("fleet-a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Compared map[string]struct{ Parity string } `json:"compared"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("check --json: %v\n%s", err, out)
+	}
+	for rt := range f.Sets["fleet-a"] {
+		if got := rep.Compared[rt].Parity; got != "same" {
+			t.Errorf("check --compare: %s is %q, want same", rt, got)
 		}
 	}
 }

@@ -187,3 +187,21 @@ func writeAtomic(path, content string, mode os.FileMode) error {
 	}
 	return os.Rename(tmp, path)
 }
+
+// Check runs 'pull-agent check --prefix p --compare q --json' on the host,
+// with its agent's env file and credentials, and returns what it printed; an
+// exit other than 0 (some runtime not "same") is an error.
+func (h *Host) Check(ctx context.Context, p, q string) (string, error) {
+	cmd := exec.CommandContext(ctx, h.bin, "check", "--env-file", h.envFile(), "--state-dir", h.stateDir(),
+		"--prefix", p, "--compare", q, "--json")
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + h.dir, "DOCKER_CONFIG=" + h.dockerDir(),
+		"DOCKER_HOST=" + h.Bed.DockerHost, "AWS_EC2_METADATA_DISABLED=true"}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("host %d: pull-agent check --prefix %s --compare %s: %w\n%s%s",
+			h.Index, p, q, err, safetext.Tail(string(out), 2000), safetext.Tail(stderr.String(), 2000))
+	}
+	return string(out), nil
+}
