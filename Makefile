@@ -162,7 +162,7 @@ HOSTS        ?= 8
 FLEET_MBIT   ?= 200
 FLEET_RATE   ?= 15
 FLEET_BURST  ?= 60
-FLEET_SPREAD ?= 60s
+FLEET_SPREAD ?= 120s
 fleet: deps build
 	$(GO) run ./bench/fleet --hosts $(HOSTS) --bin bin/pull-agent --link-mbit $(FLEET_MBIT) \
 		--rate $(FLEET_RATE) --burst $(FLEET_BURST) --spread $(FLEET_SPREAD)

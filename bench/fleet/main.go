@@ -59,12 +59,12 @@ func parse(args []string, stderr io.Writer) (settings, error) {
 	fs.IntVar(&s.linkMbit, "link-mbit", 200, "the origin's link, shared by all its connections, in Mbit/s")
 	fs.Float64Var(&s.rate, "rate", 15, "the origin's rate limit: manifest and blob GETs a second (0: none)")
 	fs.IntVar(&s.burst, "burst", 60, "the rate limit's burst")
-	fs.DurationVar(&s.spread, "spread", 60*time.Second, "MOLECULE_FLIP_SPREAD of scenarios 2 and 4")
+	fs.DurationVar(&s.spread, "spread", 120*time.Second, "MOLECULE_FLIP_SPREAD of scenarios 2 and 4")
 	fs.Int64Var(&s.baseKiB, "base-kib", 4096, "size of the base layer every image shares")
 	fs.Int64Var(&s.layerKiB, "layer-kib", 2048, "size of each image's own layer")
 	fs.StringVar(&s.jsonOut, "json", "docs/fleet.json", "where the raw numbers go")
 	fs.StringVar(&s.pngOut, "png", "docs/fleet-origin.png", "where the plot of the origin's bandwidth goes")
-	fs.DurationVar(&s.timeout, "phase-timeout", 2*time.Minute, "the longest a phase may take to warm the fleet")
+	fs.DurationVar(&s.timeout, "phase-timeout", 2*time.Minute, "the longest a phase may take to warm the fleet (a spread flip: this plus the spread)")
 	fs.StringVar(&s.scenarios, "scenarios", "1,2,3,4", "which scenarios to run")
 	if err := fs.Parse(args); err != nil {
 		return s, err

@@ -121,7 +121,11 @@ func runScenario(ctx context.Context, f *fleet.Fleet, s settings, sc *Scenario, 
 		return fmt.Errorf("cold: %w", err)
 	}
 	logf("scenario %d: flip to %s", sc.ID, prefix(nsB))
-	sc.Flip, err = f.Run(ctx, fleet.Phase{Scenario: name, Prefix: prefix(nsB), Set: nsB, Env: env, Timeout: s.timeout})
+	flipTimeout := s.timeout
+	if sc.Spread {
+		flipTimeout += s.spread // the last host starts up to a spread late
+	}
+	sc.Flip, err = f.Run(ctx, fleet.Phase{Scenario: name, Prefix: prefix(nsB), Set: nsB, Env: env, Timeout: flipTimeout})
 	sc.Flip.Samples = trim(sc.Flip.Samples)
 	logResult(logf, sc.Flip)
 	if err != nil {
