@@ -157,7 +157,7 @@ bench: deps build $(BENCH_DEPS_$(PROFILE))
 ## scenarios (at once or with MOLECULE_FLIP_SPREAD=FLEET_SPREAD, straight
 ## to the origin or through a pull-through cache), each from cold and at
 ## a flip; writes docs/fleet.json and docs/fleet-origin.png, prints the
-## table of docs/FLEET.md. Not part of 'make test'; about 5 min at 8 hosts.
+## table of docs/FLEET.md. Not part of 'make test'; about 7 min at 8 hosts.
 HOSTS        ?= 8
 FLEET_MBIT   ?= 200
 FLEET_RATE   ?= 15
