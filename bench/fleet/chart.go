@@ -3,15 +3,12 @@ package main
 import (
 	"fmt"
 	"image/color"
-	"os"
-	"path/filepath"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
-	"gonum.org/v1/plot/vg/draw"
-	"gonum.org/v1/plot/vg/vgimg"
 
+	"github.com/molecule-ai/pull-agent/internal/pngplot"
 	"github.com/molecule-ai/pull-agent/internal/testbed/fleet"
 )
 
@@ -33,34 +30,15 @@ func drawChart(rep Report, path string) error {
 			}
 		}
 	}
-	var plots [][]*plot.Plot
+	var plots []*plot.Plot
 	for _, sc := range rep.Scenarios {
 		p, err := panel(rep, sc, xmax)
 		if err != nil {
 			return err
 		}
-		plots = append(plots, []*plot.Plot{p})
+		plots = append(plots, p)
 	}
-	img := vgimg.New(vg.Points(900), vg.Points(float64(260*len(plots))))
-	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: len(plots), Cols: 1, PadX: vg.Millimeter * 4, PadY: vg.Millimeter * 6,
-		PadTop: vg.Millimeter * 3, PadBottom: vg.Millimeter * 3, PadLeft: vg.Millimeter * 3, PadRight: vg.Millimeter * 3}
-	canvases := plot.Align(plots, tiles, dc)
-	for i := range plots {
-		plots[i][0].Draw(canvases[i][0])
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return pngplot.WriteColumn(path, plots, 260)
 }
 
 func panel(rep Report, sc Scenario, xmax float64) (*plot.Plot, error) {

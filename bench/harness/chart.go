@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	"gonum.org/v1/plot"
@@ -11,7 +9,8 @@ import (
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
-	"gonum.org/v1/plot/vg/vgimg"
+
+	"github.com/molecule-ai/pull-agent/internal/pngplot"
 )
 
 // chartData is what the chart draws: one shape's last cold run of each
@@ -27,7 +26,7 @@ type chartData struct {
 // registry's request log), in priority order, with the time each image
 // became usable marked.
 func drawChart(cd *chartData, path string, mbit int) error {
-	var plots [][]*plot.Plot
+	var plots []*plot.Plot
 	var xmax float64
 	for _, name := range []string{cAgent, cBaseline} {
 		if run, ok := cd.Runs[name]; ok {
@@ -43,30 +42,12 @@ func drawChart(cd *chartData, path string, mbit int) error {
 		if err != nil {
 			return err
 		}
-		plots = append(plots, []*plot.Plot{p})
+		plots = append(plots, p)
 	}
 	if len(plots) == 0 {
 		return nil
 	}
-	img := vgimg.New(vg.Points(900), vg.Points(float64(380*len(plots))))
-	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: len(plots), Cols: 1, PadX: vg.Millimeter * 4, PadY: vg.Millimeter * 6, PadTop: vg.Millimeter * 3, PadBottom: vg.Millimeter * 3, PadLeft: vg.Millimeter * 3, PadRight: vg.Millimeter * 3}
-	canvases := plot.Align(plots, tiles, dc)
-	for i := range plots {
-		plots[i][0].Draw(canvases[i][0])
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return pngplot.WriteColumn(path, plots, 380)
 }
 
 // panel is one agent's plot.
