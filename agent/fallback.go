@@ -46,7 +46,7 @@ func (l *loop) fallbackPlan(st *imageState) fallbackPlan {
 		prefixes: l.cfg.Fallbacks,
 		failures: st.primaryFailures,
 		tagged:   l.fallbackTags[st.Image.Ref].ImageID,
-		serving:  st.Source != "" && st.Source != state.SourcePrimary,
+		serving:  st.fromFallback(),
 	}
 }
 
@@ -123,7 +123,7 @@ func (l *loop) retryPrimary(st *imageState, now time.Time) time.Duration {
 // served: the primary's content has the name again.
 func (l *loop) primaryBack(st *imageState, fallbackDigest, primaryDigest string, log *slog.Logger) {
 	tag, ok := l.fallbackTags[st.Image.Ref]
-	if !ok && (st.Source == "" || st.Source == state.SourcePrimary) {
+	if !ok && !st.fromFallback() {
 		return
 	}
 	log.Info("the primary serves the image again; its name points at the primary's content",

@@ -122,7 +122,7 @@ func (l *loop) failed(st *imageState, d pullDone, now time.Time, log *slog.Logge
 // keepTryingPrimary: an image a fallback serves has its primary tried
 // again with backoff, whatever the failure.
 func (l *loop) keepTryingPrimary(st *imageState, now time.Time) {
-	if !st.Due && st.Source != "" && st.Source != state.SourcePrimary {
+	if !st.Due && st.fromFallback() {
 		l.retryPrimary(st, now)
 	}
 }

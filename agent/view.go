@@ -45,6 +45,10 @@ type ImageStatus struct {
 	FallbackRef string
 }
 
+// fromFallback reports whether the content under the image's name came
+// from a fallback prefix.
+func (i ImageStatus) fromFallback() bool { return i.Source != "" && i.Source != state.SourcePrimary }
+
 // Snapshot is a copy of the agent's state.
 type Snapshot struct {
 	Config      *config.Config // nil until a configuration was accepted
@@ -134,7 +138,7 @@ func (l *loop) notifyStatus(s Snapshot) {
 		if i.InFlight {
 			pulling++
 		}
-		if i.State == state.Warm && i.Source != "" && i.Source != state.SourcePrimary {
+		if i.State == state.Warm && i.fromFallback() {
 			fallback++
 		}
 	}
